@@ -1,0 +1,3 @@
+from rlhfctl.cli import main
+
+main()

@@ -1,0 +1,162 @@
+"""Model folders, manifests and checkpoints (DESIGN.md §3).
+
+A model folder is a plain Hugging Face folder plus ``rlhfctl.json``, the
+manifest: which command made it, with which options and inputs (sha256), and
+its results. Checkpoints live in ``RUN/checkpoints/step-N/``; each is written
+to a temporary folder and renamed, so a folder named ``step-N`` is complete.
+Nothing is ever unpickled: weights are safetensors, the rest is loaded with
+``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rlhfctl import __version__
+from rlhfctl.errors import ModelError
+from rlhfctl.records import write_json
+
+MANIFEST = "rlhfctl.json"
+CHECKPOINTS = "checkpoints"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def describe_inputs(paths: dict[str, str | os.PathLike | None]) -> dict[str, Any]:
+    """``{name: {"path", "sha256"}}`` for input files; folders and specs by name only."""
+    out: dict[str, Any] = {}
+    for name, path in paths.items():
+        if path is None:
+            continue
+        if os.path.isfile(path):
+            out[name] = {"path": str(path), "sha256": sha256_file(path)}
+        else:
+            out[name] = {"path": str(path)}
+    return out
+
+
+def make_manifest(command: str, options: dict[str, Any], inputs: dict[str, Any], results: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "command": command,
+        "version": __version__,
+        "options": _jsonable(options),
+        "inputs": inputs,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "results": results or {},
+    }
+
+
+def write_manifest(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    write_json(Path(folder) / MANIFEST, manifest)
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The folder's manifest, or None if it has none."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path}: invalid JSON: {e.msg}") from None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+# --- checkpoints ---------------------------------------------------------------
+
+def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step}"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[int, Path] | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, weights: dict[str, Any], state: dict[str, Any], keep: int | None = None) -> Path:
+    """Write ``step-N/`` (``model.safetensors`` + ``state.pt``) atomically.
+
+    ``weights`` is a state dict of tensors; ``state`` holds the optimizer,
+    scheduler, RNG and data position, all tensors and plain Python values so
+    that `load_checkpoint` can read it with ``weights_only=True``. With
+    ``keep``, only the newest ``keep`` checkpoints are kept.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+    torch.save(state, tmp / "state.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if keep is not None:
+        for _, old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(weights, state) of one checkpoint folder."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    weights = load_file(str(path / "model.safetensors"))
+    state = torch.load(path / "state.pt", weights_only=True)
+    return weights, state
+
+
+def publish_model_folder(out: str | os.PathLike, write_files, manifest: dict[str, Any]) -> None:
+    """Write a model into ``out`` so that a reader never sees a half model.
+
+    ``write_files(tmp)`` saves weights, config and tokenizer into a temporary
+    folder; the files are then renamed into ``out`` one by one and the
+    manifest goes last, so a folder with ``rlhfctl.json`` is complete.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    (out / MANIFEST).unlink(missing_ok=True)
+    write_files(tmp)
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    tmp.rmdir()
+    write_manifest(out, manifest)

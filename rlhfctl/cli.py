@@ -1,0 +1,77 @@
+"""The `rlhfctl` command: registers the subcommands and formats user errors.
+
+Nothing heavy is imported here: each command imports torch and friends inside
+its body, so `rlhfctl --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from rlhfctl import __version__
+from rlhfctl.commands.evaluate import evaluate
+from rlhfctl.commands.rollout import rollout
+from rlhfctl.commands.toy_data import toy_data
+from rlhfctl.commands.train_sft import train_sft
+from rlhfctl.errors import RlhfctlError
+
+app = typer.Typer(
+    name="rlhfctl",
+    help="The RLHF pipeline of 'Does RLHF Scale?' (Hou et al., 2024) as composable commands "
+    "that exchange JSONL and Hugging Face model folders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.command("toy-data")(toy_data)
+app.command("train-sft")(train_sft)
+app.command("rollout")(rollout)
+app.command("eval")(evaluate)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"rlhfctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version.")) -> None:
+    pass
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        code = app(standalone_mode=False)
+    except RlhfctlError as e:
+        if os.environ.get("RLHFCTL_DEBUG") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except _click_errors() as e:
+        e.show()
+        sys.exit(2)
+    except _click_abort():
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_errors():
+    import click
+
+    return click.ClickException
+
+
+def _click_abort():
+    import click
+
+    return click.exceptions.Abort

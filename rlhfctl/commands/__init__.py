@@ -1,0 +1,1 @@
+"""One module per subcommand: options -> frozen config -> run(config)."""

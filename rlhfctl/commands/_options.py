@@ -1,0 +1,84 @@
+"""Option types shared by every command (DESIGN.md §3b), defined once.
+
+Also `--config FILE.yaml`: its keys are flag names (``max-steps`` or
+``max_steps``); they become the command's defaults, so a flag given on the
+command line wins over the file. An unknown key is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import click
+import typer
+
+from rlhfctl.errors import ConfigError
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: Optional[Path]) -> Optional[Path]:
+    if value is None:
+        return value
+    if not value.is_file():
+        raise ConfigError(f"{value}: no such config file")
+    import yaml
+
+    try:
+        data = yaml.safe_load(value.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{value}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{value}: expected a mapping of flag names to values")
+    known = {p.name: p for p in ctx.command.params if p.name not in ("config", "help")}
+    defaults: dict[str, Any] = {}
+    for key, val in data.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"{value}: unknown key {key!r} (not a flag of '{ctx.info_name}')")
+        defaults[name] = val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", help="YAML file of flag values (keys are flag names); flags given on the command line win.",
+    is_eager=True, callback=_load_config, show_default=False,
+)]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="A Hugging Face model folder, or toy:tiny|small|base.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same result on a CPU.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in --out.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow model folders to run their own Python code.")]
+EpochsOpt = Annotated[float, typer.Option("--epochs", help="Passes over the data (ignored when --max-steps is given).")]
+MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Optimiser steps; overrides --epochs.", show_default=False)]
+LrOpt = Annotated[float, typer.Option("--lr", help="Peak learning rate (linear warmup, cosine decay).")]
+MaxLengthOpt = Annotated[int, typer.Option("--max-length", help="Longest sequence in tokens; longer ones are cut.")]
+SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Write a checkpoint every this many steps.")]
+NOpt = Annotated[int, typer.Option("--n", "-n", help="Responses sampled per prompt.")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")]
+TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the smallest token set with this much probability.")]
+MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Longest response in tokens.")]
+GenBatchOpt = Annotated[int, typer.Option("--batch-size", help="Sequences generated together (prompts x n).")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="Generation backend: auto or hf.")]
+
+
+def print_summary(summary: dict[str, Any], as_json: bool, title: str) -> None:
+    """Results to stdout: JSON with ``--json``, else a two-column table."""
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for key, value in summary.items():
+        table.add_row(str(key), _fmt(value))
+    Console().print(table)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from rlhfctl.commands._options import (
+    BackendOpt, ConfigOpt, GenBatchOpt, JsonOpt, MaxNewTokensOpt, NOpt, SeedOpt, TopPOpt, TrustOpt, print_summary,
+)
+
+
+def evaluate(
+    model: Annotated[str, typer.Option("--model", "-m", help="The policy to measure: a model folder or toy:SIZE.")],
+    data: Annotated[str, typer.Option("--data", help="Benchmark JSONL: prompts with a gold `answer`.")],
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Write the results as JSON here.", show_default=False)] = None,
+    n: NOpt = 1,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature; default 0 (greedy) when --n is 1, else 1.", show_default=False)] = None,
+    top_p: TopPOpt = 1.0,
+    max_new_tokens: MaxNewTokensOpt = 128,
+    batch_size: GenBatchOpt = 64,
+    seed: SeedOpt = 0,
+    backend: BackendOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Benchmark accuracy of a policy: pass@k and maj@k for k = 1, 2, 4, … up to --n.
+
+    pass@k uses the unbiased estimator from n samples (Chen et al. 2021);
+    maj@k is the expected accuracy of a majority vote over k samples. The
+    JSON has top-level keys `pass@1`, `pass@2`, `maj@2`, …, `n`,
+    `num_prompts`, `temperature`, `mean_tokens`.
+
+    Examples:
+
+        rlhfctl eval --model runs/sft --data data/toy/test.jsonl
+
+        rlhfctl eval --model runs/sft --data data/toy/test.jsonl --n 16 --out runs/eval.json
+    """
+    from rlhfctl.eval.benchmark import BenchmarkConfig, run
+    from rlhfctl.generation.base import SamplingParams
+
+    if temperature is None:
+        temperature = 0.0 if n == 1 else 1.0
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, seed=seed)
+    summary = run(BenchmarkConfig(model, data, params, out, backend, trust_remote_code))
+    print_summary(summary, as_json, "eval")

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from rlhfctl.commands._options import ConfigOpt, JsonOpt, SeedOpt, print_summary
+
+
+def toy_data(
+    out_dir: Annotated[str, typer.Argument(help="Folder for sft.jsonl, train.jsonl, test.jsonl and toy.json.")],
+    seed: SeedOpt = 0,
+    n_sft: Annotated[int, typer.Option("--sft", help="SFT demonstrations (prompt, completion).")] = 20000,
+    n_train: Annotated[int, typer.Option("--train", help="Training prompts with answers (for rollout / RL).")] = 2000,
+    n_test: Annotated[int, typer.Option("--test", help="Held-out test prompts with answers.")] = 500,
+    min_ops: Annotated[int, typer.Option("--min-ops", help="Fewest operations (solution steps) per problem.")] = 2,
+    max_ops: Annotated[int, typer.Option("--max-ops", help="Most operations per problem.")] = 4,
+    carry_rate: Annotated[float, typer.Option("--carry-rate", help="Chance that an operation needs a units-column carry or borrow.")] = 0.25,
+    slip_kind: Annotated[str, typer.Option("--slip-kind", help="Slip taught in the SFT demonstrations: carry (a needed carry/borrow is forgotten) or none.")] = "carry",
+    slip_rate: Annotated[float, typer.Option("--slip-rate", help="Chance that a demonstration makes the slip where it can.")] = 0.7,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Write the built-in toy task: multi-step arithmetic with controlled slips.
+
+    Each problem (`Compute 23+58-17.`) is solved one operation per line and
+    closed by `Answer: X`. SFT demonstrations forget a needed units-column
+    carry (or borrow) with probability --slip-rate and continue from the
+    slipped value, so an SFT policy makes that slip by choice and later stages
+    have something to fix. Every record keeps the clean solution in
+    `meta.clean`; test problems never appear in the SFT or train files.
+
+    Examples:
+
+        rlhfctl toy-data data/toy
+
+        rlhfctl toy-data data/toy --seed 1 --sft 5000 --test 200 --slip-rate 0.5
+    """
+    from rlhfctl.toy.data import ToyDataConfig, run
+    from rlhfctl.toy.task import ToyTaskConfig
+
+    task = ToyTaskConfig(min_ops=min_ops, max_ops=max_ops, carry_rate=carry_rate, slip_kind=slip_kind, slip_rate=slip_rate)
+    summary = run(ToyDataConfig(out_dir, task, n_sft, n_train, n_test, seed))
+    print_summary(summary, as_json, "toy-data")

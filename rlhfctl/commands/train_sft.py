@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from rlhfctl.commands._options import (
+    ConfigOpt, EpochsOpt, JsonOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt,
+    TrustOpt, print_summary,
+)
+
+
+def train_sft(
+    data: Annotated[str, typer.Argument(help="JSONL of {prompt, completion} records (TRL's prompt-completion format).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Run folder: the final model, checkpoints/, metrics.jsonl.")],
+    model: ModelOpt = "toy:small",
+    epochs: EpochsOpt = 1.0,
+    max_steps: MaxStepsOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Records per optimiser step (global, over all ranks).")] = 64,
+    lr: LrOpt = 3e-3,
+    warmup_ratio: Annotated[float, typer.Option("--warmup-ratio", help="Fraction of steps spent warming the learning rate up.")] = 0.05,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.0,
+    max_length: MaxLengthOpt = 512,
+    seed: SeedOpt = 0,
+    save_every: SaveEveryOpt = 100,
+    resume: ResumeOpt = False,
+    trust_remote_code: TrustOpt = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Supervised fine-tuning on prompt-completion data (loss on completion tokens only).
+
+    Writes a Hugging Face model folder (AutoModelForCausalLM) with rlhfctl.json,
+    metrics.jsonl (one line per step) and checkpoints/step-N/. Runs under
+    `accelerate launch` unchanged; --resume continues exactly where a killed
+    run stopped.
+
+    Examples:
+
+        rlhfctl train-sft data/toy/sft.jsonl --model toy:small --out runs/sft
+
+        rlhfctl train-sft data/toy/sft.jsonl --model toy:tiny --out runs/sft-tiny --max-steps 50 --resume
+    """
+    from rlhfctl.training.loop import Schedule
+    from rlhfctl.training.sft import SFTConfig, run
+
+    schedule = Schedule(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
+                        weight_decay=weight_decay, seed=seed, save_every=save_every)
+    results = run(SFTConfig(data, model, out, schedule, max_length, resume, trust_remote_code))
+    print_summary({**results, "out": out}, as_json, "train-sft")

@@ -1,0 +1,53 @@
+"""`eval --model`: benchmark accuracy of a policy (pass@k, maj@k)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rlhfctl.data import render_prompt
+from rlhfctl.errors import DataError
+from rlhfctl.eval.passk import summarize
+from rlhfctl.generation.base import SamplingParams, make_generator
+from rlhfctl.generation.rollout import check_graders, grade, task_of
+from rlhfctl.records import PROMPTS, read_records, write_json
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    model: str
+    data: str
+    params: SamplingParams
+    out: str | None = None
+    backend: str = "auto"
+    trust_remote_code: bool = False
+
+
+def run(config: BenchmarkConfig) -> dict[str, Any]:
+    """Sample n responses per prompt, grade them, and summarise.
+
+    Returns ``{"pass@1": …, "pass@2": …, "maj@2": …, "n", "num_prompts", …}``
+    with k over the powers of two up to n (pass@k unbiased, Chen et al. 2021;
+    maj@k the expected majority-vote accuracy over k-subsets).
+    """
+    from rlhfctl.grading import get_grader
+
+    records = read_records(config.data, PROMPTS)
+    for i, r in enumerate(records):
+        if r.get("answer") is None or task_of(r) in (None, "chat"):
+            raise DataError(config.data, i + 1, "missing: eval needs a gold answer for every prompt", "answer")
+    check_graders(records, config.data)
+    generator = make_generator(config.backend, config.model, config.params.seed, config.trust_remote_code)
+    texts = [render_prompt(r["prompt"], generator.tokenizer) for r in records]
+    samples = generator.generate(texts, config.params, keys=[r["id"] for r in records])
+    groups = []
+    for record, group in zip(records, samples):
+        responses = [s.text for s in group]
+        grader = get_grader(task_of(record))
+        groups.append(([grader.extract(t) for t in responses], grade(record, responses)))
+    summary = summarize(groups, seed=config.params.seed)
+    summary.update({"temperature": config.params.temperature, "model": config.model, "data": config.data,
+                    "mean_tokens": sum(s.num_tokens for g in samples for s in g) / sum(len(g) for g in samples)})
+    if config.out:
+        write_json(config.out, {**summary, "options": asdict(config.params)})
+    return summary

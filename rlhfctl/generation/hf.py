@@ -1,0 +1,117 @@
+"""The Hugging Face backend: batched sampling with a KV cache, left padding.
+
+A hand-written decode loop rather than `model.generate`: it skips the
+logits-processor machinery and drops finished rows from the KV cache, which
+is where a small model on a CPU spends its time (benchmarks/rollout_speed.py
+measures it against a plain `generate` loop).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rlhfctl.generation.base import Sample, SamplingParams, derive_seed
+
+
+class HFGenerator:
+    def __init__(self, model: Any, tokenizer: Any):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+
+    def generate(self, prompts: list[str], params: SamplingParams, keys: list[str] | None = None) -> list[list[Sample]]:
+        keys = keys if keys is not None else [str(i) for i in range(len(prompts))]
+        ids = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        per_batch = max(1, params.batch_size // params.n)
+        out: list[list[Sample]] = []
+        for start in range(0, len(prompts), per_batch):
+            chunk = range(start, min(start + per_batch, len(prompts)))
+            seed = derive_seed(params.seed, *(keys[i] for i in chunk))
+            rows = [ids[i] for i in chunk for _ in range(params.n)]  # (P, n) -> P*n rows
+            samples = self.generate_ids(rows, params, seed)
+            out.extend(samples[j * params.n:(j + 1) * params.n] for j in range(len(chunk)))
+        return out
+
+    def generate_ids(self, rows: list[list[int]], params: SamplingParams, seed: int) -> list[Sample]:
+        """One batch: sample a continuation for each row of prompt ids."""
+        import torch
+
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        tokens = _decode_loop(self.model, rows, params, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, generator, self.device)
+        return [
+            Sample(
+                text=self.tokenizer.decode(t[:-1] if reason == "stop" else t, skip_special_tokens=True),
+                token_ids=t,
+                finish_reason=reason,
+            )
+            for t, reason in tokens
+        ]
+
+
+def _decode_loop(model, rows, params: SamplingParams, pad_id: int, eos_id: int, generator, device) -> list[tuple[list[int], str]]:
+    import torch
+
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):  # left padding
+        input_ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    alive = torch.arange(len(rows), device=device)  # original row index of each cache row
+    generated: list[list[int]] = [[] for _ in rows]
+    finished = [False] * len(rows)
+    cache = None
+    with torch.inference_mode():
+        for _ in range(params.max_new_tokens):
+            out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+            cache = out.cache if hasattr(out, "cache") else out.past_key_values
+            next_tok = sample_next(out.logits[:, -1, :].float(), params.temperature, params.top_p, generator)
+            done_now = []
+            for j, tok in enumerate(next_tok.tolist()):
+                row = int(alive[j])
+                generated[row].append(tok)
+                if tok == eos_id:
+                    finished[row] = True
+                    done_now.append(j)
+            if len(done_now) == len(alive):
+                break
+            keep = _rows_to_keep(len(alive), done_now, device)
+            if keep is not None:  # drop finished rows from the cache
+                cache.batch_select_indices(keep)
+                alive, next_tok, mask, positions = alive[keep], next_tok[keep], mask[keep], positions[keep]
+            input_ids = next_tok[:, None]
+            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
+            positions = positions[:, -1:] + 1
+    return [(g, "stop" if f else "length") for g, f in zip(generated, finished)]
+
+
+def _rows_to_keep(n_alive: int, done_now: list[int], device):
+    import torch
+
+    if not done_now:
+        return None
+    done = set(done_now)
+    return torch.tensor([j for j in range(n_alive) if j not in done], dtype=torch.long, device=device)
+
+
+def sample_next(logits, temperature: float, top_p: float, generator):
+    """Next token ids (B,) from last-position logits (B, V).
+
+    Greedy at temperature 0; otherwise softmax(logits / T) restricted to the
+    smallest set of tokens whose probability reaches ``top_p`` (nucleus
+    sampling, Holtzman et al. 2019).
+    """
+    import torch
+
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # mass before this token already reaches top_p
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

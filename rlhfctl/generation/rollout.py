@@ -1,0 +1,100 @@
+"""`rollout`: sample n responses per prompt, grade them, append them to a file.
+
+The output is appended one prompt at a time and flushed, so a killed run
+resumes from the prompts already on disk: no id is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rlhfctl.data import render_prompt
+from rlhfctl.errors import ConfigError, DataError
+from rlhfctl.generation.base import SamplingParams, make_generator
+from rlhfctl.records import PROMPTS, ROLLOUTS, Record, ResumableWriter, read_records
+from rlhfctl.console import Progress
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    prompts: str
+    model: str
+    out: str
+    params: SamplingParams
+    backend: str = "auto"
+    trust_remote_code: bool = False
+
+
+def task_of(record: Record) -> str | None:
+    """The grading task of a prompt record: its ``task``, else math when it has an answer."""
+    if record.get("task"):
+        return record["task"]
+    return "math" if record.get("answer") is not None else None
+
+
+def check_graders(records: list[Record], path: str) -> None:
+    """Fail before any generation if a record names a task with no grader."""
+    from rlhfctl.grading import get_grader, known_tasks
+
+    for i, r in enumerate(records):
+        task = task_of(r)
+        if task is not None and task != "chat" and task not in known_tasks():
+            raise DataError(path, i + 1, f"no grader for task {task!r} (known: {', '.join(known_tasks())}, chat)", "task")
+        if task is not None and task != "chat":
+            get_grader(task)
+
+
+def grade(record: Record, responses: list[str]) -> list[bool] | None:
+    """Correctness of each response, or None when the prompt has no answer to check."""
+    from rlhfctl.grading import get_grader
+
+    task = task_of(record)
+    if task is None or task == "chat" or record.get("answer") is None and task == "math":
+        return None
+    grader = get_grader(task)
+    return [grader.is_correct(r, record) for r in responses]
+
+
+def run(config: RolloutConfig) -> dict[str, Any]:
+    records = read_records(config.prompts, PROMPTS)
+    check_graders(records, config.prompts)
+    writer = ResumableWriter(config.out, ROLLOUTS)
+    todo = [r for r in records if r["id"] not in writer.done]
+    summary: dict[str, Any] = {"prompts": len(records), "already_done": len(records) - len(todo), "generated": 0,
+                               "new_tokens": 0, "tokens_per_s": 0.0, "out": config.out}
+    if not todo:
+        return summary
+    generator = make_generator(config.backend, config.model, config.params.seed, config.trust_remote_code)
+    meta = {"model": config.model, "backend": config.backend, **asdict(config.params)}
+    per_batch = max(1, config.params.batch_size // config.params.n)
+    correct = total = 0
+    tic = time.perf_counter()
+    with writer, Progress("rollout", len(todo), 0, True) as progress:
+        for start in range(0, len(todo), per_batch):
+            chunk = todo[start:start + per_batch]
+            texts = [render_prompt(r["prompt"], generator.tokenizer) for r in chunk]
+            samples = generator.generate(texts, config.params, keys=[r["id"] for r in chunk])
+            for record, group in zip(chunk, samples):
+                out = _rollout_record(record, group, meta)
+                writer.write(out)
+                summary["generated"] += 1
+                summary["new_tokens"] += sum(out["num_tokens"])
+                if "correct" in out:
+                    correct, total = correct + sum(out["correct"]), total + len(out["correct"])
+                progress.advance()
+    summary["tokens_per_s"] = summary["new_tokens"] / max(1e-9, time.perf_counter() - tic)
+    if total:
+        summary["accuracy"] = correct / total
+    return summary
+
+
+def _rollout_record(record: Record, group, meta: dict[str, Any]) -> Record:
+    responses = [s.text for s in group]
+    out = {**record, "responses": responses, "num_tokens": [s.num_tokens for s in group],
+           "finish_reasons": [s.finish_reason for s in group], "generator": meta}
+    verdicts = grade(record, responses)
+    if verdicts is not None:
+        out["correct"] = verdicts
+    return out

@@ -1,0 +1,326 @@
+"""Record kinds, JSONL reading and writing, resume bookkeeping (DESIGN.md §3).
+
+Records stay plain dicts, so fields rlhfctl does not know (a TRL dataset's
+extra columns, a user's ``meta``) travel through every command untouched. Each
+kind lists its required and optional fields with a checker; a bad value is
+reported as ``FILE:LINE: field 'x': problem``.
+
+Outputs are never half-written: whole files go to a temporary name and are
+renamed (`write_jsonl`, `write_json`); line-per-record outputs are appended
+and flushed record by record (`ResumableWriter`), and reopening one drops a
+torn last line and reports the ids already done.
+
+This module imports nothing heavy: no torch, no transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from rlhfctl.errors import DataError, RlhfctlError
+
+Record = dict[str, Any]
+Check = Callable[[Any], str | None]  # returns the problem, or None when fine
+
+
+# --- field checkers ----------------------------------------------------------
+
+def _is_str(v: Any) -> str | None:
+    return None if isinstance(v, str) else f"expected a string, got {_type(v)}"
+
+
+def _is_text_or_chat(v: Any) -> str | None:
+    """A string, or a list of chat messages ``{"role", "content"}``."""
+    if isinstance(v, str):
+        return None
+    if isinstance(v, list) and v:
+        for i, m in enumerate(v):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                return f"message {i} must be an object with string 'role' and 'content'"
+        return None
+    return f"expected a string or a non-empty list of chat messages, got {_type(v)}"
+
+
+def _is_id(v: Any) -> str | None:
+    return None if isinstance(v, (str, int)) and not isinstance(v, bool) else f"expected a string or integer, got {_type(v)}"
+
+
+def _is_scalar_answer(v: Any) -> str | None:
+    ok = isinstance(v, (str, int, float)) and not isinstance(v, bool)
+    return None if ok else f"expected a string or number, got {_type(v)}"
+
+
+def _is_number(v: Any) -> str | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return None if ok else f"expected a finite number, got {_type(v)}"
+
+
+def _is_bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"expected true or false, got {_type(v)}"
+
+
+def _is_dict(v: Any) -> str | None:
+    return None if isinstance(v, dict) else f"expected an object, got {_type(v)}"
+
+
+def _list_of(item: Check, what: str, nonempty: bool = False) -> Check:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list):
+            return f"expected a list of {what}, got {_type(v)}"
+        if nonempty and not v:
+            return f"expected a non-empty list of {what}"
+        for i, x in enumerate(v):
+            if item(x) is not None:
+                return f"item {i}: expected {what}, got {_type(x)}"
+        return None
+
+    return check
+
+
+def _is_label(v: Any) -> str | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)) and 0.0 <= v <= 1.0:
+        return None
+    return "expected true/false or a number in [0, 1]"
+
+
+def _is_any(v: Any) -> str | None:
+    return None
+
+
+def _type(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null", int: "a number", float: "a number"}.get(type(v), type(v).__name__)
+
+
+# --- record kinds --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RecordKind:
+    name: str
+    required: dict[str, Check]
+    optional: dict[str, Check]
+
+    def check(self, record: Any, path: str, line: int | None) -> Record:
+        """Validate one parsed JSON value; return it as a record (id filled in)."""
+        if not isinstance(record, dict):
+            raise DataError(path, line, f"expected a JSON object, got {_type(record)}")
+        for field, check in self.required.items():
+            if field not in record:
+                raise DataError(path, line, "missing", field)
+            _run_check(check, record[field], path, line, field)
+        for field, check in self.optional.items():
+            if field in record and record[field] is not None:
+                _run_check(check, record[field], path, line, field)
+        if "prompt" in record and record.get("id") is None:
+            record["id"] = prompt_id(record["prompt"])
+        elif "id" in record and isinstance(record["id"], int):
+            record["id"] = str(record["id"])
+        return record
+
+
+def _run_check(check: Check, value: Any, path: str, line: int | None, field: str) -> None:
+    problem = check(value)
+    if problem is not None:
+        raise DataError(path, line, problem, field)
+
+
+_PROMPT_OPTIONAL = {"id": _is_id, "answer": _is_scalar_answer, "task": _is_str, "tests": _is_any,
+                    "meta": _is_dict, "choices": _is_any}
+
+PROMPTS = RecordKind("prompts", {"prompt": _is_text_or_chat}, _PROMPT_OPTIONAL)
+SFT = RecordKind("sft", {"prompt": _is_text_or_chat, "completion": _is_text_or_chat}, {"id": _is_id, "meta": _is_dict})
+ROLLOUTS = RecordKind(
+    "rollouts",
+    {"id": _is_id, "prompt": _is_text_or_chat, "responses": _list_of(_is_str, "strings")},
+    {**_PROMPT_OPTIONAL,
+     "rewards": _list_of(_is_number, "numbers"),
+     "correct": _list_of(_is_bool, "booleans"),
+     "num_tokens": _list_of(_is_number, "integers"),
+     "finish_reasons": _list_of(_is_str, "strings"),
+     "generator": _is_dict},
+)
+PAIRS = RecordKind(
+    "pairs",
+    {"prompt": _is_text_or_chat, "chosen": _is_text_or_chat, "rejected": _is_text_or_chat},
+    {"id": _is_id, "margin": _is_number, "source": _is_str},
+)
+BINARY = RecordKind(
+    "binary",
+    {"prompt": _is_text_or_chat, "completion": _is_text_or_chat, "label": _is_bool},
+    {"id": _is_id, "task": _is_str, "source": _is_str},
+)
+STEPS = RecordKind(
+    "steps",
+    {"prompt": _is_text_or_chat, "completions": _list_of(_is_str, "strings", nonempty=True),
+     "labels": _list_of(_is_label, "labels", nonempty=True)},
+    {"id": _is_id, "answer": _is_scalar_answer, "method": _is_str, "n_completions": _is_number},
+)
+KINDS = {k.name: k for k in (PROMPTS, SFT, ROLLOUTS, PAIRS, BINARY, STEPS)}
+
+
+def prompt_id(prompt: Any) -> str:
+    """A stable id for a prompt: the first 12 hex digits of its sha1."""
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+# --- reading -------------------------------------------------------------------
+
+def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line; ``-`` reads stdin."""
+    path = str(path)
+    if path == "-":
+        yield from _parse_lines(sys.stdin, "<stdin>")
+        return
+    if not os.path.exists(path):
+        raise RlhfctlError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise RlhfctlError(f"{path}: is a folder, expected a JSONL file")
+    with open(path, "rb") as f:
+        yield from _parse_lines(f, path)
+
+
+def _parse_lines(f: Iterable[str | bytes], path: str) -> Iterator[tuple[int, Any]]:
+    for lineno, raw in enumerate(f, start=1):
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(path, lineno, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        if not raw.strip():
+            continue
+        try:
+            yield lineno, json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise DataError(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+        except RecursionError:
+            raise DataError(path, lineno, "invalid JSON: nested too deeply") from None
+
+
+def read_records(path: str | os.PathLike, kind: RecordKind | str, allow_empty: bool = False) -> list[Record]:
+    """All records of one kind from a JSONL file, validated.
+
+    Raises `DataError` at the first bad line, and for an empty file unless
+    ``allow_empty``.
+    """
+    kind = KINDS[kind] if isinstance(kind, str) else kind
+    shown = "<stdin>" if str(path) == "-" else str(path)
+    records = [kind.check(value, shown, lineno) for lineno, value in iter_json_lines(path)]
+    if not records and not allow_empty:
+        raise DataError(shown, None, f"no records (expected {kind.name} JSONL, one object per line)")
+    _check_unique_ids(records, kind, shown)
+    return records
+
+
+def _check_unique_ids(records: list[Record], kind: RecordKind, path: str) -> None:
+    if kind not in (PROMPTS, ROLLOUTS):
+        return
+    seen: dict[str, int] = {}
+    for i, r in enumerate(records):
+        if r["id"] in seen:
+            raise DataError(path, None, f"id {r['id']!r} appears twice (records {seen[r['id']] + 1} and {i + 1})", "id")
+        seen[r["id"]] = i
+
+
+# --- writing -------------------------------------------------------------------
+
+def dumps(record: Record) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Record]) -> None:
+    """All records at once, atomically; ``-`` writes to stdout."""
+    text = "".join(dumps(r) + "\n" for r in records)
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_text(path, text)
+
+
+class ResumableWriter:
+    """A line-per-record output that survives kills (rollouts, steps).
+
+    Opening it reads what an earlier run left: complete records are kept and
+    their keys reported in `done`; a torn last line (no newline, or not JSON)
+    is cut off. Each `write` appends one line and flushes it. The file is only
+    created by the first write, so a run that fails before producing anything
+    leaves nothing behind. ``-`` streams to stdout (no resume).
+    """
+
+    def __init__(self, path: str | os.PathLike, kind: RecordKind, key: Callable[[Record], str] = lambda r: r["id"]):
+        self.path = str(path)
+        self.key = key
+        self.done: set[str] = set()
+        self._file = None
+        if self.path != "-" and os.path.exists(self.path):
+            self._recover(kind)
+
+    def _recover(self, kind: RecordKind) -> None:
+        with open(self.path, "rb") as f:
+            data = f.read()
+        keep = data.rfind(b"\n") + 1  # everything after the last newline is torn
+        lines = data[:keep].split(b"\n")[:-1]
+        if lines:
+            try:
+                json.loads(lines[-1])
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                keep -= len(lines[-1]) + 1  # a last line cut mid-write by a crash
+        if keep != len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(keep)
+        for record in read_records(self.path, kind, allow_empty=True):
+            self.done.add(self.key(record))
+
+    def write(self, record: Record) -> None:
+        if self._file is None:
+            if self.path == "-":
+                self._file = sys.stdout
+            else:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "a", encoding="utf-8")
+        self._file.write(dumps(record) + "\n")
+        self._file.flush()
+        self.done.add(self.key(record))
+
+    def close(self) -> None:
+        if self._file is not None and self._file is not sys.stdout:
+            os.fsync(self._file.fileno())
+            self._file.close()
+        self._file = None
+
+    def __enter__(self) -> "ResumableWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""The built-in toy world: an arithmetic task, a fixed tokenizer, model sizes."""

@@ -1,0 +1,1 @@
+"""Training loops (SFT, reward models, policy) on accelerate."""

@@ -1,0 +1,212 @@
+"""Machinery every training command shares: schedule, batches, checkpoints, logs.
+
+Exact resume rests on three things: batches are a pure function of (seed,
+epoch), so the data position is just the step number; the toy models have no
+dropout; and a checkpoint holds weights, optimizer, scheduler and RNG state.
+A resumed run therefore logs the same metrics as an unbroken one.
+
+Under accelerate every rank builds the same global batch and takes its own
+slice (``batch[rank::world]``); losses are normalised by the global count, so
+two ranks compute the same gradient as one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from rlhfctl.artifacts import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfctl.errors import ConfigError
+from rlhfctl.records import write_json
+
+RUN_FILE = "run.json"
+METRICS = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The flags every training command shares (DESIGN.md §3b)."""
+
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 64  # global, in records
+    lr: float = 1e-3
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    save_every: int = 100
+    keep_checkpoints: int = 2
+
+    def total_steps(self, num_records: int) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, math.ceil(self.epochs * math.ceil(num_records / self.batch_size)))
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if self.epochs <= 0:
+            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.save_every < 1:
+            raise ConfigError(f"--save-every must be at least 1, got {self.save_every}")
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """LR multiplier: linear warmup to 1, then cosine decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def bucketed_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, pool: int = 32) -> list[list[int]]:
+    """One epoch of batches (lists of record indices), grouped by length.
+
+    Records are shuffled, cut into pools of ``pool`` batches, sorted by length
+    inside each pool and cut into batches; the batch order is shuffled again.
+    Padding stays within a bucket of similar lengths, and the order is a pure
+    function of (seed, epoch).
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    for start in range(0, len(order), batch_size * pool):
+        group = sorted(order[start:start + batch_size * pool], key=lambda i: lengths[i])
+        batches.extend(group[i:i + batch_size] for i in range(0, len(group), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def batch_stream(lengths: list[int], batch_size: int, seed: int, start_step: int) -> Iterator[tuple[int, list[int]]]:
+    """(epoch, batch) for steps ``start_step, start_step + 1, ...``, endlessly."""
+    per_epoch = math.ceil(len(lengths) / batch_size)
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        for batch in bucketed_batches(lengths, batch_size, seed, epoch)[skip:]:
+            yield epoch, batch
+        epoch, skip = epoch + 1, 0
+
+
+def shard(batch: list[int], rank: int, world: int) -> list[int]:
+    return batch[rank::world]
+
+
+# --- run folder ------------------------------------------------------------------
+
+def prepare_run_dir(out: Path, command: str, options: dict[str, Any], resume: bool, identity: tuple[str, ...] = ()) -> None:
+    """Check that ``out`` may be (re)used, and record the run's options.
+
+    A folder that already holds a run is only reused with ``--resume``; then
+    the options named in ``identity`` must match the first run's (resuming a
+    GRPO run as PPO is an error, not a silent mix).
+    """
+    run_file = out / RUN_FILE
+    if run_file.is_file():
+        if not resume:
+            raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+        earlier = json.loads(run_file.read_text())
+        if earlier.get("command") != command:
+            raise ConfigError(f"{out} holds a {earlier.get('command')} run, not {command}: choose another --out")
+        for key in identity:
+            if earlier["options"].get(key) != options.get(key):
+                raise ConfigError(
+                    f"{out} was started with --{key.replace('_', '-')} {earlier['options'].get(key)}, "
+                    f"cannot resume it with {options.get(key)}"
+                )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(run_file, {"command": command, "options": options})
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one object per step. On resume, steps after the
+    checkpoint are cut, because the resumed run logs them again."""
+
+    def __init__(self, path: Path, resume_step: int, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+        if enabled and path.exists():
+            kept = [line for line in path.read_text().splitlines() if line.strip() and _step_of(line) <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 1 << 62  # a torn line: drop it
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --- checkpoints -----------------------------------------------------------------
+
+def rng_state() -> dict[str, Any]:
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(run_dir: Path, step: int, accelerator, model, optimizer, scheduler, extra: dict[str, Any], keep: int) -> None:
+    """All ranks call this (sharded weights are gathered); rank 0 writes."""
+    weights = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(), **extra}
+        save_checkpoint(run_dir, step, weights, state, keep=keep)
+    accelerator.wait_for_everyone()
+
+
+def restore_training_state(run_dir: Path, accelerator, model, optimizer, scheduler) -> tuple[int, dict[str, Any]]:
+    """Load the newest checkpoint into model/optimizer/scheduler; (step, state)."""
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        return 0, {}
+    _, path = found
+    weights, state = load_checkpoint(path)
+    accelerator.unwrap_model(model).load_state_dict(weights)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return int(state["step"]), state
+
+
+def schedule_options(schedule: Schedule) -> dict[str, Any]:
+    return asdict(schedule)
