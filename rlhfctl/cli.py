@@ -12,9 +12,12 @@ import sys
 import typer
 
 from rlhfctl import __version__
+from rlhfctl.commands.best_of_n import best_of_n
+from rlhfctl.commands.build_prefs import build_prefs
 from rlhfctl.commands.evaluate import evaluate
 from rlhfctl.commands.rollout import rollout
 from rlhfctl.commands.toy_data import toy_data
+from rlhfctl.commands.train_rm import train_rm
 from rlhfctl.commands.train_sft import train_sft
 from rlhfctl.errors import RlhfctlError
 
@@ -31,6 +34,9 @@ app = typer.Typer(
 app.command("toy-data")(toy_data)
 app.command("train-sft")(train_sft)
 app.command("rollout")(rollout)
+app.command("build-prefs")(build_prefs)
+app.command("train-rm")(train_rm)
+app.command("best-of-n")(best_of_n)
 app.command("eval")(evaluate)
 
 
@@ -68,10 +74,15 @@ def main() -> None:
 def _click_errors():
     import click
 
-    return click.ClickException
+    try:  # typer >= 0.2x ships its own copy of click, whose usage errors do not derive from click's
+        from typer._click.exceptions import ClickException as TyperClickException
+    except ImportError:
+        return click.ClickException
+    return (click.ClickException, TyperClickException)
 
 
 def _click_abort():
     import click
+    import typer
 
-    return click.exceptions.Abort
+    return (click.exceptions.Abort, typer.Abort)

@@ -35,9 +35,18 @@ def check_model_spec(spec: str) -> str:
     return spec
 
 
+def quiet_transformers() -> None:
+    """No load reports or progress bars from transformers: rlhfctl reports itself."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(spec: str, trust_remote_code: bool = False):
     """The tokenizer of a model spec, with a pad token and left padding."""
     check_model_spec(spec)
+    quiet_transformers()
     if is_toy_spec(spec):
         from rlhfctl.toy.tokenizer import build_toy_tokenizer
 
@@ -57,6 +66,7 @@ def load_causal_lm(spec: str, seed: int = 0, dtype: str = "float32", trust_remot
     from transformers import AutoModelForCausalLM
 
     check_model_spec(spec)
+    quiet_transformers()
     torch_dtype = _dtype(dtype)
     if is_toy_spec(spec):
         from rlhfctl.toy.sizes import toy_config

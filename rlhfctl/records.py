@@ -215,21 +215,21 @@ def read_records(path: str | os.PathLike, kind: RecordKind | str, allow_empty: b
     """
     kind = KINDS[kind] if isinstance(kind, str) else kind
     shown = "<stdin>" if str(path) == "-" else str(path)
-    records = [kind.check(value, shown, lineno) for lineno, value in iter_json_lines(path)]
-    if not records and not allow_empty:
+    numbered = [(lineno, kind.check(value, shown, lineno)) for lineno, value in iter_json_lines(path)]
+    if not numbered and not allow_empty:
         raise DataError(shown, None, f"no records (expected {kind.name} JSONL, one object per line)")
-    _check_unique_ids(records, kind, shown)
-    return records
+    _check_unique_ids(numbered, kind, shown)
+    return [r for _, r in numbered]
 
 
-def _check_unique_ids(records: list[Record], kind: RecordKind, path: str) -> None:
+def _check_unique_ids(numbered: list[tuple[int, Record]], kind: RecordKind, path: str) -> None:
     if kind not in (PROMPTS, ROLLOUTS):
         return
     seen: dict[str, int] = {}
-    for i, r in enumerate(records):
+    for lineno, r in numbered:
         if r["id"] in seen:
-            raise DataError(path, None, f"id {r['id']!r} appears twice (records {seen[r['id']] + 1} and {i + 1})", "id")
-        seen[r["id"]] = i
+            raise DataError(path, lineno, f"id {r['id']!r} appears twice (first on line {seen[r['id']]})", "id")
+        seen[r["id"]] = lineno
 
 
 # --- writing -------------------------------------------------------------------
@@ -244,6 +244,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

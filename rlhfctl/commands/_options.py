@@ -31,13 +31,17 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Optional[Pat
         raise ConfigError(f"{value}: invalid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{value}: expected a mapping of flag names to values")
-    known = {p.name: p for p in ctx.command.params if p.name not in ("config", "help")}
+    known: dict[str, str] = {}  # flag name (``--sft`` -> ``sft``) or parameter name -> parameter name
+    for p in ctx.command.params:
+        if p.name not in ("config", "help"):
+            known[p.name] = p.name
+            known.update({o.lstrip("-").replace("-", "_"): p.name for o in p.opts if o.startswith("--")})
     defaults: dict[str, Any] = {}
     for key, val in data.items():
         name = str(key).lstrip("-").replace("-", "_")
         if name not in known:
             raise ConfigError(f"{value}: unknown key {key!r} (not a flag of '{ctx.info_name}')")
-        defaults[name] = val
+        defaults[known[name]] = val
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 
@@ -64,10 +68,13 @@ GenBatchOpt = Annotated[int, typer.Option("--batch-size", help="Sequences genera
 BackendOpt = Annotated[str, typer.Option("--backend", help="Generation backend: auto or hf.")]
 
 
-def print_summary(summary: dict[str, Any], as_json: bool, title: str) -> None:
-    """Results to stdout: JSON with ``--json``, else a two-column table."""
+def print_summary(summary: dict[str, Any], as_json: bool, title: str, to_stderr: bool = False) -> None:
+    """Results to stdout: JSON with ``--json``, else a two-column table.
+
+    ``to_stderr`` when stdout already carries the command's records (``--out -``).
+    """
     if as_json:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        (sys.stderr if to_stderr else sys.stdout).write(json.dumps(summary, indent=2) + "\n")
         return
     from rich.console import Console
     from rich.table import Table
@@ -75,7 +82,7 @@ def print_summary(summary: dict[str, Any], as_json: bool, title: str) -> None:
     table = Table(title=title, show_header=False)
     for key, value in summary.items():
         table.add_row(str(key), _fmt(value))
-    Console().print(table)
+    Console(stderr=to_stderr).print(table)
 
 
 def _fmt(value: Any) -> str:

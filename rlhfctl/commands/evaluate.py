@@ -10,8 +10,9 @@ from rlhfctl.commands._options import (
 
 
 def evaluate(
-    model: Annotated[str, typer.Option("--model", "-m", help="The policy to measure: a model folder or toy:SIZE.")],
-    data: Annotated[str, typer.Option("--data", help="Benchmark JSONL: prompts with a gold `answer`.")],
+    data: Annotated[str, typer.Option("--data", help="With --model: prompts with a gold `answer`. With --rm: pairs and/or binary items.")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="The policy to measure: a model folder or toy:SIZE.", show_default=False)] = None,
+    rm: Annotated[Optional[str], typer.Option("--rm", help="A reward model folder (train-rm) to measure instead of a policy.", show_default=False)] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Write the results as JSON here.", show_default=False)] = None,
     n: NOpt = 1,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature; default 0 (greedy) when --n is 1, else 1.", show_default=False)] = None,
@@ -24,19 +25,36 @@ def evaluate(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Benchmark accuracy of a policy: pass@k and maj@k for k = 1, 2, 4, … up to --n.
+    """Measure a policy (pass@k, maj@k) or a reward model (pair accuracy, AUC).
+
+    With --model: pass@k and maj@k for k = 1, 2, 4, … up to --n.
 
     pass@k uses the unbiased estimator from n samples (Chen et al. 2021);
     maj@k is the expected accuracy of a majority vote over k samples. The
     JSON has top-level keys `pass@1`, `pass@2`, `maj@2`, …, `n`,
     `num_prompts`, `temperature`, `mean_tokens`.
 
+    With --rm: `pair_accuracy` on pairs (r(chosen) > r(rejected)),
+    `binary_accuracy` and `auc` on binary items, `num_pairs`, `num_binary`,
+    and the reward's `reward_mean` / `reward_std` on this data.
+
     Examples:
 
         rlhfctl eval --model runs/sft --data data/toy/test.jsonl
 
         rlhfctl eval --model runs/sft --data data/toy/test.jsonl --n 16 --out runs/eval.json
+
+        rlhfctl eval --rm runs/rm --data runs/prefs-test.jsonl
     """
+    from rlhfctl.errors import ConfigError
+
+    if (model is None) == (rm is None):
+        raise ConfigError("give exactly one of --model (a policy) or --rm (a reward model)")
+    if rm is not None:
+        from rlhfctl.eval.rm_eval import RMEvalConfig, run as run_rm
+
+        print_summary(run_rm(RMEvalConfig(rm, (data,), out, batch_size, trust_remote_code=trust_remote_code)), as_json, "eval --rm")
+        return
     from rlhfctl.eval.benchmark import BenchmarkConfig, run
     from rlhfctl.generation.base import SamplingParams
 

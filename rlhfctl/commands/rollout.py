@@ -44,4 +44,4 @@ def rollout(
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)
     summary = run(RolloutConfig(prompts, model, out, params, backend, trust_remote_code))
-    print_summary(summary, as_json, "rollout")
+    print_summary(summary, as_json, "rollout", to_stderr=out == "-")

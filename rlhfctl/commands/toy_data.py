@@ -8,13 +8,16 @@ from rlhfctl.commands._options import ConfigOpt, JsonOpt, SeedOpt, print_summary
 
 
 def toy_data(
-    out_dir: Annotated[str, typer.Argument(help="Folder for sft.jsonl, train.jsonl, test.jsonl and toy.json.")],
+    out_dir: Annotated[str, typer.Argument(help="Folder for sft.jsonl, train.jsonl, test.jsonl, prefs_style.jsonl and toy.json.")],
     seed: SeedOpt = 0,
     n_sft: Annotated[int, typer.Option("--sft", help="SFT demonstrations (prompt, completion).")] = 20000,
     n_train: Annotated[int, typer.Option("--train", help="Training prompts with answers (for rollout / RL).")] = 2000,
     n_test: Annotated[int, typer.Option("--test", help="Held-out test prompts with answers.")] = 500,
+    n_style: Annotated[int, typer.Option("--style-pairs", help="Style preference pairs (every step shown > steps skipped; both correct).")] = 1000,
     min_ops: Annotated[int, typer.Option("--min-ops", help="Fewest operations (solution steps) per problem.")] = 2,
     max_ops: Annotated[int, typer.Option("--max-ops", help="Most operations per problem.")] = 4,
+    max_value: Annotated[int, typer.Option("--max-value", help="Running values stay in [0, max-value].")] = 199,
+    max_operand: Annotated[int, typer.Option("--max-operand", help="Largest number added or subtracted.")] = 59,
     carry_rate: Annotated[float, typer.Option("--carry-rate", help="Chance that an operation needs a units-column carry or borrow.")] = 0.25,
     slip_kind: Annotated[str, typer.Option("--slip-kind", help="Slip taught in the SFT demonstrations: carry (a needed carry/borrow is forgotten) or none.")] = "carry",
     slip_rate: Annotated[float, typer.Option("--slip-rate", help="Chance that a demonstration makes the slip where it can.")] = 0.7,
@@ -30,6 +33,10 @@ def toy_data(
     have something to fix. Every record keeps the clean solution in
     `meta.clean`; test problems never appear in the SFT or train files.
 
+    prefs_style.jsonl holds a second kind of preference, not about
+    correctness: a solution that shows every step is preferred over a correct
+    one that skips them (for the unified reward model, `train-rm`).
+
     Examples:
 
         rlhfctl toy-data data/toy
@@ -39,6 +46,6 @@ def toy_data(
     from rlhfctl.toy.data import ToyDataConfig, run
     from rlhfctl.toy.task import ToyTaskConfig
 
-    task = ToyTaskConfig(min_ops=min_ops, max_ops=max_ops, carry_rate=carry_rate, slip_kind=slip_kind, slip_rate=slip_rate)
-    summary = run(ToyDataConfig(out_dir, task, n_sft, n_train, n_test, seed))
+    task = ToyTaskConfig(min_ops=min_ops, max_ops=max_ops, max_value=max_value, max_operand=max_operand, carry_rate=carry_rate, slip_kind=slip_kind, slip_rate=slip_rate)
+    summary = run(ToyDataConfig(out_dir, task, n_sft, n_train, n_test, n_style, seed))
     print_summary(summary, as_json, "toy-data")

@@ -41,10 +41,13 @@ def train_sft(
 
         rlhfctl train-sft data/toy/sft.jsonl --model toy:tiny --out runs/sft-tiny --max-steps 50 --resume
     """
+    from accelerate import PartialState
+
     from rlhfctl.training.loop import Schedule
     from rlhfctl.training.sft import SFTConfig, run
 
     schedule = Schedule(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
                         weight_decay=weight_decay, seed=seed, save_every=save_every)
     results = run(SFTConfig(data, model, out, schedule, max_length, resume, trust_remote_code))
-    print_summary({**results, "out": out}, as_json, "train-sft")
+    if PartialState().is_main_process:  # under accelerate launch, one summary, not one per rank
+        print_summary({**results, "out": out}, as_json, "train-sft")

@@ -34,18 +34,24 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def _vote_credit(subset: Sequence[int], key_correct: Sequence[bool]) -> float:
-    """Credit of one majority vote over key ids (-1 = no answer).
+def _vote_credit(subset: Sequence[int], sample_key: Sequence[int], key_correct: Sequence[bool],
+                 weights: Sequence[float] | None) -> float:
+    """Credit of one vote over the samples in `subset` (key id -1 = no answer).
 
-    The winner is the most frequent answer; a tie between several answers gets
-    the fraction of them that are correct (the expected score of breaking the
-    tie uniformly at random). A subset with no answers at all scores 0.
+    The winner is the answer with the most votes (or the largest total weight);
+    a tie between several answers gets the fraction of them that are correct
+    (the expected score of breaking the tie uniformly at random). A subset with
+    no answers at all scores 0.
     """
-    counts = Counter(key for key in subset if key >= 0)
-    if not counts:
+    tally: dict[int, float] = {}
+    for i in subset:
+        key = sample_key[i]
+        if key >= 0:
+            tally[key] = tally.get(key, 0.0) + (1.0 if weights is None else weights[i])
+    if not tally:
         return 0.0
-    top = max(counts.values())
-    winners = [key for key, count in counts.items() if count == top]
+    top = max(tally.values())
+    winners = [key for key, total in tally.items() if total == top]
     return sum(key_correct[key] for key in winners) / len(winners)
 
 
@@ -56,8 +62,12 @@ def maj_at_k(
     *,
     max_subsets: int = 2000,
     seed: int = 0,
+    weights: Sequence[float] | None = None,
 ) -> float:
     """Expected accuracy of majority voting over a uniformly random k-subset of the samples.
+
+    With `weights`, each sample votes with its weight (reward-weighted voting,
+    e.g. σ(reward) per sample) instead of 1.
 
     `keys[i]` is sample i's vote key (None: no answer) and `correct[i]` its
     grade. Samples sharing a key are assumed to share correctness; the first
@@ -82,10 +92,10 @@ def maj_at_k(
         sample_ids.append(ids[key])
 
     if math.comb(n, k) <= max_subsets:
-        subsets = itertools.combinations(sample_ids, k)
-        return math.fsum(_vote_credit(s, key_correct) for s in subsets) / math.comb(n, k)
+        subsets = itertools.combinations(range(n), k)
+        return math.fsum(_vote_credit(s, sample_ids, key_correct, weights) for s in subsets) / math.comb(n, k)
     rng = random.Random(seed)
-    total = math.fsum(_vote_credit(rng.sample(sample_ids, k), key_correct) for _ in range(max_subsets))
+    total = math.fsum(_vote_credit(rng.sample(range(n), k), sample_ids, key_correct, weights) for _ in range(max_subsets))
     return total / max_subsets
 
 

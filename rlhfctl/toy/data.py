@@ -1,4 +1,4 @@
-"""`toy-data`: the prompt, SFT and test files of the toy task."""
+"""`toy-data`: the prompt, SFT, test and style-preference files of the toy task."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ class ToyDataConfig:
     n_sft: int = 20000
     n_train: int = 2000
     n_test: int = 500
+    n_style: int = 1000
     seed: int = 0
 
     def check(self) -> None:
@@ -30,7 +31,7 @@ class ToyDataConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
         if not 1 <= t.min_ops <= t.max_ops:
             raise ConfigError(f"need 1 <= --min-ops <= --max-ops, got {t.min_ops} and {t.max_ops}")
-        for name, value in (("--sft", self.n_sft), ("--train", self.n_train), ("--test", self.n_test)):
+        for name, value in (("--sft", self.n_sft), ("--train", self.n_train), ("--test", self.n_test), ("--style-pairs", self.n_style)):
             if value < 0:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
 
@@ -56,10 +57,23 @@ def run(config: ToyDataConfig) -> dict[str, Any]:
     write_jsonl(out / "sft.jsonl", sft)
     write_jsonl(out / "train.jsonl", [_prompt_record(p, config.task) for p in train])
     write_jsonl(out / "test.jsonl", [_prompt_record(p, config.task) for p in test])
-    summary = {"sft": len(sft), "train": len(train), "test": len(test),
+    style_rng = random.Random(config.seed + 2)
+    style = [style_pair(p, style_rng, config.task) for p in (train[i % len(train)] for i in range(config.n_style))] if train else []
+    write_jsonl(out / "prefs_style.jsonl", style)
+    summary = {"sft": len(sft), "train": len(train), "test": len(test), "style_pairs": len(style),
                "sft_slipped": sum(r["meta"]["slipped"] for r in sft) / max(1, len(sft)), "out_dir": str(out)}
     write_json(out / "toy.json", {"config": asdict(config), "summary": summary})
     return summary
+
+
+def style_pair(p: Problem, rng: random.Random, task: ToyTaskConfig) -> dict[str, Any]:
+    """A preference that is not about correctness: both answers are right, but
+    the chosen one shows every step and the rejected one skips them (it jumps
+    to the answer, or does the whole chain on one line)."""
+    clean = write_solution(p, None, task)[0]
+    chain = p.prompt[len("Compute "):].strip().rstrip(".")
+    rejected = f"Answer: {p.answer}" if rng.random() < 0.5 else f"{chain}={p.answer}\nAnswer: {p.answer}"
+    return {"prompt": p.prompt, "chosen": clean, "rejected": rejected, "source": "toy-style"}
 
 
 def _distinct(rng: random.Random, task: ToyTaskConfig, count: int, exclude: set[Problem]) -> list[Problem]:

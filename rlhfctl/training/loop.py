@@ -210,3 +210,78 @@ def restore_training_state(run_dir: Path, accelerator, model, optimizer, schedul
 
 def schedule_options(schedule: Schedule) -> dict[str, Any]:
     return asdict(schedule)
+
+
+# --- the loop --------------------------------------------------------------------
+
+@dataclass
+class Training:
+    """What one training run holds while it runs."""
+
+    out: Path
+    accelerator: Any
+    model: Any  # wrapped by accelerate
+    optimizer: Any
+    scheduler: Any
+    total: int  # optimiser steps in the whole run
+    start: int  # steps already done (from --resume)
+
+
+def start_training(accelerator, model, schedule: Schedule, total: int, out: Path, resume: bool) -> Training:
+    """AdamW + warmup-cosine, prepared by accelerate, restored from a checkpoint on resume."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(schedule.warmup_ratio * total)))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    start = restore_training_state(out, accelerator, model, optimizer, scheduler)[0] if resume else 0
+    if start:
+        from rlhfctl.console import log
+
+        log(f"resuming from step {start}", accelerator.is_main_process)
+    return Training(out, accelerator, model, optimizer, scheduler, total, start)
+
+
+def fit(run: Training, lengths: list[int], schedule: Schedule, step_fn, name: str) -> dict[str, Any]:
+    """Run the optimiser steps ``run.start + 1 .. run.total``; return the last metrics.
+
+    ``step_fn(batch_indices) -> dict`` does forward, backward and
+    ``optimizer_step(run, ...)`` for one global batch and returns its metrics
+    (with a ``loss``). This loop adds step/epoch/lr/timing, writes
+    ``metrics.jsonl``, checkpoints every ``save_every`` steps and at the end.
+    """
+    import time
+
+    from rlhfctl.console import Progress
+
+    main = run.accelerator.is_main_process
+    metrics = MetricsLog(run.out / METRICS, run.start, enabled=main)
+    stream = batch_stream(lengths, schedule.batch_size, schedule.seed, run.start)
+    last: dict[str, Any] = {}
+    run.model.train()
+    with Progress(name, run.total, run.start, main) as progress:
+        for step in range(run.start + 1, run.total + 1):
+            epoch, batch = next(stream)
+            tic = time.perf_counter()
+            values = step_fn(batch)
+            last = {"step": step, "epoch": epoch, **values, "lr": run.scheduler.get_last_lr()[0],
+                    "samples_per_s": len(batch) / (time.perf_counter() - tic)}
+            metrics.write(last)
+            progress.advance(f"loss {values['loss']:.4f}")
+            if step % schedule.save_every == 0 and step < run.total:
+                save_training_state(run.out, step, run.accelerator, run.model, run.optimizer, run.scheduler, {}, schedule.keep_checkpoints)
+    if not last and main:  # resumed from the final checkpoint: its metrics are on disk
+        last = (read_metrics(run.out) or [{}])[-1]
+    save_training_state(run.out, run.total, run.accelerator, run.model, run.optimizer, run.scheduler, {}, schedule.keep_checkpoints)
+    return last
+
+
+def optimizer_step(run: Training, max_grad_norm: float) -> float | None:
+    """Clip, step, schedule, zero; returns the pre-clip gradient norm."""
+    grad_norm = None
+    if max_grad_norm > 0:
+        grad_norm = float(run.accelerator.clip_grad_norm_(run.model.parameters(), max_grad_norm))
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return grad_norm

@@ -17,7 +17,7 @@ from rlhfctl.data import Example, encode_example
 from rlhfctl.console import Progress, log
 from rlhfctl.records import SFT, read_records
 from rlhfctl.training.loop import (
-    METRICS, MetricsLog, Schedule, batch_stream, prepare_run_dir,
+    METRICS, MetricsLog, Schedule, batch_stream, prepare_run_dir, read_metrics,
     restore_training_state, save_training_state, shard, warmup_cosine,
 )
 
@@ -81,6 +81,8 @@ def run(config: SFTConfig) -> dict[str, Any]:
             if step % config.schedule.save_every == 0 and step < total:
                 save_training_state(out, step, accelerator, model, optimizer, scheduler, {}, config.schedule.keep_checkpoints)
 
+    if not last and start and main:  # resumed from the final checkpoint: the last step's metrics are on disk
+        last = (read_metrics(out) or [{}])[-1]
     results = {"final_loss": last.get("loss"), "steps": total, "parameters": count_parameters(model)}
     save_training_state(out, total, accelerator, model, optimizer, scheduler, {}, config.schedule.keep_checkpoints)
     if main:
@@ -96,7 +98,7 @@ def _train_step(model, optimizer, scheduler, accelerator, batch: list[Example], 
     import torch
 
     local = shard(batch, accelerator.process_index, accelerator.num_processes)
-    global_tokens = sum(len(e.input_ids) - e.prompt_len - 1 for e in batch) or 1
+    global_tokens = sum(len(e.input_ids) - e.prompt_len for e in batch) or 1  # = labels != -100 after the shift
     input_ids, attention_mask, labels = collate(local, pad_id)
     logits = model(input_ids=input_ids.to(accelerator.device), attention_mask=attention_mask.to(accelerator.device)).logits
     # Sum over this rank's tokens / the global count, times world: DDP averages

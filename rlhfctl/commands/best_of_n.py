@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from rlhfctl.commands._options import (
+    BackendOpt, ConfigOpt, GenBatchOpt, JsonOpt, MaxNewTokensOpt, SeedOpt, TemperatureOpt, TopPOpt,
+)
+
+
+def best_of_n(
+    source: Annotated[str, typer.Argument(help="Graded rollouts JSONL; or, with --policy, prompts JSONL to sample from.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Result JSON: {n, curves: {scorer: [accuracy per N]}, num_prompts}.")],
+    rm: Annotated[Optional[str], typer.Option("--rm", help="Select by this reward model (train-rm folder).", show_default=False)] = None,
+    vote: Annotated[Optional[list[str]], typer.Option("--vote", help="Voting curves: majority, weighted (σ(reward)-weighted, needs --rm). Repeatable.", show_default=False)] = None,
+    logprob: Annotated[Optional[str], typer.Option("--logprob", help="Select by mean token log-probability under this model.", show_default=False)] = None,
+    oracle: Annotated[bool, typer.Option("--oracle/--no-oracle", help="Include the oracle curve (pass@N, the ceiling).")] = True,
+    n: Annotated[Optional[int], typer.Option("--n", "-n", help="N_max: use at most this many samples per prompt (with --policy: sample this many).", show_default=False)] = None,
+    picks: Annotated[Optional[str], typer.Option("--picks", help="Write the top-scored response per prompt here (prompt/completion JSONL, ready for SFT).", show_default=False)] = None,
+    plot: Annotated[Optional[str], typer.Option("--plot", help="Draw every curve on one PNG figure.", show_default=False)] = None,
+    policy: Annotated[Optional[str], typer.Option("--policy", help="Sample the N responses from this model first (SOURCE is then a prompts file).", show_default=False)] = None,
+    temperature: TemperatureOpt = 1.0,
+    top_p: TopPOpt = 1.0,
+    max_new_tokens: MaxNewTokensOpt = 128,
+    batch_size: GenBatchOpt = 64,
+    seed: SeedOpt = 0,
+    backend: BackendOpt = "auto",
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Best-of-N accuracy for N = 1, 2, 4, … N_max from one set of samples per prompt.
+
+    Each point is the exact expectation over random N-subsets of the N_max
+    samples (ties in score shared fairly). Curves: `oracle` (pass@N),
+    `rm`, `logprob`, `majority`, `weighted`. Scores are kept in
+    OUT.scores.json, so rerunning with another scorer or --plot never
+    re-scores; with --policy the samples are kept in OUT-stem.rollouts.jsonl
+    and reused by a rerun.
+
+    Examples:
+
+        rlhfctl best-of-n runs/rollouts-test.jsonl --rm runs/rm --vote majority --vote weighted --out runs/bon.json --plot runs/bon.png
+
+        rlhfctl best-of-n data/toy/test.jsonl --policy runs/sft --n 16 --logprob runs/sft --out runs/bon-lp.json
+    """
+    from rlhfctl.commands._options import print_summary
+    from rlhfctl.eval.bon import BoNConfig, run
+    from rlhfctl.generation.base import SamplingParams
+
+    params = SamplingParams(n=n or 16, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, seed=seed)
+    result = run(BoNConfig(source, out, rm, tuple(vote or ()), logprob, oracle, n, picks, plot, policy, params, backend))
+    if as_json:
+        import json
+        import sys
+
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    _print_table(result)
+
+
+def _print_table(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"best-of-n ({result['num_prompts']} prompts)")
+    table.add_column("N", justify="right")
+    for name in result["curves"]:
+        table.add_column(name, justify="right")
+    for i, n in enumerate(result["n"]):
+        table.add_row(str(n), *(f"{ys[i]:.4f}" for ys in result["curves"].values()))
+    Console().print(table)

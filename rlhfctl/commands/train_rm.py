@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from rlhfctl.commands._options import (
+    ConfigOpt, EpochsOpt, JsonOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt,
+    TrustOpt, print_summary,
+)
+
+
+def train_rm(
+    data: Annotated[list[str], typer.Argument(help="Prefs JSONL files: pairs {prompt, chosen, rejected, margin?} and/or binary items {prompt, completion, label}.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Run folder: the reward model, checkpoints/, metrics.jsonl.")],
+    model: ModelOpt = "toy:small",
+    eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Held-out prefs file(s); default: a split of DATA by prompt.", show_default=False)] = None,
+    eval_fraction: Annotated[float, typer.Option("--eval-fraction", help="Share of DATA's prompts held out when --eval-data is not given.")] = 0.1,
+    epochs: EpochsOpt = 1.0,
+    max_steps: MaxStepsOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Records (pairs or binary items) per optimiser step, global.")] = 32,
+    lr: LrOpt = 5e-4,
+    warmup_ratio: Annotated[float, typer.Option("--warmup-ratio", help="Fraction of steps spent warming the learning rate up.")] = 0.05,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.0,
+    max_length: MaxLengthOpt = 512,
+    seed: SeedOpt = 0,
+    save_every: SaveEveryOpt = 100,
+    resume: ResumeOpt = False,
+    trust_remote_code: TrustOpt = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Train the unified outcome reward model on pairs and binary items at once.
+
+    Pairs use the Bradley-Terry loss -log σ(r+ - r- - margin); binary items
+    the logistic loss -log σ(±r); a batch holding both averages the two. The
+    score is a scalar head read at the last real token. The folder is an
+    AutoModelForSequenceClassification (num_labels=1); its rlhfctl.json holds
+    held-out accuracy and the reward's mean and std (`reward_mean`,
+    `reward_std`) for standardising scores. The backbone comes from a policy
+    folder (e.g. the SFT model) or a toy: spec.
+
+    Examples:
+
+        rlhfctl train-rm runs/prefs.jsonl --model runs/sft --out runs/rm
+
+        rlhfctl train-rm runs/prefs.jsonl --model toy:tiny --out runs/rm-tiny --max-steps 20 --eval-fraction 0.2
+    """
+    from rlhfctl.training.loop import Schedule
+    from rlhfctl.training.rm import RMConfig, run
+
+    schedule = Schedule(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
+                        weight_decay=weight_decay, seed=seed, save_every=save_every)
+    results = run(RMConfig(tuple(data), model, out, schedule, tuple(eval_data or ()), eval_fraction, max_length, resume,
+                           trust_remote_code))
+    print_summary({**results, "out": out}, as_json, "train-rm")

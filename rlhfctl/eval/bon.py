@@ -1,0 +1,192 @@
+"""`best-of-n`: accuracy of selecting 1 of N samples, for N = 1, 2, 4, …, N_max.
+
+Every curve comes from one set of N_max samples per prompt with exact
+expectations over random N-subsets (`best_of_n.best_of_n_accuracy`,
+`passk.maj_at_k`). Scorer outputs are kept in ``OUT.scores.json`` keyed by
+scorer, prompt id and response index, so adding a scorer or re-plotting
+never scores twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rlhfctl.errors import ConfigError, DataError
+from rlhfctl.eval.best_of_n import best_of_n_accuracy, oracle_accuracy
+from rlhfctl.eval.passk import ks_up_to, maj_at_k
+from rlhfctl.generation.base import SamplingParams
+from rlhfctl.records import ROLLOUTS, Record, read_records, write_json, write_jsonl
+
+VOTES = ("majority", "weighted")
+
+
+@dataclass(frozen=True)
+class BoNConfig:
+    source: str  # rollouts JSONL, or prompts JSONL with `policy`
+    out: str  # bon.json
+    rm: str | None = None
+    votes: tuple[str, ...] = ()
+    logprob: str | None = None
+    oracle: bool = True
+    n: int | None = None  # caps N_max
+    picks: str | None = None
+    plot: str | None = None
+    policy: str | None = None  # sample the N responses with this model first
+    params: SamplingParams = SamplingParams(n=16)
+    backend: str = "auto"
+
+    def check(self) -> None:
+        for v in self.votes:
+            if v not in VOTES:
+                raise ConfigError(f"unknown --vote {v!r}: choose from {', '.join(VOTES)}")
+        if "weighted" in self.votes and not self.rm:
+            raise ConfigError("--vote weighted needs --rm DIR (the weights are σ(reward))")
+        if self.n is not None and self.n < 1:
+            raise ConfigError(f"--n must be at least 1, got {self.n}")
+        if not (self.rm or self.votes or self.logprob or self.oracle):
+            raise ConfigError("nothing to compare: give --rm, --vote, --logprob or --oracle")
+
+
+def run(config: BoNConfig) -> dict[str, Any]:
+    config.check()
+    rollouts = _rollouts(config)
+    n_max = _n_max(rollouts, config)
+    rollouts = [{**r, "responses": r["responses"][:n_max], "correct": r["correct"][:n_max]} for r in rollouts]
+    scores = ScoreCache(config.out + ".scores.json")
+    curves: dict[str, list[float]] = {}
+    ns = ks_up_to(n_max) + ([n_max] if n_max & (n_max - 1) else [])
+    if config.oracle:
+        curves["oracle"] = [_mean(oracle_accuracy(r["correct"], k) for r in rollouts) for k in ns]
+    ranked: dict[str, list[list[float]]] = {}
+    if config.rm:
+        ranked["rm"] = scores.get(f"rm:{os.path.abspath(config.rm)}", rollouts, lambda todo: _score_rm(todo, config.rm))
+    if config.logprob:
+        ranked["logprob"] = scores.get(f"logprob:{config.logprob}", rollouts, lambda todo: _score_logprob(todo, config.logprob))
+    for name, per_prompt in ranked.items():
+        curves[name] = [_mean(best_of_n_accuracy(s, r["correct"], k) for s, r in zip(per_prompt, rollouts)) for k in ns]
+    keys = _vote_keys(rollouts) if config.votes else []
+    for vote in config.votes:
+        weights = [[_sigmoid(x) for x in s] for s in ranked["rm"]] if vote == "weighted" else [None] * len(rollouts)
+        curves[vote] = [_mean(maj_at_k(kk, r["correct"], k, weights=w) for kk, r, w in zip(keys, rollouts, weights)) for k in ns]
+    scores.save()
+    result = {"n": ns, "curves": curves, "num_prompts": len(rollouts), "source": config.source}
+    write_json(config.out, result)
+    if config.picks:
+        write_jsonl(config.picks, _picks(rollouts, ranked))
+    if config.plot:
+        plot_curves(result, config.plot)
+    return result
+
+
+def _rollouts(config: BoNConfig) -> list[Record]:
+    """The rollouts to select from; with --policy, sampled first (and kept beside the output)."""
+    path = config.source
+    if config.policy:
+        from rlhfctl.generation.rollout import RolloutConfig, run as rollout
+
+        path = str(Path(config.out).with_suffix("")) + ".rollouts.jsonl"
+        n = config.n or config.params.n
+        rollout(RolloutConfig(config.source, config.policy, path, replace(config.params, n=n), config.backend))
+    rollouts = read_records(path, ROLLOUTS)
+    for line, r in enumerate(rollouts, start=1):
+        if "correct" not in r:
+            raise DataError(path, line, "missing: best-of-n needs graded rollouts (prompts with an answer)", "correct")
+    return rollouts
+
+
+def _n_max(rollouts: list[Record], config: BoNConfig) -> int:
+    n_max = min(len(r["responses"]) for r in rollouts)
+    if n_max == 0:
+        raise DataError(config.source, None, "a rollout has no responses", "responses")
+    return min(n_max, config.n) if config.n else n_max
+
+
+class ScoreCache:
+    """``{scorer: {prompt id: [score per response]}}`` on disk, written atomically."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.data: dict[str, dict[str, list[float]]] = {}
+        if os.path.exists(path):
+            self.data = json.loads(Path(path).read_text())
+
+    def get(self, scorer: str, rollouts: list[Record], compute) -> list[list[float]]:
+        known = self.data.setdefault(scorer, {})
+        todo = [r for r in rollouts if len(known.get(r["id"], [])) < len(r["responses"])]
+        if todo:
+            for r, s in zip(todo, compute(todo)):
+                known[r["id"]] = s
+        return [known[r["id"]][: len(r["responses"])] for r in rollouts]
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+
+def _score_rm(rollouts: list[Record], rm: str) -> list[list[float]]:
+    from rlhfctl.rm.scorers import score_rollouts
+
+    return score_rollouts(rollouts, rm)
+
+
+def _score_logprob(rollouts: list[Record], model: str) -> list[list[float]]:
+    from rlhfctl.rm.scorers import logprob_rollouts
+
+    return logprob_rollouts(rollouts, model)
+
+
+def _vote_keys(rollouts: list[Record]) -> list[list[str | None]]:
+    from rlhfctl.generation.rollout import task_of
+    from rlhfctl.grading import get_grader
+
+    return [[get_grader(task_of(r) or "math").extract(t) for t in r["responses"]] for r in rollouts]
+
+
+def _picks(rollouts: list[Record], ranked: dict[str, list[list[float]]]) -> list[Record]:
+    """The top-scored response per prompt (rejection sampling), as prompt/completion."""
+    scorer = next(iter(ranked), None)
+    out = []
+    for i, r in enumerate(rollouts):
+        scores = ranked[scorer][i] if scorer else [float(c) for c in r["correct"]]
+        best = max(range(len(scores)), key=lambda j: scores[j])
+        out.append({"id": r["id"], "prompt": r["prompt"], "completion": r["responses"][best],
+                    "score": scores[best], "correct": r["correct"][best], "scorer": scorer or "oracle"})
+    return out
+
+
+def plot_curves(result: dict[str, Any], path: str) -> None:
+    """Every curve against N (log2 axis) on one labelled figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, ys in result["curves"].items():
+        ax.plot(result["n"], ys, marker="o", label=name, linestyle="--" if name == "oracle" else "-")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(result["n"], [str(n) for n in result["n"]])
+    ax.set_xlabel("N (samples per prompt)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Best-of-N on {result['num_prompts']} prompts")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return math.fsum(values) / len(values)
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))

@@ -1,0 +1,34 @@
+"""`eval --rm`: how well a reward model separates good from bad responses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rlhfctl.records import write_json
+
+
+@dataclass(frozen=True)
+class RMEvalConfig:
+    rm: str
+    data: tuple[str, ...]
+    out: str | None = None
+    batch_size: int = 64
+    max_length: int = 512
+    trust_remote_code: bool = False
+
+
+def run(config: RMEvalConfig) -> dict[str, Any]:
+    """Pair accuracy on pairs, accuracy and AUC on binary items (RewardBench style)."""
+    from rlhfctl.rm.data import encode_items, read_preferences
+    from rlhfctl.rm.model import ORM, TokenValues, load_reward_model
+    from rlhfctl.training.rm import evaluate_items
+
+    model, tokenizer, manifest = load_reward_model(config.rm, ORM, config.trust_remote_code)
+    data = read_preferences(config.data)
+    items = encode_items(data, tokenizer, config.max_length)
+    summary = evaluate_items(TokenValues(model), items, tokenizer.pad_token_id, config.batch_size)
+    summary.update({"rm": config.rm, "dropped": data.dropped})
+    if config.out:
+        write_json(config.out, summary)
+    return summary

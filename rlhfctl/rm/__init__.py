@@ -1,0 +1,1 @@
+"""Reward models: losses, score reading, PRM labelling and aggregation."""

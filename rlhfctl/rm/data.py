@@ -1,0 +1,96 @@
+"""Preference data for reward models: pairs and binary items, tokenised.
+
+A prefs file may mix the two record kinds of DESIGN.md §3, one per line:
+pairs (``prompt``, ``chosen``, ``rejected``, optional ``margin``) and binary
+items (``prompt``, ``completion``, ``label``). Anything else is an error that
+names the line.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlhfctl.data import encode_example
+from rlhfctl.errors import DataError
+from rlhfctl.records import BINARY, PAIRS, Record, iter_json_lines, prompt_id
+
+PAIR, BINARY_ITEM = "pair", "binary"
+
+
+@dataclass
+class PrefData:
+    pairs: list[Record] = field(default_factory=list)
+    binary: list[Record] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+
+def record_kind(record: Any) -> str | None:
+    if isinstance(record, dict) and "chosen" in record and "rejected" in record:
+        return PAIR
+    if isinstance(record, dict) and "completion" in record and "label" in record:
+        return BINARY_ITEM
+    return None
+
+
+def read_preferences(paths: list[str] | tuple[str, ...]) -> PrefData:
+    """All pairs and binary items of the files; pairs with chosen == rejected are dropped and counted."""
+    data = PrefData()
+    for path in paths:
+        count = 0
+        for lineno, value in iter_json_lines(path):
+            kind = record_kind(value)
+            if kind is None:
+                raise DataError(path, lineno, "unknown record kind: expected a pair (prompt, chosen, rejected) "
+                                "or a binary item (prompt, completion, label)")
+            record = (PAIRS if kind == PAIR else BINARY).check(value, path, lineno)
+            count += 1
+            if kind == PAIR and record["chosen"] == record["rejected"]:
+                data.dropped["chosen equals rejected"] = data.dropped.get("chosen equals rejected", 0) + 1
+                continue
+            (data.pairs if kind == PAIR else data.binary).append(record)
+        if count == 0:
+            raise DataError(path, None, "no records (expected pairs or binary items, one JSON object per line)")
+    return data
+
+
+def split_by_prompt(data: PrefData, fraction: float, seed: int) -> tuple[PrefData, PrefData]:
+    """(train, held-out): a seeded ``fraction`` of distinct prompts goes to held-out.
+
+    Splitting by prompt, not by record, keeps held-out prompts unseen in training.
+    """
+    keys = sorted({prompt_id(r["prompt"]) for r in data.pairs + data.binary})
+    random.Random(seed).shuffle(keys)
+    held = set(keys[: int(round(fraction * len(keys)))])
+    train, test = PrefData(dropped=dict(data.dropped)), PrefData()
+    for r in data.pairs:
+        (test if prompt_id(r["prompt"]) in held else train).pairs.append(r)
+    for r in data.binary:
+        (test if prompt_id(r["prompt"]) in held else train).binary.append(r)
+    return train, test
+
+
+@dataclass(frozen=True)
+class Item:
+    """One training record, tokenised: a pair (2 sequences) or a binary item (1)."""
+
+    kind: str
+    seqs: tuple[list[int], ...]
+    margin: float = 0.0
+    label: bool = False
+
+    @property
+    def length(self) -> int:
+        return max(len(s) for s in self.seqs)
+
+
+def encode_items(data: PrefData, tokenizer: Any, max_length: int) -> list[Item]:
+    """Pairs first, then binary items; each sequence is prompt + response + eos."""
+    def ids(prompt, completion) -> list[int]:
+        return encode_example(tokenizer, prompt, completion, max_length).input_ids
+
+    items = [Item(PAIR, (ids(r["prompt"], r["chosen"]), ids(r["prompt"], r["rejected"])), float(r.get("margin") or 0.0))
+             for r in data.pairs]
+    items += [Item(BINARY_ITEM, (ids(r["prompt"], r["completion"]),), label=bool(r["label"])) for r in data.binary]
+    return items

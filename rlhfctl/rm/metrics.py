@@ -1,0 +1,56 @@
+"""How good a reward model is: pair accuracy, binary accuracy, AUC."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def pair_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> float | None:
+    """Fraction of pairs with r(chosen) > r(rejected); a tie counts half. None without pairs."""
+    if not chosen:
+        return None
+    wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected))
+    return wins / len(chosen)
+
+
+def binary_accuracy(scores: Sequence[float], labels: Sequence[bool], threshold: float = 0.0) -> float | None:
+    """Fraction of items with (score > threshold) == label (σ(score) > ½ at the default). None without items."""
+    if not scores:
+        return None
+    return sum((s > threshold) == bool(y) for s, y in zip(scores, labels)) / len(scores)
+
+
+def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties half.
+
+    None when only one class is present (the AUC is undefined).
+
+    The Mann-Whitney U statistic over all positive/negative pairs, computed
+    from ranks in O(n log n).
+    """
+    pos = sum(1 for y in labels if y)
+    neg = len(labels) - pos
+    if pos == 0 or neg == 0:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for t in range(i, j + 1):
+            ranks[order[t]] = (i + j) / 2 + 1  # average rank of a tie block
+        i = j + 1
+    rank_sum = sum(r for r, y in zip(ranks, labels) if y)
+    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (the σ consumers divide by)."""
+    if not values:
+        return 0.0, 1.0
+    mu = math.fsum(values) / len(values)
+    var = math.fsum((v - mu) ** 2 for v in values) / len(values)
+    return mu, math.sqrt(var)

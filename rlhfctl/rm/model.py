@@ -1,0 +1,115 @@
+"""Reward models as per-token scalar functions, and scoring with them.
+
+An ORM folder is an `AutoModelForSequenceClassification` (``num_labels=1``),
+a PRM folder an `AutoModelForTokenClassification` (``num_labels=1``); both
+are a backbone plus a linear ``score`` head. `TokenValues` runs the backbone
+and the head on every position, so rlhfctl reads the score where it chooses:
+at the last real token for an ORM (by attention mask, so pad == eos is
+safe), at the last token of each step for a PRM.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rlhfctl.artifacts import read_manifest
+from rlhfctl.errors import ModelError
+from rlhfctl.models import TOY_PREFIX, check_model_spec, is_toy_spec, load_tokenizer, quiet_transformers
+
+ORM, PRM = "orm", "prm"
+
+
+class TokenValues(torch.nn.Module):
+    """(B, T) ids -> (B, T) scalar values: the classification head at every token."""
+
+    def __init__(self, model: Any):
+        super().__init__()
+        self.model = model
+        if not hasattr(model, "score"):
+            raise ModelError(f"{type(model).__name__} has no 'score' head: not supported as a reward model")
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        return self.model.score(hidden).squeeze(-1)  # (B, T, 1) -> (B, T)
+
+
+def build_reward_model(spec: str, kind: str, seed: int = 0, trust_remote_code: bool = False):
+    """A fresh reward model on the backbone of ``spec`` (a policy folder or toy:SIZE).
+
+    The language-model head is dropped and a zero-initialised score head is
+    added, so every response starts at reward 0.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    check_model_spec(spec)
+    quiet_transformers()
+    auto = AutoModelForSequenceClassification if kind == ORM else AutoModelForTokenClassification
+    fork = torch.random.fork_rng(devices=[])
+    with fork:
+        torch.manual_seed(seed)
+        if is_toy_spec(spec):
+            from rlhfctl.toy.sizes import toy_config
+
+            model = auto.from_config(toy_config(spec[len(TOY_PREFIX):]), num_labels=1)
+        else:
+            tokenizer = load_tokenizer(spec, trust_remote_code)
+            model = auto.from_pretrained(spec, num_labels=1, trust_remote_code=trust_remote_code)
+            if model.config.pad_token_id is None:
+                model.config.pad_token_id = tokenizer.pad_token_id
+    torch.nn.init.zeros_(model.score.weight)
+    return model
+
+
+def load_reward_model(folder: str, kind: str, trust_remote_code: bool = False):
+    """(model, tokenizer, manifest) of a trained rlhfctl reward model folder.
+
+    Refuses a folder without an rlhfctl manifest (its μ/σ are unknown) and a
+    folder of the wrong kind (a policy or a PRM given as an ORM).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    check_model_spec(folder)
+    quiet_transformers()
+    manifest = read_manifest(folder)
+    flag = "--rm" if kind == ORM else "--prm"
+    if manifest is None:
+        raise ModelError(f"{folder}: no rlhfctl.json, so not a reward model trained by rlhfctl train-rm ({flag} needs one)")
+    found = manifest.get("results", {}).get("kind")
+    if manifest.get("command") != "train-rm" or found is None:
+        raise ModelError(f"{folder}: made by '{manifest.get('command')}', not train-rm: not a reward model ({flag})")
+    if found != kind:
+        raise ModelError(f"{folder}: is a {found.upper()}, but {flag} needs a{'n' if kind == ORM else ''} {kind.upper()}")
+    auto = AutoModelForSequenceClassification if kind == ORM else AutoModelForTokenClassification
+    model = auto.from_pretrained(folder, trust_remote_code=trust_remote_code).eval()
+    tokenizer = load_tokenizer(folder, trust_remote_code)
+    return model, tokenizer, manifest
+
+
+def right_pad(seqs: list[list[int]], pad_id: int):
+    """(B, T) ids and attention mask, right-padded (positions start at 0 in every row)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def score_sequences(values: TokenValues, seqs: list[list[int]], pad_id: int, batch_size: int = 64) -> list[float]:
+    """Last-real-token score of each sequence, batched by length (little padding)."""
+    from rlhfctl.rm.scoring import gather_last
+
+    device = next(values.parameters()).device
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    scores = [0.0] * len(seqs)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        ids, mask = right_pad([seqs[i] for i in chunk], pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        for i, s in zip(chunk, gather_last(values(ids, mask), mask).float().tolist()):
+            scores[i] = s
+    return scores

@@ -1,0 +1,64 @@
+"""Scoring the responses of rollouts: reward model, policy log-probability.
+
+Every scorer maps rollouts to one float per response (higher is better);
+best-of-n keeps the scores in a side file so re-plotting never re-scores.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlhfctl.data import encode_example
+from rlhfctl.records import Record
+
+
+def _sequences(rollouts: list[Record], tokenizer: Any, max_length: int) -> tuple[list[list[int]], list[int]]:
+    """Flattened prompt+response(+eos) ids, and each sequence's prompt length."""
+    seqs, prompt_lens = [], []
+    for r in rollouts:
+        for response in r["responses"]:
+            ex = encode_example(tokenizer, r["prompt"], response, max_length)
+            seqs.append(ex.input_ids)
+            prompt_lens.append(ex.prompt_len)
+    return seqs, prompt_lens
+
+
+def _regroup(flat: list[float], rollouts: list[Record]) -> list[list[float]]:
+    out, i = [], 0
+    for r in rollouts:
+        out.append(flat[i:i + len(r["responses"])])
+        i += len(r["responses"])
+    return out
+
+
+def score_rollouts(rollouts: list[Record], rm_dir: str, batch_size: int = 64, max_length: int = 512) -> list[list[float]]:
+    """ORM score of every response (raw; standardising does not change a ranking)."""
+    from rlhfctl.rm.model import ORM, TokenValues, load_reward_model, score_sequences
+
+    model, tokenizer, _ = load_reward_model(rm_dir, ORM)
+    seqs, _ = _sequences(rollouts, tokenizer, max_length)
+    return _regroup(score_sequences(TokenValues(model), seqs, tokenizer.pad_token_id, batch_size), rollouts)
+
+
+def logprob_rollouts(rollouts: list[Record], model_spec: str, batch_size: int = 64, max_length: int = 512) -> list[list[float]]:
+    """Mean token log-probability of each response (with its eos) under a policy."""
+    import torch
+
+    from rlhfctl.models import load_causal_lm, load_tokenizer
+    from rlhfctl.rm.model import right_pad
+
+    tokenizer = load_tokenizer(model_spec)
+    model = load_causal_lm(model_spec).eval()
+    seqs, prompt_lens = _sequences(rollouts, tokenizer, max_length)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    flat = [0.0] * len(seqs)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            ids, mask = right_pad([seqs[i] for i in chunk], tokenizer.pad_token_id)
+            logps = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
+            token_logp = logps.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1): log p(x_t | x_<t)
+            for row, i in enumerate(chunk):
+                lo, hi = prompt_lens[i] - 1, len(seqs[i]) - 1  # response tokens, shifted by one
+                flat[i] = float(token_logp[row, lo:hi].mean()) if hi > lo else float("-inf")
+    return _regroup(flat, rollouts)

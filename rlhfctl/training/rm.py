@@ -1,0 +1,168 @@
+"""Training the unified outcome reward model (DESIGN.md §1).
+
+Pairs and binary items are mixed in one stream; a batch's loss is
+``½(L_BT + L_cls)`` when it holds both kinds (`rm.losses.unified_loss`).
+All sequences of a batch, chosen, rejected and binary alike, go through one
+forward pass; batches are length-bucketed so padding stays small. After
+training, held-out accuracy and the reward's mean and std are written into
+the manifest, for every consumer to standardise scores with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
+from rlhfctl.console import log
+from rlhfctl.errors import ConfigError
+from rlhfctl.rm.data import BINARY_ITEM, PAIR, Item, PrefData, encode_items, read_preferences, split_by_prompt
+from rlhfctl.training.loop import Schedule, fit, optimizer_step, prepare_run_dir, shard, start_training
+
+
+@dataclass(frozen=True)
+class RMConfig:
+    data: tuple[str, ...]
+    model: str
+    out: str
+    schedule: Schedule
+    eval_data: tuple[str, ...] = ()
+    eval_fraction: float = 0.1
+    max_length: int = 512
+    resume: bool = False
+    trust_remote_code: bool = False
+
+    def check(self) -> None:
+        self.schedule.check()
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"--eval-fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+def run(config: RMConfig) -> dict[str, Any]:
+    from accelerate import Accelerator
+
+    from rlhfctl.models import load_tokenizer, save_model
+    from rlhfctl.rm.model import ORM, TokenValues, build_reward_model
+
+    config.check()
+    data = read_preferences(config.data)
+    if config.eval_data:
+        train, held = data, read_preferences(config.eval_data)
+    else:
+        train, held = split_by_prompt(data, config.eval_fraction, config.schedule.seed)
+    if not train.pairs and not train.binary:
+        raise ConfigError("no training records left after the held-out split: lower --eval-fraction")
+    accelerator = Accelerator()
+    out, options = Path(config.out), _options(config)
+    if accelerator.is_main_process:
+        prepare_run_dir(out, "train-rm", options, config.resume)
+    accelerator.wait_for_everyone()
+
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    items = encode_items(train, tokenizer, config.max_length)
+    model = build_reward_model(config.model, ORM, config.schedule.seed, config.trust_remote_code)
+    values = TokenValues(model)
+    total = config.schedule.total_steps(len(items))
+    run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
+    log(f"train-rm: {len(train.pairs)} pairs, {len(train.binary)} binary items, {total} steps of "
+        f"{config.schedule.batch_size}; held out: {len(held.pairs)} pairs, {len(held.binary)} binary", accelerator.is_main_process)
+
+    def step(batch: list[int]) -> dict[str, Any]:
+        return _train_step(run_, [items[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm)
+
+    last = fit(run_, [it.length for it in items], config.schedule, step, "train-rm")
+    unwrapped = accelerator.unwrap_model(run_.model)
+    results = {"kind": ORM, "steps": total, "final_loss": last.get("loss"),
+               "train": {"pairs": len(train.pairs), "binary": len(train.binary), "dropped": train.dropped},
+               **evaluate_items(unwrapped, encode_items(held, tokenizer, config.max_length), tokenizer.pad_token_id)}
+    if accelerator.is_main_process:
+        manifest = make_manifest("train-rm", options, describe_inputs(_inputs(config)), results)
+        publish_model_folder(out, lambda tmp: save_model(unwrapped.model, tokenizer, tmp), manifest)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float) -> dict[str, Any]:
+    """Forward every sequence of this rank's share at once, then the unified loss.
+
+    Each loss is a mean over the *global* batch (sum here / global count), and
+    scaled by the world size because DDP averages the ranks' gradients.
+    """
+    import torch
+
+    from rlhfctl.rm.losses import binary_loss, bradley_terry_loss
+    from rlhfctl.rm.model import right_pad
+    from rlhfctl.rm.scoring import gather_last
+
+    acc = run.accelerator
+    n_pairs = sum(it.kind == PAIR for it in batch)
+    n_bin = len(batch) - n_pairs
+    local = shard(batch, acc.process_index, acc.num_processes)
+    pairs = [it for it in local if it.kind == PAIR]
+    binary = [it for it in local if it.kind == BINARY_ITEM]
+    seqs = [s for it in pairs for s in it.seqs] + [it.seqs[0] for it in binary]  # (chosen, rejected)*P + binary
+    ids, mask = right_pad(seqs, pad_id)
+    ids, mask = ids.to(acc.device), mask.to(acc.device)
+    scores = gather_last(run.model(ids, mask), mask).float()  # (2P + B,)
+    chosen, rejected, bin_scores = scores[0:2 * len(pairs):2], scores[1:2 * len(pairs):2], scores[2 * len(pairs):]
+    parts, stats = [], {}
+    if n_pairs:
+        margin = torch.tensor([it.margin for it in pairs], device=acc.device)
+        bt = bradley_terry_loss(chosen, rejected, margin) * len(pairs) / n_pairs if pairs else scores.sum() * 0
+        parts.append(bt)
+        stats["pair_acc"] = ((chosen > rejected).float().sum(), n_pairs)
+    if n_bin:
+        labels = torch.tensor([it.label for it in binary], device=acc.device)
+        cls = binary_loss(bin_scores, labels) * len(binary) / n_bin if binary else scores.sum() * 0
+        parts.append(cls)
+        stats["binary_acc"] = (((bin_scores > 0) == labels).float().sum(), n_bin)
+    loss = sum(parts) / len(parts)
+    acc.backward(loss * acc.num_processes)
+    grad_norm = optimizer_step(run, max_grad_norm)
+    out = {"loss": float(acc.reduce(loss.detach(), reduction="sum")), "grad_norm": grad_norm,
+           "pairs": n_pairs, "binary": n_bin}
+    for name, (hits, count) in stats.items():
+        out[name] = float(acc.reduce(hits.detach(), reduction="sum")) / count
+    return out
+
+
+def evaluate_items(values, items: list[Item], pad_id: int, batch_size: int = 64) -> dict[str, Any]:
+    """Held-out metrics and the reward's mean/std over every scored response."""
+    from rlhfctl.rm.metrics import auc, binary_accuracy, mean_std, pair_accuracy
+    from rlhfctl.rm.model import score_sequences
+
+    values.eval()
+    seqs = [s for it in items for s in it.seqs]
+    scores = score_sequences(values, seqs, pad_id, batch_size) if seqs else []
+    chosen, rejected, bin_scores, labels, i = [], [], [], [], 0
+    for it in items:
+        if it.kind == PAIR:
+            chosen.append(scores[i])
+            rejected.append(scores[i + 1])
+            i += 2
+        else:
+            bin_scores.append(scores[i])
+            labels.append(it.label)
+            i += 1
+    mu, sigma = mean_std(scores)
+    out: dict[str, Any] = {"num_pairs": len(chosen), "num_binary": len(bin_scores), "reward_mean": mu, "reward_std": sigma}
+    if chosen:
+        out["pair_accuracy"] = pair_accuracy(chosen, rejected)
+    if bin_scores:
+        out["binary_accuracy"] = binary_accuracy(bin_scores, labels)
+        out["auc"] = auc(bin_scores, labels)
+    return out
+
+
+def _inputs(config: RMConfig) -> dict[str, Any]:
+    paths = {f"data{i}": p for i, p in enumerate(config.data)}
+    paths.update({f"eval_data{i}": p for i, p in enumerate(config.eval_data)})
+    paths["model"] = config.model
+    return paths
+
+
+def _options(config: RMConfig) -> dict[str, Any]:
+    options = asdict(config)
+    options.update(options.pop("schedule"))
+    return options
