@@ -15,6 +15,7 @@ from rlhfctl import __version__
 from rlhfctl.commands.best_of_n import best_of_n
 from rlhfctl.commands.build_prefs import build_prefs
 from rlhfctl.commands.evaluate import evaluate
+from rlhfctl.commands.label_prm import label_prm
 from rlhfctl.commands.rollout import rollout
 from rlhfctl.commands.toy_data import toy_data
 from rlhfctl.commands.train_rm import train_rm
@@ -35,6 +36,7 @@ app.command("toy-data")(toy_data)
 app.command("train-sft")(train_sft)
 app.command("rollout")(rollout)
 app.command("build-prefs")(build_prefs)
+app.command("label-prm")(label_prm)
 app.command("train-rm")(train_rm)
 app.command("best-of-n")(best_of_n)
 app.command("eval")(evaluate)

@@ -165,6 +165,7 @@ STEPS = RecordKind(
      "labels": _list_of(_is_label, "labels", nonempty=True)},
     {"id": _is_id, "answer": _is_scalar_answer, "method": _is_str, "n_completions": _is_number},
 )
+KEYED = RecordKind("keyed", {"id": _is_id}, {})  # side files: any object with an id
 KINDS = {k.name: k for k in (PROMPTS, SFT, ROLLOUTS, PAIRS, BINARY, STEPS)}
 
 

@@ -13,6 +13,8 @@ def best_of_n(
     source: Annotated[str, typer.Argument(help="Graded rollouts JSONL; or, with --policy, prompts JSONL to sample from.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Result JSON: {n, curves: {scorer: [accuracy per N]}, num_prompts}.")],
     rm: Annotated[Optional[str], typer.Option("--rm", help="Select by this reward model (train-rm folder).", show_default=False)] = None,
+    prm: Annotated[Optional[str], typer.Option("--prm", help="Select by this process reward model (train-rm --prm folder).", show_default=False)] = None,
+    agg: Annotated[Optional[list[str]], typer.Option("--agg", help="How a PRM's step scores make one score: min (default), last, prod, mean. Repeatable.", show_default=False)] = None,
     vote: Annotated[Optional[list[str]], typer.Option("--vote", help="Voting curves: majority, weighted (σ(reward)-weighted, needs --rm). Repeatable.", show_default=False)] = None,
     logprob: Annotated[Optional[str], typer.Option("--logprob", help="Select by mean token log-probability under this model.", show_default=False)] = None,
     oracle: Annotated[bool, typer.Option("--oracle/--no-oracle", help="Include the oracle curve (pass@N, the ceiling).")] = True,
@@ -33,7 +35,7 @@ def best_of_n(
 
     Each point is the exact expectation over random N-subsets of the N_max
     samples (ties in score shared fairly). Curves: `oracle` (pass@N),
-    `rm`, `logprob`, `majority`, `weighted`. Scores are kept in
+    `rm`, `prm-min` (one per --agg), `logprob`, `majority`, `weighted`. Scores are kept in
     OUT.scores.json, so rerunning with another scorer or --plot never
     re-scores; with --policy the samples are kept in OUT-stem.rollouts.jsonl
     and reused by a rerun.
@@ -41,6 +43,8 @@ def best_of_n(
     Examples:
 
         rlhfctl best-of-n runs/rollouts-test.jsonl --rm runs/rm --vote majority --vote weighted --out runs/bon.json --plot runs/bon.png
+
+        rlhfctl best-of-n runs/rollouts-test.jsonl --rm runs/rm --prm runs/prm --agg min --agg prod --out runs/bon-prm.json
 
         rlhfctl best-of-n data/toy/test.jsonl --policy runs/sft --n 16 --logprob runs/sft --out runs/bon-lp.json
     """
@@ -50,7 +54,8 @@ def best_of_n(
 
     params = SamplingParams(n=n or 16, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)
-    result = run(BoNConfig(source, out, rm, tuple(vote or ()), logprob, oracle, n, picks, plot, policy, params, backend))
+    result = run(BoNConfig(source, out, rm, prm, tuple(agg or ("min",)), tuple(vote or ()), logprob, oracle, n, picks, plot,
+                           policy, params, backend))
     if as_json:
         import json
         import sys

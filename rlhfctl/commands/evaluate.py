@@ -13,6 +13,7 @@ def evaluate(
     data: Annotated[str, typer.Option("--data", help="With --model: prompts with a gold `answer`. With --rm: pairs and/or binary items.")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="The policy to measure: a model folder or toy:SIZE.", show_default=False)] = None,
     rm: Annotated[Optional[str], typer.Option("--rm", help="A reward model folder (train-rm) to measure instead of a policy.", show_default=False)] = None,
+    prm: Annotated[bool, typer.Option("--prm", help="With --rm: the folder is a process reward model and --data is stepwise.")] = False,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Write the results as JSON here.", show_default=False)] = None,
     n: NOpt = 1,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature; default 0 (greedy) when --n is 1, else 1.", show_default=False)] = None,
@@ -36,7 +37,9 @@ def evaluate(
 
     With --rm: `pair_accuracy` on pairs (r(chosen) > r(rejected)),
     `binary_accuracy` and `auc` on binary items, `num_pairs`, `num_binary`,
-    and the reward's `reward_mean` / `reward_std` on this data.
+    and the reward's `reward_mean` / `reward_std` on this data. With --rm
+    --prm on stepwise data: `step_accuracy` and `first_error_accuracy` (the
+    first step scored wrong is the first step labelled wrong).
 
     Examples:
 
@@ -45,6 +48,8 @@ def evaluate(
         rlhfctl eval --model runs/sft --data data/toy/test.jsonl --n 16 --out runs/eval.json
 
         rlhfctl eval --rm runs/rm --data runs/prefs-test.jsonl
+
+        rlhfctl eval --rm runs/prm --prm --data runs/steps-test.jsonl
     """
     from rlhfctl.errors import ConfigError
 
@@ -53,7 +58,7 @@ def evaluate(
     if rm is not None:
         from rlhfctl.eval.rm_eval import RMEvalConfig, run as run_rm
 
-        print_summary(run_rm(RMEvalConfig(rm, (data,), out, batch_size, trust_remote_code=trust_remote_code)), as_json, "eval --rm")
+        print_summary(run_rm(RMEvalConfig(rm, (data,), out, batch_size, trust_remote_code=trust_remote_code, prm=prm)), as_json, "eval --rm")
         return
     from rlhfctl.eval.benchmark import BenchmarkConfig, run
     from rlhfctl.generation.base import SamplingParams

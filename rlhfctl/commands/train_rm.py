@@ -11,9 +11,11 @@ from rlhfctl.commands._options import (
 
 
 def train_rm(
-    data: Annotated[list[str], typer.Argument(help="Prefs JSONL files: pairs {prompt, chosen, rejected, margin?} and/or binary items {prompt, completion, label}.")],
+    data: Annotated[list[str], typer.Argument(help="Prefs JSONL files: pairs {prompt, chosen, rejected, margin?} and/or binary items {prompt, completion, label}; with --prm, stepwise files {prompt, completions, labels}.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder: the reward model, checkpoints/, metrics.jsonl.")],
     model: ModelOpt = "toy:small",
+    prm: Annotated[bool, typer.Option("--prm", help="Train a process reward model on stepwise data (label-prm output).")] = False,
+    step_sep: Annotated[str, typer.Option("--step-sep", help="With --prm: the text put between steps (as label-prm split them).")] = "\n",
     eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Held-out prefs file(s); default: a split of DATA by prompt.", show_default=False)] = None,
     eval_fraction: Annotated[float, typer.Option("--eval-fraction", help="Share of DATA's prompts held out when --eval-data is not given.")] = 0.1,
     epochs: EpochsOpt = 1.0,
@@ -40,17 +42,26 @@ def train_rm(
     `reward_std`) for standardising scores. The backbone comes from a policy
     folder (e.g. the SFT model) or a toy: spec.
 
+    With --prm: a process reward model (AutoModelForTokenClassification,
+    num_labels=1) scored at the last token of each step, trained with per-step
+    binary cross-entropy on hard or soft labels; its manifest holds held-out
+    `step_accuracy` and `first_error_accuracy`.
+
     Examples:
 
         rlhfctl train-rm runs/prefs.jsonl --model runs/sft --out runs/rm
 
         rlhfctl train-rm runs/prefs.jsonl --model toy:tiny --out runs/rm-tiny --max-steps 20 --eval-fraction 0.2
+
+        rlhfctl train-rm --prm runs/steps.jsonl --model runs/sft --out runs/prm
     """
+    from rlhfctl.training import prm as prm_training, rm as rm_training
     from rlhfctl.training.loop import Schedule
-    from rlhfctl.training.rm import RMConfig, run
+    from rlhfctl.training.rm import RMConfig
 
     schedule = Schedule(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
                         weight_decay=weight_decay, seed=seed, save_every=save_every)
-    results = run(RMConfig(tuple(data), model, out, schedule, tuple(eval_data or ()), eval_fraction, max_length, resume,
-                           trust_remote_code))
+    config_ = RMConfig(tuple(data), model, out, schedule, tuple(eval_data or ()), eval_fraction, max_length, resume,
+                       trust_remote_code, prm, step_sep)
+    results = (prm_training if prm else rm_training).run(config_)
     print_summary({**results, "out": out}, as_json, "train-rm")

@@ -30,6 +30,8 @@ class BoNConfig:
     source: str  # rollouts JSONL, or prompts JSONL with `policy`
     out: str  # bon.json
     rm: str | None = None
+    prm: str | None = None
+    aggs: tuple[str, ...] = ("min",)
     votes: tuple[str, ...] = ()
     logprob: str | None = None
     oracle: bool = True
@@ -48,8 +50,13 @@ class BoNConfig:
             raise ConfigError("--vote weighted needs --rm DIR (the weights are σ(reward))")
         if self.n is not None and self.n < 1:
             raise ConfigError(f"--n must be at least 1, got {self.n}")
-        if not (self.rm or self.votes or self.logprob or self.oracle):
-            raise ConfigError("nothing to compare: give --rm, --vote, --logprob or --oracle")
+        from rlhfctl.rm.metrics import AGGREGATIONS
+
+        for agg in self.aggs:
+            if agg not in AGGREGATIONS:
+                raise ConfigError(f"unknown --agg {agg!r}: choose from {', '.join(AGGREGATIONS)}")
+        if not (self.rm or self.prm or self.votes or self.logprob or self.oracle):
+            raise ConfigError("nothing to compare: give --rm, --prm, --vote, --logprob or --oracle")
 
 
 def run(config: BoNConfig) -> dict[str, Any]:
@@ -65,6 +72,9 @@ def run(config: BoNConfig) -> dict[str, Any]:
     ranked: dict[str, list[list[float]]] = {}
     if config.rm:
         ranked["rm"] = scores.get(f"rm:{os.path.abspath(config.rm)}", rollouts, lambda todo: _score_rm(todo, config.rm))
+    for agg in config.aggs if config.prm else ():
+        key = f"prm-{agg}:{os.path.abspath(config.prm)}"
+        ranked[f"prm-{agg}"] = scores.get(key, rollouts, lambda todo, agg=agg: _score_prm(todo, config.prm, agg))
     if config.logprob:
         ranked["logprob"] = scores.get(f"logprob:{config.logprob}", rollouts, lambda todo: _score_logprob(todo, config.logprob))
     for name, per_prompt in ranked.items():
@@ -131,6 +141,12 @@ def _score_rm(rollouts: list[Record], rm: str) -> list[list[float]]:
     from rlhfctl.rm.scorers import score_rollouts
 
     return score_rollouts(rollouts, rm)
+
+
+def _score_prm(rollouts: list[Record], prm: str, agg: str) -> list[list[float]]:
+    from rlhfctl.rm.scorers import prm_score_rollouts
+
+    return prm_score_rollouts(rollouts, prm, agg)
 
 
 def _score_logprob(rollouts: list[Record], model: str) -> list[list[float]]:

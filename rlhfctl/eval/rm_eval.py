@@ -16,10 +16,14 @@ class RMEvalConfig:
     batch_size: int = 64
     max_length: int = 512
     trust_remote_code: bool = False
+    prm: bool = False
 
 
 def run(config: RMEvalConfig) -> dict[str, Any]:
-    """Pair accuracy on pairs, accuracy and AUC on binary items (RewardBench style)."""
+    """Pair accuracy on pairs, accuracy and AUC on binary items (RewardBench style);
+    for a PRM on stepwise data, step accuracy and first-error accuracy."""
+    if config.prm:
+        return _run_prm(config)
     from rlhfctl.rm.data import encode_items, read_preferences
     from rlhfctl.rm.model import ORM, TokenValues, load_reward_model
     from rlhfctl.training.rm import evaluate_items
@@ -29,6 +33,20 @@ def run(config: RMEvalConfig) -> dict[str, Any]:
     items = encode_items(data, tokenizer, config.max_length)
     summary = evaluate_items(TokenValues(model), items, tokenizer.pad_token_id, config.batch_size)
     summary.update({"rm": config.rm, "dropped": data.dropped})
+    if config.out:
+        write_json(config.out, summary)
+    return summary
+
+
+def _run_prm(config: RMEvalConfig) -> dict[str, Any]:
+    from rlhfctl.rm.data import encode_step_items, read_steps
+    from rlhfctl.rm.model import PRM, TokenValues, load_reward_model
+    from rlhfctl.training.prm import evaluate_steps
+
+    model, tokenizer, manifest = load_reward_model(config.rm, PRM, config.trust_remote_code)
+    sep = manifest.get("results", {}).get("step_sep", "\n")
+    items = encode_step_items(read_steps(config.data), tokenizer, config.max_length, sep)
+    summary = {**evaluate_steps(TokenValues(model), items, tokenizer.pad_token_id), "prm": config.rm}
     if config.out:
         write_json(config.out, summary)
     return summary

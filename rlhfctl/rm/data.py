@@ -60,15 +60,20 @@ def split_by_prompt(data: PrefData, fraction: float, seed: int) -> tuple[PrefDat
 
     Splitting by prompt, not by record, keeps held-out prompts unseen in training.
     """
-    keys = sorted({prompt_id(r["prompt"]) for r in data.pairs + data.binary})
-    random.Random(seed).shuffle(keys)
-    held = set(keys[: int(round(fraction * len(keys)))])
+    held = held_out_prompts(data.pairs + data.binary, fraction, seed)
     train, test = PrefData(dropped=dict(data.dropped)), PrefData()
     for r in data.pairs:
         (test if prompt_id(r["prompt"]) in held else train).pairs.append(r)
     for r in data.binary:
         (test if prompt_id(r["prompt"]) in held else train).binary.append(r)
     return train, test
+
+
+def held_out_prompts(records: list[Record], fraction: float, seed: int) -> set[str]:
+    """Ids of a seeded ``fraction`` of the distinct prompts of ``records``."""
+    keys = sorted({prompt_id(r["prompt"]) for r in records})
+    random.Random(seed).shuffle(keys)
+    return set(keys[: int(round(fraction * len(keys)))])
 
 
 @dataclass(frozen=True)
@@ -94,3 +99,72 @@ def encode_items(data: PrefData, tokenizer: Any, max_length: int) -> list[Item]:
              for r in data.pairs]
     items += [Item(BINARY_ITEM, (ids(r["prompt"], r["completion"]),), label=bool(r["label"])) for r in data.binary]
     return items
+
+
+# --- stepwise data (process reward model) ----------------------------------------
+
+@dataclass(frozen=True)
+class StepItem:
+    """One stepwise solution, tokenised: scores are read at ``positions``."""
+
+    ids: list[int]
+    positions: list[int]  # index of the last token of each step
+    labels: list[float]  # one per position, in [0, 1]
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+def read_steps(paths: list[str] | tuple[str, ...]) -> list[Record]:
+    """Stepwise records (TRL's format); labels and completions must pair up."""
+    from rlhfctl.records import STEPS
+
+    out = []
+    for path in paths:
+        count = 0
+        for lineno, value in iter_json_lines(path):
+            record = STEPS.check(value, path, lineno)
+            if len(record["labels"]) != len(record["completions"]):
+                raise DataError(path, lineno, f"has {len(record['labels'])} labels for {len(record['completions'])} completions (steps)", "labels")
+            out.append(record)
+            count += 1
+        if count == 0:
+            raise DataError(path, None, "no records (expected stepwise records: prompt, completions, labels)")
+    return out
+
+
+def encode_steps(tokenizer: Any, prompt: Any, steps: list[str], max_length: int, sep: str = "\n") -> tuple[list[int], list[int]]:
+    """(ids, step-end positions) of prompt + step_1 + sep + … + step_S.
+
+    The step texts are tokenised one by one, so the last token of each step
+    is known exactly; steps that do not fit in ``max_length`` are dropped.
+    """
+    from rlhfctl.data import encode_prompt, render_prompt
+
+    ids = encode_prompt(tokenizer, render_prompt(prompt, tokenizer))
+    sep_ids = tokenizer(sep, add_special_tokens=False)["input_ids"]
+    positions: list[int] = []
+    for i, step in enumerate(steps):
+        step_ids = tokenizer(step, add_special_tokens=False)["input_ids"] or sep_ids
+        if len(ids) + len(step_ids) > max_length:
+            break
+        ids = ids + step_ids
+        positions.append(len(ids) - 1)
+        if i < len(steps) - 1:
+            ids = ids + sep_ids
+    return ids, positions
+
+
+def encode_step_items(records: list[Record], tokenizer: Any, max_length: int, sep: str = "\n") -> list[StepItem]:
+    items = []
+    for r in records:
+        ids, positions = encode_steps(tokenizer, r["prompt"], r["completions"], max_length, sep)
+        if positions:
+            items.append(StepItem(ids, positions, [float(x) for x in r["labels"][: len(positions)]]))
+    return items
+
+
+def split_steps_by_prompt(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    held = held_out_prompts(records, fraction, seed)
+    return ([r for r in records if prompt_id(r["prompt"]) not in held], [r for r in records if prompt_id(r["prompt"]) in held])

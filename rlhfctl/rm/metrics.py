@@ -54,3 +54,31 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     mu = math.fsum(values) / len(values)
     var = math.fsum((v - mu) ** 2 for v in values) / len(values)
     return mu, math.sqrt(var)
+
+
+def first_error_accuracy(step_scores: Sequence[Sequence[float]], step_labels: Sequence[Sequence[float]]) -> float | None:
+    """Share of solutions whose first step scored wrong (score ≤ 0) is the first
+    step labelled wrong (label < ½); "no wrong step" must match too."""
+    if not step_scores:
+        return None
+    hits = 0
+    for scores, labels in zip(step_scores, step_labels):
+        predicted = next((i for i, s in enumerate(scores) if s <= 0), None)
+        actual = next((i for i, y in enumerate(labels) if y < 0.5), None)
+        hits += predicted == actual
+    return hits / len(step_scores)
+
+
+AGGREGATIONS = {
+    "min": lambda probs: min(probs),
+    "last": lambda probs: probs[-1],
+    "prod": lambda probs: math.prod(probs),
+    "mean": lambda probs: math.fsum(probs) / len(probs),
+}
+
+
+def aggregate_steps(step_scores: Sequence[float], agg: str) -> float:
+    """One solution score from its step scores (logits): min, last, prod or mean
+    of the step probabilities σ(s) (Lightman et al. 2023 use prod and min)."""
+    probs = [1.0 / (1.0 + math.exp(-s)) if s >= 0 else math.exp(s) / (1.0 + math.exp(s)) for s in step_scores]
+    return AGGREGATIONS[agg](probs) if probs else 0.0

@@ -62,3 +62,27 @@ def logprob_rollouts(rollouts: list[Record], model_spec: str, batch_size: int = 
                 lo, hi = prompt_lens[i] - 1, len(seqs[i]) - 1  # response tokens, shifted by one
                 flat[i] = float(token_logp[row, lo:hi].mean()) if hi > lo else float("-inf")
     return _regroup(flat, rollouts)
+
+
+def prm_score_rollouts(rollouts: list[Record], prm_dir: str, agg: str, batch_size: int = 64, max_length: int = 512) -> list[list[float]]:
+    """PRM score of every response: its step scores aggregated by ``agg``.
+
+    Responses are split into steps with the separator the PRM was trained
+    with (from its manifest).
+    """
+    from rlhfctl.rm.data import encode_steps
+    from rlhfctl.rm.metrics import aggregate_steps
+    from rlhfctl.rm.model import PRM, TokenValues, load_reward_model
+    from rlhfctl.rm.prm_label import split_steps
+    from rlhfctl.training.prm import step_scores
+
+    model, tokenizer, manifest = load_reward_model(prm_dir, PRM)
+    sep = manifest.get("results", {}).get("step_sep", "\n")
+    seqs, positions = [], []
+    for r in rollouts:
+        for response in r["responses"]:
+            ids, pos = encode_steps(tokenizer, r["prompt"], split_steps(response, sep), max_length, sep)
+            seqs.append(ids)
+            positions.append(pos)
+    raw = step_scores(TokenValues(model), seqs, positions, tokenizer.pad_token_id, batch_size)
+    return _regroup([aggregate_steps(s, agg) for s in raw], rollouts)

@@ -32,6 +32,8 @@ class RMConfig:
     max_length: int = 512
     resume: bool = False
     trust_remote_code: bool = False
+    prm: bool = False  # a process reward model on stepwise data (training/prm.py)
+    step_sep: str = "\n"
 
     def check(self) -> None:
         self.schedule.check()
@@ -56,7 +58,7 @@ def run(config: RMConfig) -> dict[str, Any]:
     accelerator = Accelerator()
     out, options = Path(config.out), _options(config)
     if accelerator.is_main_process:
-        prepare_run_dir(out, "train-rm", options, config.resume)
+        prepare_run_dir(out, "train-rm", options, config.resume, identity=("prm",))
     accelerator.wait_for_everyone()
 
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)

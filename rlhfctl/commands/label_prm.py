@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from rlhfctl.commands._options import (
+    BackendOpt, ConfigOpt, GenBatchOpt, JsonOpt, MaxNewTokensOpt, SeedOpt, TemperatureOpt, TopPOpt, print_summary,
+)
+
+
+def label_prm(
+    rollouts: Annotated[str, typer.Argument(help="Rollouts JSONL whose prompts carry a gold `answer`.")],
+    completer: Annotated[str, typer.Option("--completer", help="The model that completes each step prefix (usually the SFT policy).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Stepwise JSONL (prompt, completions, labels); rerunning resumes.")],
+    n_completions: Annotated[int, typer.Option("--n-completions", help="Continuations sampled per step prefix (N).")] = 8,
+    method: Annotated[str, typer.Option("--method", help="hard (any continuation right) or soft (the fraction right).")] = "hard",
+    step_sep: Annotated[str, typer.Option("--step-sep", help="What separates steps in a solution (a blank line: $'\\n\\n').")] = "\n",
+    max_solutions_per_prompt: Annotated[Optional[int], typer.Option("--max-solutions-per-prompt", help="Label at most this many distinct responses per prompt.", show_default=False)] = None,
+    format: Annotated[str, typer.Option("--format", help="trl (stepwise records), or openrlhf: also OUT.openrlhf.jsonl with step tags and +/- labels.")] = "trl",
+    temperature: TemperatureOpt = 1.0,
+    top_p: TopPOpt = 1.0,
+    max_new_tokens: MaxNewTokensOpt = 128,
+    batch_size: GenBatchOpt = 64,
+    seed: SeedOpt = 0,
+    backend: BackendOpt = "auto",
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Label every step of every solution by Monte-Carlo completion (Math-Shepherd).
+
+    For each step prefix, the completer samples --n-completions
+    continuations; their final answers are graded against the gold answer.
+    hard: a step is good if any continuation reaches the answer; soft: the
+    fraction that does. The last step is labelled by the solution's own
+    answer. Identical prefixes are completed once. On the toy task each record
+    also carries the true step correctness (`meta.true_labels`) and the
+    summary reports how well the labels agree with it.
+
+    Examples:
+
+        rlhfctl label-prm runs/rollouts.jsonl --completer runs/sft --out runs/steps.jsonl
+
+        rlhfctl label-prm runs/rollouts.jsonl --completer runs/sft --out runs/steps-soft.jsonl --method soft --n-completions 4 --max-solutions-per-prompt 2
+    """
+    from rlhfctl.errors import ConfigError
+    from rlhfctl.generation.base import SamplingParams
+    from rlhfctl.rm.prm_label import LabelConfig, run
+
+    if n_completions < 1:
+        raise ConfigError(f"--n-completions must be at least 1, got {n_completions}")
+    params = SamplingParams(n=n_completions, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, seed=seed)
+    summary = run(LabelConfig(rollouts, completer, out, params, method, step_sep, max_solutions_per_prompt, format, backend))
+    print_summary(summary, as_json, "label-prm")

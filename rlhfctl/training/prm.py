@@ -1,0 +1,123 @@
+"""Training the process reward model (`train-rm --prm`).
+
+A token-classification head read at the last token of each step, trained
+with per-step binary cross-entropy on hard or soft labels; prompt tokens and
+tokens inside a step carry no loss. Same machinery as the ORM: length
+buckets, accelerate, checkpoints and resume, a held-out split, a manifest
+with held-out step accuracy and the mean/std of step scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
+from rlhfctl.console import log
+from rlhfctl.errors import ConfigError
+from rlhfctl.rm.data import StepItem, encode_step_items, read_steps, split_steps_by_prompt
+from rlhfctl.training.loop import fit, optimizer_step, prepare_run_dir, shard, start_training
+from rlhfctl.training.rm import RMConfig, _inputs, _options
+
+
+def run(config: RMConfig) -> dict[str, Any]:
+    from accelerate import Accelerator
+
+    from rlhfctl.models import load_tokenizer, save_model
+    from rlhfctl.rm.model import PRM, TokenValues, build_reward_model
+
+    config.check()
+    records = read_steps(config.data)
+    if config.eval_data:
+        train, held = records, read_steps(config.eval_data)
+    else:
+        train, held = split_steps_by_prompt(records, config.eval_fraction, config.schedule.seed)
+    if not train:
+        raise ConfigError("no training records left after the held-out split: lower --eval-fraction")
+    accelerator = Accelerator()
+    out, options = Path(config.out), _options(config)
+    if accelerator.is_main_process:
+        prepare_run_dir(out, "train-rm", options, config.resume, identity=("prm",))
+    accelerator.wait_for_everyone()
+
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    items = encode_step_items(train, tokenizer, config.max_length, config.step_sep)
+    values = TokenValues(build_reward_model(config.model, PRM, config.schedule.seed, config.trust_remote_code))
+    total = config.schedule.total_steps(len(items))
+    run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
+    log(f"train-rm --prm: {len(items)} solutions, {sum(len(i.labels) for i in items)} steps, {total} optimiser steps; "
+        f"held out: {len(held)} solutions", accelerator.is_main_process)
+
+    def step(batch: list[int]) -> dict[str, Any]:
+        return _train_step(run_, [items[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm)
+
+    last = fit(run_, [it.length for it in items], config.schedule, step, "train-rm --prm")
+    unwrapped = accelerator.unwrap_model(run_.model)
+    held_items = encode_step_items(held, tokenizer, config.max_length, config.step_sep)
+    results = {"kind": PRM, "steps": total, "final_loss": last.get("loss"), "step_sep": config.step_sep,
+               "train": {"solutions": len(items)}, **evaluate_steps(unwrapped, held_items, tokenizer.pad_token_id)}
+    if accelerator.is_main_process:
+        manifest = make_manifest("train-rm", options, describe_inputs(_inputs(config)), results)
+        publish_model_folder(out, lambda tmp: save_model(unwrapped.model, tokenizer, tmp), manifest)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def _train_step(run, batch: list[StepItem], pad_id: int, max_grad_norm: float) -> dict[str, Any]:
+    """Per-step BCE, a mean over the global batch's steps (sum here / global count)."""
+    import torch
+
+    from rlhfctl.rm.losses import step_bce_loss
+    from rlhfctl.rm.model import right_pad
+
+    acc = run.accelerator
+    global_steps = sum(len(it.labels) for it in batch)
+    local = shard(batch, acc.process_index, acc.num_processes)
+    ids, mask = right_pad([it.ids for it in local], pad_id)
+    values = run.model(ids.to(acc.device), mask.to(acc.device)).float()  # (B, T)
+    rows = torch.tensor([b for b, it in enumerate(local) for _ in it.positions], device=acc.device)
+    cols = torch.tensor([p for it in local for p in it.positions], device=acc.device)
+    labels = torch.tensor([y for it in local for y in it.labels], device=acc.device)
+    step_scores = values[rows, cols]  # (S,)
+    loss = step_bce_loss(step_scores, labels) * len(labels) / global_steps
+    acc.backward(loss * acc.num_processes)
+    grad_norm = optimizer_step(run, max_grad_norm)
+    hits = ((step_scores > 0) == (labels >= 0.5)).float().sum()
+    return {"loss": float(acc.reduce(loss.detach(), reduction="sum")), "grad_norm": grad_norm,
+            "step_acc": float(acc.reduce(hits.detach(), reduction="sum")) / global_steps, "solutions": len(batch)}
+
+
+def step_scores(values, seqs: list[list[int]], positions: list[list[int]], pad_id: int, batch_size: int = 64) -> list[list[float]]:
+    """Raw step scores (logits) of each sequence at its step positions."""
+    import torch
+
+    from rlhfctl.rm.model import right_pad
+
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out: list[list[float]] = [[] for _ in seqs]
+    device = next(values.parameters()).device
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            ids, mask = right_pad([seqs[i] for i in chunk], pad_id)
+            v = values(ids.to(device), mask.to(device)).float()
+            for row, i in enumerate(chunk):
+                out[i] = v[row, positions[i]].tolist()
+    return out
+
+
+def evaluate_steps(values, items: list[StepItem], pad_id: int) -> dict[str, Any]:
+    """Held-out step accuracy and first-error accuracy, and the step scores' mean/std."""
+    from rlhfctl.rm.metrics import first_error_accuracy, mean_std
+
+    values.eval()
+    if not items:
+        return {"num_solutions": 0}
+    scores = step_scores(values, [it.ids for it in items], [it.positions for it in items], pad_id)
+    flat = [s for row in scores for s in row]
+    labels = [y for it in items for y in it.labels]
+    mu, sigma = mean_std(flat)
+    return {"num_solutions": len(items), "num_steps": len(flat),
+            "step_accuracy": sum((s > 0) == (y >= 0.5) for s, y in zip(flat, labels)) / len(flat),
+            "first_error_accuracy": first_error_accuracy(scores, [it.labels for it in items]),
+            "reward_mean": mu, "reward_std": sigma}

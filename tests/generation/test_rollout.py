@@ -1,0 +1,143 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import read_jsonl, write_prompts
+from rlhfctl.errors import DataError
+from rlhfctl.generation.base import SamplingParams
+from rlhfctl.generation.rollout import RolloutConfig, check_graders, grade, run, task_of
+from rlhfctl.records import ROLLOUTS, read_records
+
+
+def test_task_of_and_grade():
+    assert task_of({"answer": "5"}) == "math" and task_of({"task": "chat"}) == "chat" and task_of({}) is None
+    assert grade({"answer": "5"}, ["2+3=5\nAnswer: 5", "Answer: 6", "no idea"]) == [True, False, False]
+    assert grade({"prompt": "hi"}, ["x"]) is None
+    assert grade({"task": "chat", "answer": "x"}, ["x"]) is None
+
+
+def test_check_graders_names_the_line_and_field():
+    with pytest.raises(DataError) as e:
+        check_graders([{"answer": "1"}, {"task": "poetry"}], "p.jsonl")
+    assert str(e.value).startswith("p.jsonl:2: field 'task': no grader for task 'poetry'")
+
+
+def test_rollout_records_and_determinism(toy_dir, tmp_path):
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=8, batch_size=6, seed=1)
+    a = run(RolloutConfig(str(toy_dir / "test.jsonl"), "toy:tiny", str(tmp_path / "a.jsonl"), params))
+    run(RolloutConfig(str(toy_dir / "test.jsonl"), "toy:tiny", str(tmp_path / "b.jsonl"), params))
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    assert a["prompts"] == a["generated"] == 8 and a["already_done"] == 0 and 0 <= a["accuracy"] <= 1
+    prompts = read_records(toy_dir / "test.jsonl", "prompts")
+    rollouts = read_records(tmp_path / "a.jsonl", ROLLOUTS)
+    assert [r["id"] for r in rollouts] == [p["id"] for p in prompts]
+    for p, r in zip(prompts, rollouts):
+        assert {k: r[k] for k in p} == p  # the prompt's fields travel through
+        assert len(r["responses"]) == len(r["num_tokens"]) == len(r["finish_reasons"]) == len(r["correct"]) == 3
+        assert all(1 <= t <= 8 for t in r["num_tokens"]) and set(r["finish_reasons"]) <= {"stop", "length"}
+        assert r["correct"] == grade(p, r["responses"])
+        assert r["generator"]["model"] == "toy:tiny" and r["generator"]["n"] == 3 and r["generator"]["seed"] == 1
+    assert a["new_tokens"] == sum(sum(r["num_tokens"]) for r in rollouts)
+    other = SamplingParams(n=3, temperature=1.0, max_new_tokens=8, batch_size=6, seed=2)
+    run(RolloutConfig(str(toy_dir / "test.jsonl"), "toy:tiny", str(tmp_path / "c.jsonl"), other))
+    assert [r["responses"] for r in read_jsonl(tmp_path / "c.jsonl")] != [r["responses"] for r in rollouts]
+
+
+def test_rerun_of_a_finished_rollout_does_nothing(toy_dir, tmp_path):
+    params = SamplingParams(n=1, temperature=0, max_new_tokens=4)
+    run(RolloutConfig(str(toy_dir / "test.jsonl"), "toy:tiny", str(tmp_path / "r.jsonl"), params))
+    before = (tmp_path / "r.jsonl").read_bytes()
+    # a model that cannot even load: nothing is left to generate, so it is never loaded
+    again = run(RolloutConfig(str(toy_dir / "test.jsonl"), str(tmp_path / "no-model"), str(tmp_path / "r.jsonl"), params))
+    assert (again["already_done"], again["generated"]) == (8, 0)
+    assert (tmp_path / "r.jsonl").read_bytes() == before
+
+
+def test_out_dash_streams_pure_jsonl_on_stdout(toy_dir, run_main):
+    for extra in ([], ["--json"]):
+        r = run_main("rollout", toy_dir / "test.jsonl", "--model", "toy:tiny", "--out", "-", "--n", "2",
+                     "--max-new-tokens", "4", *extra)
+        assert r.code == 0, r.err
+        lines = r.out.splitlines()
+        assert len(lines) == 8
+        records = [json.loads(line) for line in lines]  # nothing but records: the summary went to stderr
+        assert all(len(rec["responses"]) == 2 for rec in records)
+        assert "generated" in r.err
+
+
+def _count_lines(path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def test_rollout_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path, cli_env, run_main):
+    """SIGKILL a rollout once a few prompts are on disk, tear its last line, rerun the same command (in this
+    process, to spare a second interpreter start-up): every prompt exactly once, as an unbroken run gives it."""
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 40)
+    out = tmp_path / "rollouts.jsonl"
+    args = ["rollout", str(tmp_path / "prompts.jsonl"), "--model", "toy:tiny", "--out", str(out), "--n", "2",
+            "--batch-size", "2", "--max-new-tokens", "16", "--seed", "0"]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "rlhfctl", *args], env=cli_env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 240
+            while _count_lines(out) < 3:
+                assert proc.poll() is None, (tmp_path / "first.log").read_text()
+                assert time.monotonic() < deadline, "no output appeared"
+                time.sleep(0.005)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    done_at_kill = _count_lines(out)
+    assert 3 <= done_at_kill < 40, "the run was not killed mid-way"
+    kept = read_jsonl(out)[:done_at_kill]
+    # a kill in the middle of a write leaves a torn line, here for the next prompt in order
+    missing = [p for p in prompts if p["id"] not in {r["id"] for r in kept}]
+    with open(out, "a") as f:
+        f.write(json.dumps({"id": missing[0]["id"], "prompt": missing[0]["prompt"], "responses": ["tor"]})[:-7])
+
+    again = run_main(*args, "--json")
+    assert again.code == 0, again.err
+    summary = json.loads(again.out)
+    assert (summary["already_done"], summary["generated"]) == (done_at_kill, 40 - done_at_kill)
+
+    records = read_records(out, ROLLOUTS)  # parses every line and rejects duplicate ids
+    assert sorted(r["id"] for r in records) == sorted(p["id"] for p in prompts)
+    assert records[:done_at_kill] == kept  # what was on disk stays as it was
+    # nothing was lost or changed by the kill: the same records as an unbroken run
+    reference = tmp_path / "reference.jsonl"
+    run(RolloutConfig(str(tmp_path / "prompts.jsonl"), "toy:tiny", str(reference),
+                      SamplingParams(n=2, temperature=1.0, max_new_tokens=16, batch_size=2, seed=0)))
+    assert {r["id"]: r for r in records} == {r["id"]: r for r in read_records(reference, ROLLOUTS)}
+
+
+def test_chat_prompts_render_through_the_chat_template(tmp_path):
+    """A chat prompt samples what its rendered text would, and keeps its message list in the record."""
+    chat = [{"role": "user", "content": "Compute 12+30."}]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"id": "chat", "prompt": chat}) + "\n"
+                                      + json.dumps({"id": "text", "prompt": "Compute 12+30.\n"}) + "\n")
+    params = SamplingParams(n=2, temperature=0, max_new_tokens=8)
+    summary = run(RolloutConfig(str(tmp_path / "p.jsonl"), "toy:tiny", str(tmp_path / "r.jsonl"), params))
+    assert "accuracy" not in summary  # nothing to grade
+    chat_rec, text_rec = read_records(tmp_path / "r.jsonl", ROLLOUTS)
+    assert chat_rec["prompt"] == chat and "correct" not in chat_rec
+    assert chat_rec["responses"] == text_rec["responses"]
+
+
+def test_prompts_from_stdin(toy_dir, tmp_path, run_main, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO((toy_dir / "test.jsonl").read_text()))
+    r = run_main("rollout", "-", "--model", "toy:tiny", "--out", tmp_path / "r.jsonl", "--n", "1", "--max-new-tokens", "4",
+                 "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["generated"] == 8 and len(read_records(tmp_path / "r.jsonl", ROLLOUTS)) == 8

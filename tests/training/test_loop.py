@@ -1,0 +1,98 @@
+import itertools
+import json
+import math
+
+import pytest
+
+from rlhfctl.errors import ConfigError
+from rlhfctl.training.loop import (
+    METRICS, RUN_FILE, MetricsLog, Schedule, batch_stream, bucketed_batches, prepare_run_dir, read_metrics, shard,
+    warmup_cosine,
+)
+
+
+def test_total_steps_and_checks():
+    assert Schedule(epochs=1, batch_size=8).total_steps(64) == 8
+    assert Schedule(epochs=1, batch_size=8).total_steps(65) == 9
+    assert Schedule(epochs=2.5, batch_size=8).total_steps(64) == 20
+    assert Schedule(epochs=0.01, batch_size=8).total_steps(64) == 1
+    assert Schedule(epochs=3, max_steps=5).total_steps(10_000) == 5
+    for bad, flag in [(dict(batch_size=0), "--batch-size"), (dict(max_steps=0), "--max-steps"), (dict(epochs=0), "--epochs"),
+                      (dict(lr=0), "--lr"), (dict(save_every=0), "--save-every")]:
+        with pytest.raises(ConfigError, match=flag):
+            Schedule(**bad).check()
+
+
+def test_warmup_cosine():
+    f = warmup_cosine(total_steps=10, warmup_steps=2)
+    assert [f(0), f(1)] == [0.5, 1.0]
+    assert f(2) == pytest.approx(1.0) and f(6) == pytest.approx(0.5) and f(10) == pytest.approx(0.0)
+    assert all(f(s) >= f(s + 1) for s in range(1, 12))
+    g = warmup_cosine(total_steps=4, warmup_steps=0)  # no warmup: starts at the peak
+    assert g(0) == 1.0 and g(4) == pytest.approx(0.0)
+
+
+def test_bucketed_batches_partition_and_determinism():
+    lengths = [((i * 37) % 101) + 1 for i in range(203)]
+    batches = bucketed_batches(lengths, 8, seed=1, epoch=0, pool=4)
+    flat = sorted(itertools.chain.from_iterable(batches))
+    assert flat == list(range(203))  # every record exactly once per epoch
+    assert sum(len(b) < 8 for b in batches) <= math.ceil(203 / (8 * 4))  # short batches only at pool ends
+    assert batches == bucketed_batches(lengths, 8, seed=1, epoch=0, pool=4)
+    assert batches != bucketed_batches(lengths, 8, seed=1, epoch=1, pool=4)
+    assert batches != bucketed_batches(lengths, 8, seed=2, epoch=0, pool=4)
+    # grouped by length: padding inside a batch is far below that of a random batch
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 30
+
+
+def test_batch_stream_resumes_at_any_step():
+    lengths = list(range(1, 21))  # 3 batches of 8 per epoch
+    full = [b for _, b in itertools.islice(batch_stream(lengths, 8, seed=0, start_step=0), 10)]
+    epochs = [e for e, _ in itertools.islice(batch_stream(lengths, 8, seed=0, start_step=0), 10)]
+    assert epochs == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
+    for start in range(10):
+        tail = [b for _, b in itertools.islice(batch_stream(lengths, 8, seed=0, start_step=start), 10 - start)]
+        assert tail == full[start:]
+
+
+def test_shard_covers_the_batch_once():
+    batch = list(range(7))
+    parts = [shard(batch, r, 3) for r in range(3)]
+    assert sorted(itertools.chain.from_iterable(parts)) == batch
+    assert shard(batch, 0, 1) == batch
+
+
+def test_prepare_run_dir(tmp_path):
+    out = tmp_path / "run"
+    prepare_run_dir(out, "train-sft", {"lr": 1, "algo": "grpo"}, resume=False)
+    assert json.loads((out / RUN_FILE).read_text()) == {"command": "train-sft", "options": {"lr": 1, "algo": "grpo"}}
+    with pytest.raises(ConfigError, match="already holds a run: pass --resume"):
+        prepare_run_dir(out, "train-sft", {"lr": 1}, resume=False)
+    prepare_run_dir(out, "train-sft", {"lr": 2, "algo": "grpo"}, resume=True, identity=("algo",))
+    with pytest.raises(ConfigError, match="holds a train-sft run, not train-rm"):
+        prepare_run_dir(out, "train-rm", {}, resume=True)
+    with pytest.raises(ConfigError, match="--algo grpo, cannot resume it with ppo"):
+        prepare_run_dir(out, "train-sft", {"algo": "ppo"}, resume=True, identity=("algo",))
+    prepare_run_dir(tmp_path / "fresh", "train-sft", {}, resume=True)  # --resume on a new folder starts fresh
+    assert (tmp_path / "fresh" / RUN_FILE).is_file()
+
+
+def test_metrics_log_cuts_steps_after_the_checkpoint(tmp_path):
+    path = tmp_path / METRICS
+    log = MetricsLog(path, resume_step=0)
+    for step in range(1, 6):
+        log.write({"step": step, "loss": 1.0 / step})
+    with open(path, "a") as f:
+        f.write('{"step": 6, "lo')  # torn by a kill
+    MetricsLog(path, resume_step=4).write({"step": 5, "loss": -1.0})
+    assert [(m["step"], m["loss"]) for m in read_metrics(tmp_path)] == [(s, 1.0 / s) for s in range(1, 5)] + [(5, -1.0)]
+    MetricsLog(path, resume_step=0)
+    assert read_metrics(tmp_path) == []
+
+
+def test_metrics_log_disabled_off_the_main_rank(tmp_path):
+    (tmp_path / METRICS).write_text('{"step": 9}\n')
+    log = MetricsLog(tmp_path / METRICS, resume_step=0, enabled=False)
+    log.write({"step": 1})
+    assert read_metrics(tmp_path) == [{"step": 9}]
