@@ -18,6 +18,7 @@ from rlhfctl.commands.evaluate import evaluate
 from rlhfctl.commands.label_prm import label_prm
 from rlhfctl.commands.rollout import rollout
 from rlhfctl.commands.toy_data import toy_data
+from rlhfctl.commands.train_policy import train_policy
 from rlhfctl.commands.train_rm import train_rm
 from rlhfctl.commands.train_sft import train_sft
 from rlhfctl.errors import RlhfctlError
@@ -39,6 +40,7 @@ app.command("build-prefs")(build_prefs)
 app.command("label-prm")(label_prm)
 app.command("train-rm")(train_rm)
 app.command("best-of-n")(best_of_n)
+app.command("train-policy")(train_policy)
 app.command("eval")(evaluate)
 
 

@@ -30,8 +30,8 @@ class TokenValues(torch.nn.Module):
         if not hasattr(model, "score"):
             raise ModelError(f"{type(model).__name__} has no 'score' head: not supported as a reward model")
 
-    def forward(self, input_ids, attention_mask):
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+    def forward(self, input_ids, attention_mask, position_ids=None):
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state  # (B, T, H)
         return self.model.score(hidden).squeeze(-1)  # (B, T, 1) -> (B, T)
 
 
@@ -52,7 +52,9 @@ def build_reward_model(spec: str, kind: str, seed: int = 0, trust_remote_code: b
         if is_toy_spec(spec):
             from rlhfctl.toy.sizes import toy_config
 
-            model = auto.from_config(toy_config(spec[len(TOY_PREFIX):]), num_labels=1)
+            config = toy_config(spec[len(TOY_PREFIX):])
+            config.num_labels = 1  # from_config takes no config overrides as keyword arguments
+            model = auto.from_config(config)
         else:
             tokenizer = load_tokenizer(spec, trust_remote_code)
             model = auto.from_pretrained(spec, num_labels=1, trust_remote_code=trust_remote_code)

@@ -102,8 +102,15 @@ def batch_stream(lengths: list[int], batch_size: int, seed: int, start_step: int
         epoch, skip = epoch + 1, 0
 
 
-def shard(batch: list[int], rank: int, world: int) -> list[int]:
-    return batch[rank::world]
+def shard(batch: list, rank: int, world: int) -> tuple[list, float]:
+    """This rank's slice of a global batch, and the weight of its loss.
+
+    A batch smaller than the world leaves some ranks nothing; they still run
+    a forward and backward pass (DDP needs every rank) on a borrowed record
+    with weight 0, so the gradient is exactly the other ranks'.
+    """
+    mine = batch[rank::world]
+    return (mine, 1.0) if mine else (batch[:1], 0.0)
 
 
 # --- run folder ------------------------------------------------------------------

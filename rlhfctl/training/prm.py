@@ -72,17 +72,17 @@ def _train_step(run, batch: list[StepItem], pad_id: int, max_grad_norm: float) -
 
     acc = run.accelerator
     global_steps = sum(len(it.labels) for it in batch)
-    local = shard(batch, acc.process_index, acc.num_processes)
+    local, weight = shard(batch, acc.process_index, acc.num_processes)
     ids, mask = right_pad([it.ids for it in local], pad_id)
     values = run.model(ids.to(acc.device), mask.to(acc.device)).float()  # (B, T)
     rows = torch.tensor([b for b, it in enumerate(local) for _ in it.positions], device=acc.device)
     cols = torch.tensor([p for it in local for p in it.positions], device=acc.device)
     labels = torch.tensor([y for it in local for y in it.labels], device=acc.device)
     step_scores = values[rows, cols]  # (S,)
-    loss = step_bce_loss(step_scores, labels) * len(labels) / global_steps
+    loss = weight * step_bce_loss(step_scores, labels) * len(labels) / global_steps
     acc.backward(loss * acc.num_processes)
     grad_norm = optimizer_step(run, max_grad_norm)
-    hits = ((step_scores > 0) == (labels >= 0.5)).float().sum()
+    hits = weight * ((step_scores > 0) == (labels >= 0.5)).float().sum()
     return {"loss": float(acc.reduce(loss.detach(), reduction="sum")), "grad_norm": grad_norm,
             "step_acc": float(acc.reduce(hits.detach(), reduction="sum")) / global_steps, "solutions": len(batch)}
 

@@ -100,7 +100,7 @@ def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float) -> di
     acc = run.accelerator
     n_pairs = sum(it.kind == PAIR for it in batch)
     n_bin = len(batch) - n_pairs
-    local = shard(batch, acc.process_index, acc.num_processes)
+    local, weight = shard(batch, acc.process_index, acc.num_processes)
     pairs = [it for it in local if it.kind == PAIR]
     binary = [it for it in local if it.kind == BINARY_ITEM]
     seqs = [s for it in pairs for s in it.seqs] + [it.seqs[0] for it in binary]  # (chosen, rejected)*P + binary
@@ -113,13 +113,13 @@ def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float) -> di
         margin = torch.tensor([it.margin for it in pairs], device=acc.device)
         bt = bradley_terry_loss(chosen, rejected, margin) * len(pairs) / n_pairs if pairs else scores.sum() * 0
         parts.append(bt)
-        stats["pair_acc"] = ((chosen > rejected).float().sum(), n_pairs)
+        stats["pair_acc"] = (weight * (chosen > rejected).float().sum(), n_pairs)
     if n_bin:
         labels = torch.tensor([it.label for it in binary], device=acc.device)
         cls = binary_loss(bin_scores, labels) * len(binary) / n_bin if binary else scores.sum() * 0
         parts.append(cls)
-        stats["binary_acc"] = (((bin_scores > 0) == labels).float().sum(), n_bin)
-    loss = sum(parts) / len(parts)
+        stats["binary_acc"] = (weight * ((bin_scores > 0) == labels).float().sum(), n_bin)
+    loss = weight * sum(parts) / len(parts)
     acc.backward(loss * acc.num_processes)
     grad_norm = optimizer_step(run, max_grad_norm)
     out = {"loss": float(acc.reduce(loss.detach(), reduction="sum")), "grad_norm": grad_norm,

@@ -7,19 +7,15 @@ warmup and cosine decay.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
 from rlhfctl.data import Example, encode_example
-from rlhfctl.console import Progress, log
+from rlhfctl.console import log
 from rlhfctl.records import SFT, read_records
-from rlhfctl.training.loop import (
-    METRICS, MetricsLog, Schedule, batch_stream, prepare_run_dir, read_metrics,
-    restore_training_state, save_training_state, shard, warmup_cosine,
-)
+from rlhfctl.training.loop import Schedule, fit, optimizer_step, prepare_run_dir, shard, start_training
 
 
 @dataclass(frozen=True)
@@ -35,19 +31,16 @@ class SFTConfig:
 
 def run(config: SFTConfig) -> dict[str, Any]:
     """Train, save the final model as a Hugging Face folder, return results."""
-    import torch
+    config.schedule.check()
+    records = read_records(config.data, SFT)  # bad data fails before the heavy imports
     from accelerate import Accelerator
 
     from rlhfctl.models import check_model_spec, count_parameters, load_causal_lm, load_tokenizer, save_model
 
-    config.schedule.check()
     check_model_spec(config.model)
-    records = read_records(config.data, SFT)
     accelerator = Accelerator()
-    main = accelerator.is_main_process
-    out = Path(config.out)
-    options = _options(config)
-    if main:
+    out, options = Path(config.out), _options(config)
+    if accelerator.is_main_process:
         prepare_run_dir(out, "train-sft", options, config.resume)
     accelerator.wait_for_everyone()
 
@@ -55,65 +48,41 @@ def run(config: SFTConfig) -> dict[str, Any]:
     examples = [encode_example(tokenizer, r["prompt"], r["completion"], config.max_length) for r in records]
     model = load_causal_lm(config.model, seed=config.schedule.seed, trust_remote_code=config.trust_remote_code)
     total = config.schedule.total_steps(len(examples))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.schedule.lr, weight_decay=config.schedule.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(config.schedule.warmup_ratio * total)))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    start = restore_training_state(out, accelerator, model, optimizer, scheduler)[0] if config.resume else 0
-    if start:
-        log(f"resuming from step {start}", main)
-    metrics = MetricsLog(out / METRICS, start, enabled=main)
-    log(f"train-sft: {len(examples)} records, {count_parameters(model):,} parameters, {total} steps of {config.schedule.batch_size}", main)
+    run_ = start_training(accelerator, model, config.schedule, total, out, config.resume)
+    log(f"train-sft: {len(examples)} records, {count_parameters(model):,} parameters, {total} steps of {config.schedule.batch_size}",
+        accelerator.is_main_process)
 
-    pad_id = tokenizer.pad_token_id
-    lengths = [len(e.input_ids) for e in examples]
-    stream = batch_stream(lengths, config.schedule.batch_size, config.schedule.seed, start)
-    last: dict[str, Any] = {}
-    model.train()
-    with Progress("train-sft", total, start, main) as progress:
-        for step in range(start + 1, total + 1):
-            epoch, batch = next(stream)
-            tic = time.perf_counter()
-            loss, tokens = _train_step(model, optimizer, scheduler, accelerator, [examples[i] for i in batch], pad_id, config.schedule.max_grad_norm)
-            last = {"step": step, "epoch": epoch, "loss": loss, "lr": scheduler.get_last_lr()[0],
-                    "tokens": tokens, "samples_per_s": len(batch) / (time.perf_counter() - tic)}
-            metrics.write(last)
-            progress.advance(f"loss {loss:.4f}")
-            if step % config.schedule.save_every == 0 and step < total:
-                save_training_state(out, step, accelerator, model, optimizer, scheduler, {}, config.schedule.keep_checkpoints)
+    def step(batch: list[int]) -> dict[str, Any]:
+        return _train_step(run_, [examples[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm)
 
-    if not last and start and main:  # resumed from the final checkpoint: the last step's metrics are on disk
-        last = (read_metrics(out) or [{}])[-1]
+    last = fit(run_, [len(e.input_ids) for e in examples], config.schedule, step, "train-sft")
     results = {"final_loss": last.get("loss"), "steps": total, "parameters": count_parameters(model)}
-    save_training_state(out, total, accelerator, model, optimizer, scheduler, {}, config.schedule.keep_checkpoints)
-    if main:
-        unwrapped = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(run_.model)
         manifest = make_manifest("train-sft", options, describe_inputs({"data": config.data, "model": config.model}), results)
         publish_model_folder(out, lambda tmp: save_model(unwrapped, tokenizer, tmp), manifest)
     accelerator.wait_for_everyone()
     return results
 
 
-def _train_step(model, optimizer, scheduler, accelerator, batch: list[Example], pad_id: int, max_grad_norm: float) -> tuple[float, int]:
-    """One optimiser step on the global batch; returns (mean token loss, tokens)."""
+def _train_step(run, batch: list[Example], pad_id: int, max_grad_norm: float) -> dict[str, Any]:
+    """One optimiser step on the global batch: the token-mean loss over its completions."""
     import torch
 
-    local = shard(batch, accelerator.process_index, accelerator.num_processes)
+    acc = run.accelerator
+    local, weight = shard(batch, acc.process_index, acc.num_processes)
     global_tokens = sum(len(e.input_ids) - e.prompt_len for e in batch) or 1  # = labels != -100 after the shift
     input_ids, attention_mask, labels = collate(local, pad_id)
-    logits = model(input_ids=input_ids.to(accelerator.device), attention_mask=attention_mask.to(accelerator.device)).logits
+    logits = run.model(input_ids=input_ids.to(acc.device), attention_mask=attention_mask.to(acc.device)).logits
     # Sum over this rank's tokens / the global count, times world: DDP averages
     # the ranks' gradients, so the result is the token mean of the global batch.
-    loss_sum = torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(accelerator.device), ignore_index=-100, reduction="sum"
+    loss_sum = weight * torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(acc.device), ignore_index=-100, reduction="sum"
     )
-    accelerator.backward(loss_sum * accelerator.num_processes / global_tokens)
-    if max_grad_norm > 0:
-        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    total = accelerator.reduce(loss_sum.detach(), reduction="sum")
-    return float(total) / global_tokens, global_tokens
+    acc.backward(loss_sum * acc.num_processes / global_tokens)
+    grad_norm = optimizer_step(run, max_grad_norm)
+    total = acc.reduce(loss_sum.detach(), reduction="sum")
+    return {"loss": float(total) / global_tokens, "tokens": global_tokens, "grad_norm": grad_norm}
 
 
 def collate(examples: list[Example], pad_id: int):

@@ -59,8 +59,15 @@ def test_batch_stream_resumes_at_any_step():
 def test_shard_covers_the_batch_once():
     batch = list(range(7))
     parts = [shard(batch, r, 3) for r in range(3)]
-    assert sorted(itertools.chain.from_iterable(parts)) == batch
-    assert shard(batch, 0, 1) == batch
+    assert sorted(itertools.chain.from_iterable(p for p, _ in parts)) == batch
+    assert all(w == 1.0 for _, w in parts)
+    assert shard(batch, 0, 1) == (batch, 1.0)
+
+
+def test_shard_of_a_batch_smaller_than_the_world_borrows_with_weight_zero():
+    # rank 1 of 2 gets nothing from a one-record batch: it still needs a forward pass
+    assert shard([5], 0, 2) == ([5], 1.0)
+    assert shard([5], 1, 2) == ([5], 0.0)
 
 
 def test_prepare_run_dir(tmp_path):

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from rlhfctl.commands._options import (
+    ConfigOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TemperatureOpt, TopPOpt, print_summary,
+)
+
+_F = typer.Option
+
+
+def train_policy(
+    prompts: Annotated[str, typer.Argument(help="Prompts JSONL ({prompt, answer?, task?}).")],
+    out: Annotated[str, _F("--out", "-o", help="Run folder: the policy, checkpoints/, metrics.jsonl.")],
+    model: ModelOpt = "toy:small",
+    algo: Annotated[str, _F("--algo", help="ppo (with a critic, GAE) or grpo (critic-free, group-normalised).")] = "grpo",
+    rm: Annotated[Optional[str], _F("--rm", help="Outcome reward model folder (train-rm); its score is standardised with the μ/σ in its manifest.", show_default=False)] = None,
+    rm_weight: Annotated[float, _F("--rm-weight", help="Weight of the RM score in the reward.")] = 1.0,
+    verifier: Annotated[Optional[str], _F("--verifier", help="Rule reward: 1 if the grader (math, or auto: each prompt's task) accepts the answer, else 0.", show_default=False)] = None,
+    verifier_weight: Annotated[float, _F("--verifier-weight", help="Weight of the verifier in the reward.")] = 1.0,
+    n: Annotated[int, _F("--n", "-n", help="Responses sampled per prompt.")] = 8,
+    prompts_per_step: Annotated[int, _F("--prompts-per-step", help="Prompts per rollout batch (global); the batch is prompts × n responses.")] = 8,
+    ppo_epochs: Annotated[int, _F("--ppo-epochs", help="Passes over each rollout batch.")] = 1,
+    mini_batch_size: Annotated[Optional[int], _F("--mini-batch-size", help="Responses per optimiser step; default: the whole rollout batch.", show_default=False)] = None,
+    lr: Annotated[float, _F("--lr", help="Policy learning rate (constant).")] = 5e-5,
+    critic_lr: Annotated[float, _F("--critic-lr", help="Critic learning rate (PPO).")] = 1e-4,
+    kl_coef: Annotated[Optional[float], _F("--kl-coef", help="β of the KL to the reference; default 0.005 for PPO, 0.04 for GRPO.", show_default=False)] = None,
+    kl_estimator: Annotated[Optional[str], _F("--kl-estimator", help="k1, k2 or k3; default k1 for PPO, k3 for GRPO.", show_default=False)] = None,
+    kl_in: Annotated[Optional[str], _F("--kl-in", help="Where the KL goes: reward (per token) or loss; default reward for PPO, loss for GRPO.", show_default=False)] = None,
+    reward_norm: Annotated[str, _F("--reward-norm", help="none, batch, or group: (r - mean_g)/(std_g + eps) per prompt.")] = "group",
+    reward_std_floor: Annotated[float, _F("--reward-std-floor", help="Lower bound on the std used by --reward-norm.")] = 0.0,
+    reward_clip: Annotated[float, _F("--reward-clip", help="Clip normalised rewards to [-c, c]; 0 disables.")] = 5.0,
+    neg_reward_scale: Annotated[float, _F("--neg-reward-scale", help="Asymmetric shrinkage: negative rewards are multiplied by this α.")] = 1.0,
+    reward_clip_range: Annotated[Optional[str], _F("--reward-clip-range", help="LO,HI: clip rewards to an asymmetric range (instead of --neg-reward-scale).", show_default=False)] = None,
+    gamma: Annotated[float, _F("--gamma", help="GAE discount (PPO).")] = 1.0,
+    lam: Annotated[float, _F("--lam", help="GAE λ (PPO).")] = 0.95,
+    clip_eps: Annotated[float, _F("--clip-eps", help="PPO ratio clip ε.")] = 0.2,
+    value_clip: Annotated[float, _F("--value-clip", help="Value-loss clip range (PPO); 0 disables.")] = 0.2,
+    critic_init: Annotated[str, _F("--critic-init", help="Critic backbone: sft (the policy) or rm (the --rm model, its head too).")] = "sft",
+    critic_warmup_steps: Annotated[int, _F("--critic-warmup-steps", help="Steps during which only the critic trains (actor frozen).")] = 0,
+    loss_agg: Annotated[str, _F("--loss-agg", help="token-mean, seq-mean-token-mean or seq-mean-token-sum-norm.")] = "token-mean",
+    max_new_tokens: MaxNewTokensOpt = 128,
+    temperature: TemperatureOpt = 1.0,
+    top_p: TopPOpt = 1.0,
+    max_steps: Annotated[int, _F("--max-steps", help="Policy updates (rollout batches).")] = 100,
+    save_every: SaveEveryOpt = 50,
+    eval_data: Annotated[Optional[str], _F("--eval-data", help="Prompts with answers: greedy pass@1 at step 0 and every --eval-every steps.", show_default=False)] = None,
+    eval_every: Annotated[int, _F("--eval-every", help="Evaluate every this many steps.")] = 10,
+    eval_max_prompts: Annotated[int, _F("--eval-max-prompts", help="Evaluate on at most this many eval prompts.")] = 200,
+    seed: SeedOpt = 0,
+    resume: ResumeOpt = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Optimise a policy with PPO or GRPO and the paper's reward shaping.
+
+    Reward: verifier and/or ORM (weighted sum), then standardise (RM μ/σ) →
+    normalise (--reward-norm) → clip (--reward-clip) → shrink negatives
+    (--neg-reward-scale, or --reward-clip-range) → placed on the EOS token.
+    The resolved settings are printed as a table at start and saved in the
+    manifest; metrics.jsonl has one line per step (raw and shaped reward,
+    KL, entropy, response length, clip fraction, losses, grad norm, eval
+    pass@1).
+
+    Examples:
+
+        rlhfctl train-policy data/toy/train.jsonl --model runs/sft --out runs/grpo --algo grpo --verifier math --eval-data data/toy/test.jsonl
+
+        rlhfctl train-policy data/toy/train.jsonl --model runs/sft --out runs/ppo --algo ppo --rm runs/rm --verifier math --max-steps 40
+    """
+    from rlhfctl.errors import ConfigError
+    from rlhfctl.rl.shaping import Shaping
+    from rlhfctl.training.policy import PolicyConfig, run
+
+    clip_range = None
+    if reward_clip_range is not None:
+        try:
+            lo, hi = (float(x) for x in reward_clip_range.split(","))
+        except ValueError:
+            raise ConfigError(f"--reward-clip-range takes LO,HI (two numbers), got {reward_clip_range!r}") from None
+        clip_range = (lo, hi)
+    shaping = Shaping(reward_norm, reward_std_floor, 1e-6, reward_clip or None, neg_reward_scale, clip_range)
+    results = run(PolicyConfig(
+        prompts, model, out, algo, rm, rm_weight, verifier, verifier_weight, n, prompts_per_step, ppo_epochs, mini_batch_size,
+        lr, critic_lr, kl_coef, kl_estimator, kl_in, shaping, gamma, lam, clip_eps, value_clip, critic_init,
+        critic_warmup_steps, loss_agg, max_new_tokens, temperature, top_p, max_steps, save_every, eval_data, eval_every,
+        eval_max_prompts, 1.0, seed, resume,
+    ))
+    print_summary({**results, "out": out}, as_json, "train-policy")

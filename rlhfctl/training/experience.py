@@ -1,0 +1,212 @@
+"""One rollout batch of policy training: sample, score, shape, and advantages.
+
+Everything here runs once per rollout batch and without gradients: the
+old policy's and the reference's log-probs, the critic's values, the rewards
+and the advantages. The PPO epochs then reuse the batch (`training/policy.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlhfctl.rl.advantages import gae, whiten
+from rlhfctl.rl.kl import KL_ESTIMATORS
+from rlhfctl.rl.shaping import Shaping, place_on_eos, shape_rewards, standardize
+
+
+@dataclass
+class Experience:
+    """P prompts × n responses = B rows on this rank; T = the longest response."""
+
+    input_ids: torch.Tensor  # (B, L) prompt (left-padded, width L-T) + response (right-padded, width T)
+    attention_mask: torch.Tensor  # (B, L)
+    response_mask: torch.Tensor  # (B, T) 1 on response tokens (eos included)
+    old_logp: torch.Tensor  # (B, T) log π_old(a_t|s_t)
+    ref_logp: torch.Tensor  # (B, T) log π_ref(a_t|s_t)
+    advantages: torch.Tensor  # (B, T)
+    values: torch.Tensor | None = None  # (B, T) V(s_t), PPO only
+    returns: torch.Tensor | None = None  # (B, T) GAE returns, PPO only
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+    def rows(self, index: torch.Tensor) -> "Experience":
+        """The sub-batch of the given rows (a mini-batch)."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return Experience(*(pick(getattr(self, f)) for f in self.__dataclass_fields__))
+
+
+def assemble(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int):
+    """(input_ids, attention_mask, response_mask): left-padded prompts + right-padded responses."""
+    width_p = max(len(p) for p in prompt_ids)
+    width_r = max(max(len(r) for r in response_ids), 1)
+    ids = torch.full((len(prompt_ids), width_p + width_r), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        ids[i, width_p - len(p):width_p] = torch.tensor(p)
+        ids[i, width_p:width_p + len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, width_p - len(p):width_p + len(r)] = 1
+    return ids, mask, mask[:, width_p:].clone()
+
+
+def response_logprobs(model, input_ids, attention_mask, response_width: int, with_entropy: bool = False):
+    """log π(a_t|s_t) of the response tokens, (B, T); and their entropy (B, T) if asked."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logits = logits[:, -response_width - 1:-1].float()  # position t predicts token t+1
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, input_ids[:, -response_width:, None]).squeeze(-1)
+    if not with_entropy:
+        return logp, None
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def response_values(critic, input_ids, attention_mask, response_width: int):
+    """V(s_t) for each response token: the critic's value at the position before it, (B, T)."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    values = critic(input_ids, attention_mask, position_ids).float()  # (B, L)
+    return values[:, -response_width - 1:-1]
+
+
+@dataclass(frozen=True)
+class AdvantageSettings:
+    algo: str  # ppo | grpo
+    n: int
+    shaping: Shaping
+    kl_coef: float
+    kl_estimator: str
+    kl_in: str  # reward | loss
+    kl_clip: float = 10.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+
+
+def shape_scores(raw, settings: AdvantageSettings, accelerator) -> torch.Tensor:
+    """Steps 2-4 of shaping over the *global* batch (groups stay whole per rank)."""
+    all_scores = accelerator.gather(raw)  # (world*B,): rank 0's rows, then rank 1's
+    shaped = shape_rewards(all_scores, settings.n, settings.shaping)
+    start = accelerator.process_index * raw.shape[0]
+    return shaped[start:start + raw.shape[0]]
+
+
+def advantages_for(shaped, exp: Experience, settings: AdvantageSettings, accelerator) -> tuple[torch.Tensor, Any]:
+    """GRPO: the shaped score on every response token. PPO: GAE over token rewards
+    (-β·KL per token when the KL is in the reward, the score at eos), whitened."""
+    mask = exp.response_mask.float()
+    if settings.algo == "grpo":
+        token_rewards = None
+        advantages = shaped[:, None] * mask
+        if settings.kl_in == "reward":  # KL as a per-token penalty on the advantage
+            kl = KL_ESTIMATORS[settings.kl_estimator](exp.old_logp, exp.ref_logp).clamp(-settings.kl_clip, settings.kl_clip)
+            advantages = advantages - settings.kl_coef * kl * mask
+        return advantages, None
+    token_rewards = place_on_eos(shaped, mask)
+    if settings.kl_in == "reward":
+        kl = KL_ESTIMATORS[settings.kl_estimator](exp.old_logp, exp.ref_logp).clamp(-settings.kl_clip, settings.kl_clip)
+        token_rewards = token_rewards - settings.kl_coef * kl * mask
+    advantages, returns = gae(token_rewards, exp.values, mask, settings.gamma, settings.lam)
+    if settings.whiten_advantages:
+        advantages = _global_whiten(advantages, mask, accelerator)
+    return advantages, returns
+
+
+def _global_whiten(values, mask, accelerator):
+    """`rl.advantages.whiten` with the mean and variance over all ranks' tokens."""
+    sums = torch.stack([(values * mask).sum(), mask.sum()])
+    total, count = accelerator.reduce(sums, reduction="sum").tolist()
+    mean = total / max(count, 1.0)
+    var = float(accelerator.reduce(((values - mean) ** 2 * mask).sum(), reduction="sum")) / max(count, 1.0)
+    return whiten(values, mask, mean=mean, var=var)
+
+
+def standardized_rm_scores(texts: list[tuple[Any, str]], rm: Any) -> torch.Tensor:
+    """ORM scores of (prompt, response) pairs, standardised with the RM's μ/σ."""
+    from rlhfctl.data import encode_example
+    from rlhfctl.rm.model import score_sequences
+
+    seqs = [encode_example(rm.tokenizer, p, r, rm.max_length).input_ids for p, r in texts]
+    raw = torch.tensor(score_sequences(rm.values, seqs, rm.tokenizer.pad_token_id))
+    return standardize(raw, rm.mean, rm.std)
+
+
+@dataclass
+class RewardModelHandle:
+    """An ORM ready to score: values, tokenizer and its saved μ/σ."""
+
+    values: Any
+    tokenizer: Any
+    mean: float
+    std: float
+    max_length: int = 512
+
+
+def load_rm_handle(folder: str) -> RewardModelHandle:
+    from rlhfctl.rm.model import ORM, TokenValues, load_reward_model
+
+    model, tokenizer, manifest = load_reward_model(folder, ORM)
+    results = manifest.get("results", {})
+    return RewardModelHandle(TokenValues(model).eval(), tokenizer, float(results.get("reward_mean", 0.0)),
+                             float(results.get("reward_std", 1.0)))
+
+
+def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], config, settings: AdvantageSettings,
+            rm: RewardModelHandle | None, accelerator, seed: int) -> tuple[Experience, dict[str, float]]:
+    """Sample, score and compute advantages for this rank's prompts."""
+    from rlhfctl.data import render_prompt
+    from rlhfctl.generation.base import SamplingParams
+
+    tokenizer = generator.tokenizer
+    params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
+                            max_new_tokens=config.max_new_tokens, batch_size=len(prompts) * config.n, seed=seed)
+    policy.eval()
+    texts = [render_prompt(r["prompt"], tokenizer) for r in prompts]
+    samples = generator.generate(texts, params, keys=[r["id"] for r in prompts])
+    prompt_ids = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts for _ in range(config.n)]
+    response_ids = [s.token_ids for group in samples for s in group]  # (P, n) -> P*n rows
+    ids, mask, resp_mask = assemble(prompt_ids, response_ids, tokenizer.pad_token_id)
+    ids, mask, resp_mask = ids.to(accelerator.device), mask.to(accelerator.device), resp_mask.to(accelerator.device)
+    width = resp_mask.shape[1]
+    with torch.no_grad():
+        old_logp, _ = response_logprobs(policy, ids, mask, width)
+        ref_logp, _ = response_logprobs(ref, ids, mask, width)
+        values = response_values(critic, ids, mask, width) if critic is not None else None
+    raw, stats = rewards_for(prompts, samples, config, rm)
+    raw = raw.to(accelerator.device)
+    exp = Experience(ids, mask, resp_mask, old_logp, ref_logp, torch.zeros_like(old_logp), values)
+    shaped = shape_scores(raw, settings, accelerator)
+    exp.advantages, exp.returns = advantages_for(shaped, exp, settings, accelerator)
+    fmask = resp_mask.float()
+    kl = ((old_logp - ref_logp) * fmask).sum() / fmask.sum()
+    stats.update({"reward_raw_mean": float(raw.mean()), "reward_raw_std": float(raw.std()) if raw.numel() > 1 else 0.0,
+                  "reward_shaped_mean": float(shaped.mean()), "reward_shaped_std": float(shaped.std()) if shaped.numel() > 1 else 0.0,
+                  "kl": float(kl), "response_length": float(fmask.sum(-1).mean()),
+                  "truncated_fraction": sum(s.finish_reason == "length" for g in samples for s in g) / len(response_ids)})
+    return exp, stats
+
+
+def rewards_for(prompts, samples, config, rm: RewardModelHandle | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Raw scores (P*n,): weighted sum of the verifier (1 right / 0 wrong) and the standardised ORM."""
+    from rlhfctl.generation.rollout import grade
+
+    total = torch.zeros(sum(len(g) for g in samples))
+    stats: dict[str, float] = {}
+    if config.verifier is not None:
+        verdicts = []
+        for r, group in zip(prompts, samples):
+            record = r if config.verifier == "auto" else {**r, "task": config.verifier}
+            verdicts.extend(grade(record, [s.text for s in group]) or [False] * len(group))
+        correct = torch.tensor(verdicts, dtype=torch.float)
+        total += config.verifier_weight * correct
+        stats["accuracy"] = float(correct.mean())
+    if rm is not None:
+        pairs = [(r["prompt"], s.text) for r, group in zip(prompts, samples) for s in group]
+        scores = standardized_rm_scores(pairs, rm)
+        total += config.rm_weight * scores
+        stats["rm_score_mean"] = float(scores.mean())
+    return total, stats

@@ -1,0 +1,169 @@
+"""`train-policy`: PPO (with a critic) or GRPO (critic-free) on prompts.
+
+Each step: sample n responses for `prompts_per_step` prompts with the current
+policy (through the generation protocol), score them (verifier and/or ORM),
+shape the scores (standardise → normalise → clip → shrink), compute
+advantages (GAE for PPO, group-normalised for GRPO), then `ppo_epochs` passes
+of clipped-objective mini-batch updates. The KL to the frozen reference goes
+into the reward or the loss, with any of k1/k2/k3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlhfctl.console import log
+from rlhfctl.errors import ConfigError, DataError
+from rlhfctl.rl.aggregation import LOSS_AGGREGATIONS
+from rlhfctl.rl.kl import KL_ESTIMATORS
+from rlhfctl.rl.shaping import NORMS, Shaping
+
+ALGOS = ("ppo", "grpo")
+DEFAULTS = {  # per algorithm, where the paper's code and DESIGN.md differ between the two
+    "ppo": {"kl_coef": 0.005, "kl_estimator": "k1", "kl_in": "reward"},
+    "grpo": {"kl_coef": 0.04, "kl_estimator": "k3", "kl_in": "loss"},
+}
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    prompts: str
+    model: str
+    out: str
+    algo: str = "grpo"
+    rm: str | None = None
+    rm_weight: float = 1.0
+    verifier: str | None = None  # a grader name, or "auto": each prompt's task
+    verifier_weight: float = 1.0
+    n: int = 8
+    prompts_per_step: int = 8
+    ppo_epochs: int = 1
+    mini_batch_size: int | None = None  # rows (prompts × n) per update; default: the whole batch
+    lr: float = 5e-5
+    critic_lr: float = 1e-4
+    kl_coef: float | None = None
+    kl_estimator: str | None = None
+    kl_in: str | None = None
+    shaping: Shaping = field(default_factory=Shaping)
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_eps: float = 0.2
+    value_clip: float = 0.2
+    critic_init: str = "sft"
+    critic_warmup_steps: int = 0
+    loss_agg: str = "token-mean"
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_steps: int = 100
+    save_every: int = 50
+    eval_data: str | None = None
+    eval_every: int = 10
+    eval_max_prompts: int | None = 200
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    resume: bool = False
+
+    def resolved(self) -> "PolicyConfig":
+        """Fill the per-algorithm defaults (KL coefficient, estimator, placement)."""
+        if self.algo not in ALGOS:
+            raise ConfigError(f"unknown --algo {self.algo!r}: choose ppo or grpo")
+        d = DEFAULTS[self.algo]
+        return PolicyConfig(**{**asdict(self), "shaping": self.shaping,
+                               **{k: v if getattr(self, k) is None else getattr(self, k) for k, v in d.items()}})
+
+    def check(self) -> None:
+        s = self.shaping
+        if self.rm is None and self.verifier is None:
+            raise ConfigError("no reward: give --rm DIR and/or --verifier math")
+        if self.n < 1 or self.prompts_per_step < 1:
+            raise ConfigError("--n and --prompts-per-step must be at least 1")
+        if self.algo == "grpo" and self.n < 2:
+            raise ConfigError("--algo grpo needs --n >= 2: its advantage is relative to the other responses to the same prompt")
+        if s.norm not in NORMS:
+            raise ConfigError(f"unknown --reward-norm {s.norm!r}: choose none, batch or group")
+        if s.norm == "group" and self.n < 2:
+            raise ConfigError("--reward-norm group needs --n >= 2; use --reward-norm batch or none with --n 1")
+        if s.clip_range is not None and s.clip_range[0] >= s.clip_range[1]:
+            raise ConfigError(f"--reward-clip-range needs LO < HI, got {s.clip_range[0]},{s.clip_range[1]}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ConfigError(f"unknown --kl-estimator {self.kl_estimator!r}: choose k1, k2 or k3")
+        if self.kl_in not in ("reward", "loss"):
+            raise ConfigError(f"unknown --kl-in {self.kl_in!r}: choose reward or loss")
+        if self.loss_agg not in LOSS_AGGREGATIONS:
+            raise ConfigError(f"unknown --loss-agg {self.loss_agg!r}: choose one of {', '.join(LOSS_AGGREGATIONS)}")
+        if self.critic_init not in ("sft", "rm"):
+            raise ConfigError(f"unknown --critic-init {self.critic_init!r}: choose sft or rm")
+        if self.critic_init == "rm" and self.algo == "ppo" and not self.rm:
+            raise ConfigError("--critic-init rm needs --rm DIR")
+        rows = self.n * self.prompts_per_step
+        if self.mini_batch_size is not None and (self.mini_batch_size < 1 or rows % self.mini_batch_size):
+            raise ConfigError(f"--mini-batch-size must divide prompts-per-step × n = {rows}, got {self.mini_batch_size}")
+        if self.max_steps < 1 or self.ppo_epochs < 1:
+            raise ConfigError("--max-steps and --ppo-epochs must be at least 1")
+
+
+def check_prompts(records: list[dict[str, Any]], config: PolicyConfig) -> None:
+    """A verifier needs a gold answer on every prompt: say which line lacks one."""
+    if config.verifier is None:
+        return
+    for line, r in enumerate(records, start=1):
+        if r.get("answer") is None:
+            raise DataError(config.prompts, line, f"missing: --verifier {config.verifier} needs a gold answer on every prompt", "answer")
+
+
+def options_table(config: PolicyConfig) -> list[tuple[str, str]]:
+    """The resolved settings, flag by flag, for the table printed at start."""
+    flat = asdict(config)
+    names = {"norm": "reward_norm", "std_floor": "reward_std_floor", "eps": "reward_eps", "clip": "reward_clip",
+             "neg_scale": "neg_reward_scale", "clip_range": "reward_clip_range"}
+    flat.update({names[k]: v for k, v in flat.pop("shaping").items()})
+    return [(k.replace("_", "-"), str(v)) for k, v in flat.items()]
+
+
+def print_settings(config: PolicyConfig, enabled: bool) -> None:
+    if not enabled:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"train-policy ({config.algo}): resolved settings", show_header=False)
+    for key, value in options_table(config):
+        table.add_row(key, value)
+    Console(stderr=True).print(table)
+    log(f"loss aggregation: {config.loss_agg} (the frameworks disagree on this; it is a flag)")
+
+
+def run(config: PolicyConfig) -> dict[str, Any]:
+    """Train and save the policy as a Hugging Face folder; return results."""
+    from rlhfctl.records import PROMPTS, read_records
+
+    config = config.resolved()
+    config.check()
+    records = read_records(config.prompts, PROMPTS)
+    check_prompts(records, config)
+    eval_records = read_records(config.eval_data, PROMPTS)[: config.eval_max_prompts] if config.eval_data else []
+    if eval_records:
+        check_prompts(eval_records, PolicyConfig(**{**asdict(config), "shaping": config.shaping, "prompts": config.eval_data,
+                                                    "verifier": config.verifier or "auto"}))
+    from accelerate import Accelerator
+
+    from rlhfctl.training.loop import prepare_run_dir
+
+    accelerator = Accelerator()
+    if config.prompts_per_step % accelerator.num_processes:
+        raise ConfigError(f"--prompts-per-step {config.prompts_per_step} must be a multiple of the {accelerator.num_processes} ranks")
+    out, main = Path(config.out), accelerator.is_main_process
+    if main:
+        prepare_run_dir(out, "train-policy", _options(config), config.resume, identity=("algo",))
+    accelerator.wait_for_everyone()
+    print_settings(config, main)
+    from rlhfctl.training.policy_run import train
+
+    return train(config, records, eval_records, accelerator, out, _options(config))
+
+
+def _options(config: PolicyConfig) -> dict[str, Any]:
+    return dict(options_table(config))

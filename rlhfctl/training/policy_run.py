@@ -1,0 +1,143 @@
+"""The policy-training loop: models, steps, evaluation, checkpoints, output."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfctl.artifacts import describe_inputs, latest_checkpoint, load_checkpoint, make_manifest, publish_model_folder, save_checkpoint
+from rlhfctl.console import Progress, log
+from rlhfctl.generation.base import derive_seed
+from rlhfctl.training.experience import AdvantageSettings, collect, load_rm_handle
+from rlhfctl.training.loop import METRICS, MetricsLog, batch_stream, rng_state, set_rng_state, shard
+from rlhfctl.training.policy_update import Models, update
+
+
+def build_models(config, accelerator) -> tuple[Models, Any, Any]:
+    """(trainable models prepared by accelerate, frozen reference, tokenizer)."""
+    from rlhfctl.models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(config.model)
+    policy = load_causal_lm(config.model, seed=config.seed)
+    ref = load_causal_lm(config.model, seed=config.seed).eval().requires_grad_(False).to(accelerator.device)
+    policy_opt = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
+    if config.algo != "ppo":
+        policy, policy_opt = accelerator.prepare(policy, policy_opt)
+        return Models(policy, policy_opt), ref, tokenizer
+    from rlhfctl.rm.model import PRM, TokenValues, build_reward_model
+
+    source = config.model if config.critic_init == "sft" else config.rm
+    critic = TokenValues(build_reward_model(source, PRM, config.seed))
+    if config.critic_init == "rm":  # the RM's trained head, read at every token
+        from transformers import AutoModelForTokenClassification
+
+        critic = TokenValues(AutoModelForTokenClassification.from_pretrained(config.rm, num_labels=1))
+    critic_opt = torch.optim.AdamW(critic.parameters(), lr=config.critic_lr, weight_decay=0.0)
+    policy, policy_opt, critic, critic_opt = accelerator.prepare(policy, policy_opt, critic, critic_opt)
+    return Models(policy, policy_opt, critic, critic_opt), ref, tokenizer
+
+
+def train(config, records, eval_records, accelerator, out: Path, options: dict[str, Any]) -> dict[str, Any]:
+    from rlhfctl.generation.hf import HFGenerator
+    from rlhfctl.models import save_model
+
+    main = accelerator.is_main_process
+    models, ref, tokenizer = build_models(config, accelerator)
+    rm = load_rm_handle(config.rm) if config.rm and config.rm_weight else None
+    settings = AdvantageSettings(config.algo, config.n, config.shaping, config.kl_coef, config.kl_estimator, config.kl_in,
+                                 gamma=config.gamma, lam=config.lam, whiten_advantages=config.algo == "ppo")
+    start = restore(out, models, accelerator) if config.resume else 0
+    metrics = MetricsLog(out / METRICS, start, enabled=main)
+    generator = HFGenerator(accelerator.unwrap_model(models.policy), tokenizer)
+    stream = batch_stream([1] * len(records), config.prompts_per_step, config.seed, start)
+    history: list[dict[str, Any]] = []
+    if start == 0 and eval_records:
+        history.append({"step": 0, "eval_pass@1": evaluate(generator, eval_records, config, accelerator)})
+        metrics.write(history[-1])
+    with Progress(f"train-policy ({config.algo})", config.max_steps, start, main) as progress:
+        for step in range(start + 1, config.max_steps + 1):
+            tic = time.perf_counter()
+            epoch, batch = next(stream)
+            mine, _ = shard(batch, accelerator.process_index, accelerator.num_processes)
+            seed = derive_seed(config.seed, step, accelerator.process_index)
+            exp, stats = collect(models.policy, ref, models.critic, generator, [records[i] for i in mine], config, settings,
+                                 rm, accelerator, seed)
+            stats.update(update(models, exp, config, accelerator, step, seed))
+            row = {"step": step, "epoch": epoch, **stats, "seconds": time.perf_counter() - tic}
+            if eval_records and (step % config.eval_every == 0 or step == config.max_steps):
+                row["eval_pass@1"] = evaluate(generator, eval_records, config, accelerator)
+            metrics.write(row)
+            history.append(row)
+            progress.advance(f"reward {stats.get('reward_raw_mean', 0):.3f}")
+            if step % config.save_every == 0 or step == config.max_steps:
+                save(out, step, models, accelerator)
+    results = _results(out, history, config)
+    if main:
+        unwrapped = accelerator.unwrap_model(models.policy)
+        manifest = make_manifest("train-policy", options, describe_inputs({"prompts": config.prompts, "model": config.model,
+                                                                           "rm": config.rm, "eval_data": config.eval_data}), results)
+        publish_model_folder(out, lambda tmp: save_model(unwrapped, tokenizer, tmp), manifest)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def evaluate(generator, records, config, accelerator) -> float | None:
+    """Greedy pass@1 on the eval prompts (main process; the others wait)."""
+    from rlhfctl.data import render_prompt
+    from rlhfctl.generation.base import SamplingParams
+    from rlhfctl.generation.rollout import grade
+
+    value = None
+    if accelerator.is_main_process:
+        generator.model.eval()
+        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens, batch_size=64, seed=config.seed)
+        texts = [render_prompt(r["prompt"], generator.tokenizer) for r in records]
+        samples = generator.generate(texts, params, keys=[r["id"] for r in records])
+        record = (lambda r: r) if config.verifier in (None, "auto") else (lambda r: {**r, "task": config.verifier})
+        value = sum(bool(grade(record(r), [g[0].text])[0]) for r, g in zip(records, samples)) / len(records)
+    accelerator.wait_for_everyone()
+    return value
+
+
+def save(out: Path, step: int, models: Models, accelerator) -> None:
+    """Policy and critic weights in one safetensors file, optimizers and RNG in state.pt."""
+    weights = dict(accelerator.get_state_dict(models.policy))
+    if models.critic is not None:
+        weights.update({f"critic::{k}": v for k, v in accelerator.get_state_dict(models.critic).items()})
+    if accelerator.is_main_process:
+        state = {"step": step, "optimizer": models.policy_opt.state_dict(), "rng": rng_state()}
+        if models.critic_opt is not None:
+            state["critic_optimizer"] = models.critic_opt.state_dict()
+        save_checkpoint(out, step, weights, state, keep=2)
+    accelerator.wait_for_everyone()
+
+
+def restore(out: Path, models: Models, accelerator) -> int:
+    found = latest_checkpoint(out)
+    if found is None:
+        return 0
+    weights, state = load_checkpoint(found[1])
+    policy_w = {k: v for k, v in weights.items() if not k.startswith("critic::")}
+    accelerator.unwrap_model(models.policy).load_state_dict(policy_w)
+    models.policy_opt.load_state_dict(state["optimizer"])
+    if models.critic is not None:
+        critic_w = {k[len("critic::"):]: v for k, v in weights.items() if k.startswith("critic::")}
+        accelerator.unwrap_model(models.critic).load_state_dict(critic_w)
+        models.critic_opt.load_state_dict(state["critic_optimizer"])
+    set_rng_state(state["rng"])
+    log(f"resuming from step {state['step']}", accelerator.is_main_process)
+    return int(state["step"])
+
+
+def _results(out: Path, history: list[dict[str, Any]], config) -> dict[str, Any]:
+    from rlhfctl.training.loop import read_metrics
+
+    rows = read_metrics(out) if out.exists() else history
+    evals = [(r["step"], r["eval_pass@1"]) for r in rows if r.get("eval_pass@1") is not None]
+    last = next((r for r in reversed(rows) if "reward_raw_mean" in r), {})
+    return {"algo": config.algo, "steps": config.max_steps, "eval_pass@1": dict(evals) or None,
+            "initial_eval_pass@1": evals[0][1] if evals else None, "final_eval_pass@1": evals[-1][1] if evals else None,
+            "final_reward_raw_mean": last.get("reward_raw_mean"), "final_kl": last.get("kl")}

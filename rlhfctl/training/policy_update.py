@@ -1,0 +1,93 @@
+"""The optimisation half of a policy step: PPO epochs over mini-batches.
+
+Losses are aggregated with the explicit `--loss-agg`, each divided by the
+*global* count of its mini-batch (all ranks), and scaled by the world size
+because DDP averages gradients: two ranks compute the gradient of one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlhfctl.rl.aggregation import DENOMINATOR_UNIT, LOSS_AGGREGATIONS
+from rlhfctl.rl.kl import KL_ESTIMATORS
+from rlhfctl.rl.losses import clipped_policy_loss, clipped_value_loss
+from rlhfctl.training.experience import Experience, response_logprobs, response_values
+
+
+@dataclass
+class Models:
+    policy: Any
+    policy_opt: Any
+    critic: Any = None
+    critic_opt: Any = None
+
+
+def update(models: Models, exp: Experience, config, accelerator, step: int, seed: int) -> dict[str, float]:
+    """``ppo_epochs`` passes over the rollout batch in shuffled mini-batches."""
+    rows = exp.input_ids.shape[0]
+    per_rank = (config.mini_batch_size or rows * accelerator.num_processes) // accelerator.num_processes
+    train_actor = step > config.critic_warmup_steps
+    sums: dict[str, list[float]] = {}
+    g = torch.Generator().manual_seed(seed)
+    models.policy.train()
+    for _ in range(config.ppo_epochs):
+        for index in torch.randperm(rows, generator=g).split(max(1, per_rank)):
+            mb = exp.rows(index.to(exp.input_ids.device))
+            denominator = _global_count(mb.response_mask, config.loss_agg, accelerator)
+            if train_actor:
+                _add(sums, _actor_step(models, mb, config, denominator, accelerator))
+            if models.critic is not None:
+                _add(sums, _critic_step(models, mb, config, denominator, accelerator))
+    return {k: sum(v) / len(v) for k, v in sums.items() if v}
+
+
+def _actor_step(models: Models, mb: Experience, config, denominator, accelerator) -> dict[str, float]:
+    agg = LOSS_AGGREGATIONS[config.loss_agg]
+    mask = mb.response_mask.float()
+    logp, entropy = response_logprobs(models.policy, mb.input_ids, mb.attention_mask, mask.shape[1], with_entropy=True)
+    token_loss, clipped = clipped_policy_loss(logp, mb.old_logp, mb.advantages, config.clip_eps)
+    kl = KL_ESTIMATORS[config.kl_estimator](logp, mb.ref_logp)
+    if config.kl_in == "loss":
+        token_loss = token_loss + config.kl_coef * kl
+    loss = agg(token_loss, mask, denominator)
+    accelerator.backward(loss * accelerator.num_processes)
+    grad_norm = _step(models.policy, models.policy_opt, config.max_grad_norm, accelerator)
+    count = mask.sum().clamp(min=1)
+    return {"policy_loss": float(accelerator.reduce(loss.detach(), reduction="sum")), "grad_norm": grad_norm,
+            "clip_fraction": float((clipped * mask).sum() / count), "entropy": float((entropy.detach() * mask).sum() / count),
+            "kl_loss_term": float((kl.detach() * mask).sum() / count)}
+
+
+def _critic_step(models: Models, mb: Experience, config, denominator, accelerator) -> dict[str, float]:
+    agg = LOSS_AGGREGATIONS[config.loss_agg]
+    mask = mb.response_mask.float()
+    values = response_values(models.critic, mb.input_ids, mb.attention_mask, mask.shape[1])
+    loss = agg(clipped_value_loss(values, mb.values, mb.returns, config.value_clip), mask, denominator)
+    accelerator.backward(loss * accelerator.num_processes)
+    grad_norm = _step(models.critic, models.critic_opt, config.max_grad_norm, accelerator)
+    return {"value_loss": float(accelerator.reduce(loss.detach(), reduction="sum")), "critic_grad_norm": grad_norm}
+
+
+def _global_count(mask, loss_agg: str, accelerator):
+    """Tokens or sequences in this mini-batch over all ranks: the loss denominator."""
+    local = mask.sum() if DENOMINATOR_UNIT[loss_agg] == "tokens" else torch.tensor(float(mask.shape[0]), device=mask.device)
+    return accelerator.reduce(local.float(), reduction="sum").clamp(min=1)
+
+
+def _step(model, optimizer, max_grad_norm: float, accelerator) -> float | None:
+    grad_norm = None
+    if max_grad_norm > 0:
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def _add(sums: dict[str, list[float]], values: dict[str, float | None]) -> None:
+    for k, v in values.items():
+        if v is not None:
+            sums.setdefault(k, []).append(v)
