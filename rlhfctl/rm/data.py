@@ -147,12 +147,11 @@ def encode_steps(tokenizer: Any, prompt: Any, steps: list[str], max_length: int,
     positions: list[int] = []
     for i, step in enumerate(steps):
         step_ids = tokenizer(step, add_special_tokens=False)["input_ids"] or sep_ids
-        if len(ids) + len(step_ids) > max_length:
+        head = sep_ids if i else []  # the separator goes in only with the step after it, so ids never pass max_length
+        if len(ids) + len(head) + len(step_ids) > max_length:
             break
-        ids = ids + step_ids
+        ids = ids + head + step_ids
         positions.append(len(ids) - 1)
-        if i < len(steps) - 1:
-            ids = ids + sep_ids
     return ids, positions
 
 

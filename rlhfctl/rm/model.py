@@ -64,16 +64,9 @@ def build_reward_model(spec: str, kind: str, seed: int = 0, trust_remote_code: b
     return model
 
 
-def load_reward_model(folder: str, kind: str, trust_remote_code: bool = False):
-    """(model, tokenizer, manifest) of a trained rlhfctl reward model folder.
-
-    Refuses a folder without an rlhfctl manifest (its μ/σ are unknown) and a
-    folder of the wrong kind (a policy or a PRM given as an ORM).
-    """
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-
+def check_reward_folder(folder: str, kind: str) -> dict[str, Any]:
+    """The manifest of a reward model folder of the given kind, or a one-line error (no weights loaded)."""
     check_model_spec(folder)
-    quiet_transformers()
     manifest = read_manifest(folder)
     flag = "--rm" if kind == ORM else "--prm"
     if manifest is None:
@@ -83,6 +76,19 @@ def load_reward_model(folder: str, kind: str, trust_remote_code: bool = False):
         raise ModelError(f"{folder}: made by '{manifest.get('command')}', not train-rm: not a reward model ({flag})")
     if found != kind:
         raise ModelError(f"{folder}: is a {found.upper()}, but {flag} needs a{'n' if kind == ORM else ''} {kind.upper()}")
+    return manifest
+
+
+def load_reward_model(folder: str, kind: str, trust_remote_code: bool = False):
+    """(model, tokenizer, manifest) of a trained rlhfctl reward model folder.
+
+    Refuses a folder without an rlhfctl manifest (its μ/σ are unknown) and a
+    folder of the wrong kind (a policy or a PRM given as an ORM).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    manifest = check_reward_folder(folder, kind)
+    quiet_transformers()
     auto = AutoModelForSequenceClassification if kind == ORM else AutoModelForTokenClassification
     model = auto.from_pretrained(folder, trust_remote_code=trust_remote_code).eval()
     tokenizer = load_tokenizer(folder, trust_remote_code)

@@ -90,7 +90,9 @@ def verified_prefs(rollouts: list[Record], config: PrefsConfig, rng: random.Rand
             raise DataError(config.source, line, f"has {len(r['correct'])} entries for {len(r['responses'])} responses", "correct")
         good = _unique([t for t, ok in zip(r["responses"], r["correct"]) if ok])
         bad = _unique([t for t, ok in zip(r["responses"], r["correct"]) if not ok])
-        combos = [(g, b) for g in good for b in bad]
+        combos = [(g, b) for g in good for b in bad if g != b]
+        if set(good) & set(bad):  # one text graded both ways (a flaky sandbox): never a pair with itself
+            dropped["chosen equals rejected"] += len(set(good) & set(bad))
         if not combos:
             dropped["no correct/incorrect pair (all right or all wrong)"] += 1
         for g, b in rng.sample(combos, min(config.pairs_per_prompt, len(combos))):

@@ -23,7 +23,7 @@ from rlhfctl.data import render_prompt
 from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.generation.base import SamplingParams, make_generator
 from rlhfctl.generation.rollout import check_graders, grade, task_of
-from rlhfctl.records import KEYED, ROLLOUTS, STEPS, Record, ResumableWriter, read_records
+from rlhfctl.records import KEYED, ROLLOUTS, STEPS, Record, ResumableWriter, read_records, write_jsonl
 
 METHODS = ("hard", "soft")
 FORMATS = ("trl", "openrlhf")
@@ -176,7 +176,10 @@ def openrlhf_record(record: Record) -> Record:
 def _finish(stats: dict[str, Any], config: LabelConfig, seconds: float) -> dict[str, Any]:
     stats["tokens_per_s"] = stats["new_tokens"] / seconds if seconds else 0.0
     stats["out"] = config.out
-    agreement = label_agreement(read_records(config.out, STEPS, allow_empty=True)) if stats["solutions"] else None
+    records = read_records(config.out, STEPS, allow_empty=True) if stats["solutions"] else []
+    if config.format == "openrlhf":  # rebuilt from the steps file: a kill between the two appends leaves no gap or twin
+        write_jsonl(config.out + ".openrlhf.jsonl", [openrlhf_record(r) for r in records])
+    agreement = label_agreement(records) if records else None
     if agreement:
         stats["truth"] = agreement
     return stats

@@ -16,7 +16,7 @@ from rlhfctl.toy.task import SLIP_KINDS, Problem, ToyTaskConfig, draw_problem, w
 class ToyDataConfig:
     out_dir: str
     task: ToyTaskConfig
-    n_sft: int = 20000
+    n_sft: int = 64000
     n_train: int = 2000
     n_test: int = 500
     n_style: int = 1000

@@ -33,8 +33,8 @@ class ToyTaskConfig:
 
     min_ops: int = 2
     max_ops: int = 4
-    max_value: int = 199  # running values stay in [0, max_value]
-    max_operand: int = 59
+    max_value: int = 99  # running values stay in [0, max_value]
+    max_operand: int = 49
     carry_rate: float = 0.25  # chance that an operation needs a carry/borrow
     slip_kind: str = "carry"
     slip_rate: float = 0.7  # chance that a demonstration forgets a needed carry

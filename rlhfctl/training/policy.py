@@ -116,11 +116,7 @@ def check_prompts(records: list[dict[str, Any]], config: PolicyConfig) -> None:
 
 def options_table(config: PolicyConfig) -> list[tuple[str, str]]:
     """The resolved settings, flag by flag, for the table printed at start."""
-    flat = asdict(config)
-    names = {"norm": "reward_norm", "std_floor": "reward_std_floor", "eps": "reward_eps", "clip": "reward_clip",
-             "neg_scale": "neg_reward_scale", "clip_range": "reward_clip_range"}
-    flat.update({names[k]: v for k, v in flat.pop("shaping").items()})
-    return [(k.replace("_", "-"), str(v)) for k, v in flat.items()]
+    return [(k.replace("_", "-"), str(v)) for k, v in _options(config).items()]
 
 
 def print_settings(config: PolicyConfig, enabled: bool) -> None:
@@ -150,7 +146,14 @@ def run(config: PolicyConfig) -> dict[str, Any]:
                                                     "verifier": config.verifier or "auto"}))
     from accelerate import Accelerator
 
+    from rlhfctl.models import check_model_spec
     from rlhfctl.training.loop import prepare_run_dir
+
+    check_model_spec(config.model)  # a bad --model or --rm fails before the run folder exists
+    if config.rm:
+        from rlhfctl.rm.model import ORM, check_reward_folder
+
+        check_reward_folder(config.rm, ORM)
 
     accelerator = Accelerator()
     if config.prompts_per_step % accelerator.num_processes:
@@ -166,4 +169,9 @@ def run(config: PolicyConfig) -> dict[str, Any]:
 
 
 def _options(config: PolicyConfig) -> dict[str, Any]:
-    return dict(options_table(config))
+    """The resolved options as the manifest keeps them: one key per flag (underscores), plain values."""
+    flat = asdict(config)
+    names = {"norm": "reward_norm", "std_floor": "reward_std_floor", "eps": "reward_eps", "clip": "reward_clip",
+             "neg_scale": "neg_reward_scale", "clip_range": "reward_clip_range"}
+    flat.update({names[k]: v for k, v in flat.pop("shaping").items()})
+    return flat

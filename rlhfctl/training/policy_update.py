@@ -7,6 +7,7 @@ because DDP averages gradients: two ranks compute the gradient of one.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +46,16 @@ def update(models: Models, exp: Experience, config, accelerator, step: int, seed
     return {k: sum(v) / len(v) for k, v in sums.items() if v}
 
 
-def _actor_step(models: Models, mb: Experience, config, denominator, accelerator) -> dict[str, float]:
+def aggregation(config):
+    """The `--loss-agg` function; Dr. GRPO's sum-norm divides by the generation budget, a constant."""
     agg = LOSS_AGGREGATIONS[config.loss_agg]
+    if config.loss_agg == "seq-mean-token-sum-norm":
+        return functools.partial(agg, norm=config.max_new_tokens)
+    return agg
+
+
+def _actor_step(models: Models, mb: Experience, config, denominator, accelerator) -> dict[str, float]:
+    agg = aggregation(config)
     mask = mb.response_mask.float()
     logp, entropy = response_logprobs(models.policy, mb.input_ids, mb.attention_mask, mask.shape[1], with_entropy=True)
     token_loss, clipped = clipped_policy_loss(logp, mb.old_logp, mb.advantages, config.clip_eps)
@@ -63,7 +72,7 @@ def _actor_step(models: Models, mb: Experience, config, denominator, accelerator
 
 
 def _critic_step(models: Models, mb: Experience, config, denominator, accelerator) -> dict[str, float]:
-    agg = LOSS_AGGREGATIONS[config.loss_agg]
+    agg = aggregation(config)
     mask = mb.response_mask.float()
     values = response_values(models.critic, mb.input_ids, mb.attention_mask, mask.shape[1])
     loss = agg(clipped_value_loss(values, mb.values, mb.returns, config.value_clip), mask, denominator)
