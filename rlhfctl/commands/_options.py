@@ -8,6 +8,7 @@ command line wins over the file. An unknown key is an error.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional

@@ -88,7 +88,4 @@ def train_policy(
         critic_warmup_steps, loss_agg, max_new_tokens, temperature, top_p, max_steps, save_every, eval_data, eval_every,
         eval_max_prompts, 1.0, seed, resume,
     ))
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:  # under accelerate launch, one summary, not one per rank
-        print_summary({**results, "out": out}, as_json, "train-policy")
+    print_summary({**results, "out": out}, as_json, "train-policy")

@@ -41,7 +41,6 @@ def train_sft(
 
         rlhfctl train-sft data/toy/sft.jsonl --model toy:tiny --out runs/sft-tiny --max-steps 50 --resume
     """
-    from accelerate import PartialState
 
     from rlhfctl.training.loop import Schedule
     from rlhfctl.training.sft import SFTConfig, run
@@ -49,5 +48,4 @@ def train_sft(
     schedule = Schedule(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
                         weight_decay=weight_decay, seed=seed, save_every=save_every)
     results = run(SFTConfig(data, model, out, schedule, max_length, resume, trust_remote_code))
-    if PartialState().is_main_process:  # under accelerate launch, one summary, not one per rank
-        print_summary({**results, "out": out}, as_json, "train-sft")
+    print_summary({**results, "out": out}, as_json, "train-sft")

@@ -75,7 +75,8 @@ def check_reward_folder(folder: str, kind: str) -> dict[str, Any]:
     if manifest.get("command") != "train-rm" or found is None:
         raise ModelError(f"{folder}: made by '{manifest.get('command')}', not train-rm: not a reward model ({flag})")
     if found != kind:
-        raise ModelError(f"{folder}: is a {found.upper()}, but {flag} needs a{'n' if kind == ORM else ''} {kind.upper()}")
+        article = {ORM: "an", PRM: "a"}
+        raise ModelError(f"{folder}: holds {article[found]} {found.upper()} model, but {flag} needs {article[kind]} {kind.upper()}")
     return manifest
 
 

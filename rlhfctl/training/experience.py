@@ -53,11 +53,17 @@ def assemble(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id:
     return ids, mask, mask[:, width_p:].clone()
 
 
-def response_logprobs(model, input_ids, attention_mask, response_width: int, with_entropy: bool = False):
-    """log π(a_t|s_t) of the response tokens, (B, T); and their entropy (B, T) if asked."""
+def response_logprobs(model, input_ids, attention_mask, response_width: int, with_entropy: bool = False,
+                      temperature: float = 1.0):
+    """log π(a_t|s_t) of the response tokens, (B, T); and their entropy (B, T) if asked.
+
+    π is the sampling distribution softmax(logits / temperature), so the PPO
+    ratio compares the policy that sampled with the one being trained (as TRL
+    does); a temperature of 0 (greedy sampling) is read as 1.
+    """
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    logits = logits[:, -response_width - 1:-1].float()  # position t predicts token t+1
+    logits = logits[:, -response_width - 1:-1].float() / (temperature or 1.0)  # position t predicts token t+1
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, input_ids[:, -response_width:, None]).squeeze(-1)
     if not with_entropy:
@@ -173,8 +179,8 @@ def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], confi
     ids, mask, resp_mask = ids.to(accelerator.device), mask.to(accelerator.device), resp_mask.to(accelerator.device)
     width = resp_mask.shape[1]
     with torch.no_grad():
-        old_logp, _ = response_logprobs(policy, ids, mask, width)
-        ref_logp, _ = response_logprobs(ref, ids, mask, width)
+        old_logp, _ = response_logprobs(policy, ids, mask, width, temperature=config.temperature)
+        ref_logp, _ = response_logprobs(ref, ids, mask, width, temperature=config.temperature)
         values = response_values(critic, ids, mask, width) if critic is not None else None
     raw, stats = rewards_for(prompts, samples, config, rm)
     raw = raw.to(accelerator.device)

@@ -57,7 +57,8 @@ def aggregation(config):
 def _actor_step(models: Models, mb: Experience, config, denominator, accelerator) -> dict[str, float]:
     agg = aggregation(config)
     mask = mb.response_mask.float()
-    logp, entropy = response_logprobs(models.policy, mb.input_ids, mb.attention_mask, mask.shape[1], with_entropy=True)
+    logp, entropy = response_logprobs(models.policy, mb.input_ids, mb.attention_mask, mask.shape[1], with_entropy=True,
+                                      temperature=config.temperature)
     token_loss, clipped = clipped_policy_loss(logp, mb.old_logp, mb.advantages, config.clip_eps)
     kl = KL_ESTIMATORS[config.kl_estimator](logp, mb.ref_logp)
     if config.kl_in == "loss":

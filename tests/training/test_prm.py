@@ -170,8 +170,8 @@ def test_a_prm_is_refused_as_an_orm(prm_run, toy_dir, tmp_path, run_main):
     prefs = tmp_path / "prefs.jsonl"
     write_jsonl(prefs, [{"prompt": "Compute 2+3.\n", "chosen": "Answer: 5", "rejected": "Answer: 6"}])
     r = run_main("eval", "--rm", folder, "--data", prefs, "--out", tmp_path / "eval.json")
-    assert r.code == 2 and re.fullmatch(re.escape(f"error: {folder}: is a PRM, but --rm needs an ORM"), r.err.strip()), r.err
+    assert r.code == 2 and re.fullmatch(re.escape(f"error: {folder}: holds a PRM model, but --rm needs an ORM"), r.err.strip()), r.err
     write_jsonl(tmp_path / "rollouts.jsonl", _rollouts(toy_dir))
     r = run_main("best-of-n", tmp_path / "rollouts.jsonl", "--rm", folder, "--out", tmp_path / "bon.json")
-    assert r.code == 2 and re.fullmatch(re.escape(f"error: {folder}: is a PRM, but --rm needs an ORM"), r.err.strip()), r.err
+    assert r.code == 2 and re.fullmatch(re.escape(f"error: {folder}: holds a PRM model, but --rm needs an ORM"), r.err.strip()), r.err
     assert not any((tmp_path / n).exists() for n in ("eval.json", "bon.json", "bon.json.scores.json"))

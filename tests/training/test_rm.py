@@ -331,10 +331,10 @@ def test_an_orm_is_refused_as_a_prm(orm_run, toy_dir, tmp_path, run_main):
     steps = tmp_path / "steps.jsonl"
     write_jsonl(steps, [{"prompt": "Compute 2+3.\n", "completions": ["2+3=5", "Answer: 5"], "labels": [True, True]}])
     r = run_main("eval", "--rm", folder, "--prm", "--data", steps, "--out", tmp_path / "eval.json")
-    _assert_one_line_error(r, re.escape(f"{folder}: is a ORM, but --prm needs a PRM"))
+    _assert_one_line_error(r, re.escape(f"{folder}: holds an ORM model, but --prm needs a PRM"))
     rollouts = _graded_rollouts(tmp_path / "rollouts.jsonl", toy_dir)
     r = run_main("best-of-n", rollouts, "--prm", folder, "--out", tmp_path / "bon.json")
-    _assert_one_line_error(r, re.escape(f"{folder}: is a ORM, but --prm needs a PRM"))
+    _assert_one_line_error(r, re.escape(f"{folder}: holds an ORM model, but --prm needs a PRM"))
     assert _no_outputs(tmp_path, "eval.json", "bon.json", "bon.json.scores.json")
 
 
