@@ -119,24 +119,33 @@ def _as_latex(answer: str) -> str:
     return answer if "$" in answer or "\\(" in answer or "\\[" in answer else f"${answer}$"
 
 
+MATH_VERIFY_TIMEOUT_S = 5
+
+
 def math_verify_equal(gold: str, prediction: str) -> bool:
     """Symbolic equivalence via math-verify; any failure inside it counts as not equal.
 
-    Timeouts are disabled because math-verify implements them with
-    signal.alarm, which only works in the main thread.
+    math-verify times out with signal.alarm, which only works in the main
+    thread: there each parse and comparison gets MATH_VERIFY_TIMEOUT_S
+    seconds (a timeout grades wrong); in other threads the timeout is off.
     """
+    import logging
+    import threading
+
     try:
         from math_verify import parse, verify
     except ImportError as exc:
         raise RlhfctlError("grading non-numeric math answers needs math-verify: pip install math-verify") from exc
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # not its "timeout is disabled" warning per call
+    timeout = MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
     try:
         parsed = []
         for text in (gold, prediction):
-            expr = parse(_as_latex(text), parsing_timeout=None) or parse(text, parsing_timeout=None)
+            expr = parse(_as_latex(text), parsing_timeout=timeout) or parse(text, parsing_timeout=timeout)
             if not expr:
                 return False
             parsed.append(expr)
-        return bool(verify(parsed[0], parsed[1], timeout_seconds=None))
+        return bool(verify(parsed[0], parsed[1], timeout_seconds=timeout))
     except Exception:
         return False
 
