@@ -59,6 +59,8 @@ TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow model
 EpochsOpt = Annotated[float, typer.Option("--epochs", help="Passes over the data (ignored when --max-steps is given).")]
 MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Optimiser steps; overrides --epochs.", show_default=False)]
 LrOpt = Annotated[float, typer.Option("--lr", help="Peak learning rate (linear warmup, cosine decay).")]
+WarmupOpt = Annotated[float, typer.Option("--warmup-ratio", help="Fraction of steps spent warming the learning rate up.")]
+WeightDecayOpt = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")]
 MaxLengthOpt = Annotated[int, typer.Option("--max-length", help="Longest sequence in tokens; longer ones are cut.")]
 SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Write a checkpoint every this many steps.")]
 NOpt = Annotated[int, typer.Option("--n", "-n", help="Responses sampled per prompt.")]

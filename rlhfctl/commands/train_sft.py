@@ -6,7 +6,7 @@ import typer
 
 from rlhfctl.commands._options import (
     ConfigOpt, EpochsOpt, JsonOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt,
-    TrustOpt, print_summary,
+    TrustOpt, WarmupOpt, WeightDecayOpt, print_summary,
 )
 
 
@@ -18,8 +18,8 @@ def train_sft(
     max_steps: MaxStepsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Records per optimiser step (global, over all ranks).")] = 64,
     lr: LrOpt = 3e-3,
-    warmup_ratio: Annotated[float, typer.Option("--warmup-ratio", help="Fraction of steps spent warming the learning rate up.")] = 0.05,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.0,
+    warmup_ratio: WarmupOpt = 0.05,
+    weight_decay: WeightDecayOpt = 0.0,
     max_length: MaxLengthOpt = 512,
     seed: SeedOpt = 0,
     save_every: SaveEveryOpt = 100,

@@ -25,6 +25,9 @@ class PrefData:
     binary: list[Record] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
 
+    def __len__(self) -> int:
+        return len(self.pairs) + len(self.binary)
+
 
 def record_kind(record: Any) -> str | None:
     if isinstance(record, dict) and "chosen" in record and "rejected" in record:

@@ -9,36 +9,21 @@ with held-out step accuracy and the mean/std of step scores.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
 from rlhfctl.console import log
-from rlhfctl.errors import ConfigError
 from rlhfctl.rm.data import StepItem, encode_step_items, read_steps, split_steps_by_prompt
-from rlhfctl.training.loop import fit, optimizer_step, prepare_run_dir, shard, start_training
-from rlhfctl.training.rm import RMConfig, _inputs, _options
+from rlhfctl.training.loop import fit, optimizer_step, shard, start_training
+from rlhfctl.training.rm import RMConfig, _inputs, load_splits, open_run
 
 
 def run(config: RMConfig) -> dict[str, Any]:
-    from accelerate import Accelerator
-
     from rlhfctl.models import load_tokenizer, save_model
     from rlhfctl.rm.model import PRM, TokenValues, build_reward_model
 
-    config.check()
-    records = read_steps(config.data)
-    if config.eval_data:
-        train, held = records, read_steps(config.eval_data)
-    else:
-        train, held = split_steps_by_prompt(records, config.eval_fraction, config.schedule.seed)
-    if not train:
-        raise ConfigError("no training records left after the held-out split: lower --eval-fraction")
-    accelerator = Accelerator()
-    out, options = Path(config.out), _options(config)
-    if accelerator.is_main_process:
-        prepare_run_dir(out, "train-rm", options, config.resume, identity=("prm",))
-    accelerator.wait_for_everyone()
+    train, held = load_splits(config, read_steps, split_steps_by_prompt)
+    accelerator, out, options = open_run(config)
 
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     items = encode_step_items(train, tokenizer, config.max_length, config.step_sep)

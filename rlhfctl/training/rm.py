@@ -41,25 +41,34 @@ class RMConfig:
             raise ConfigError(f"--eval-fraction must be in [0, 1), got {self.eval_fraction}")
 
 
-def run(config: RMConfig) -> dict[str, Any]:
+def load_splits(config: RMConfig, read, split):
+    """(train, held-out): DATA and --eval-data, or DATA split by prompt."""
+    config.check()
+    data = read(config.data)
+    train, held = (data, read(config.eval_data)) if config.eval_data else split(data, config.eval_fraction, config.schedule.seed)
+    if not len(train):
+        raise ConfigError("no training records left after the held-out split: lower --eval-fraction")
+    return train, held
+
+
+def open_run(config: RMConfig):
+    """(accelerator, run folder, options): the folder checked and claimed by rank 0."""
     from accelerate import Accelerator
 
-    from rlhfctl.models import load_tokenizer, save_model
-    from rlhfctl.rm.model import ORM, TokenValues, build_reward_model
-
-    config.check()
-    data = read_preferences(config.data)
-    if config.eval_data:
-        train, held = data, read_preferences(config.eval_data)
-    else:
-        train, held = split_by_prompt(data, config.eval_fraction, config.schedule.seed)
-    if not train.pairs and not train.binary:
-        raise ConfigError("no training records left after the held-out split: lower --eval-fraction")
     accelerator = Accelerator()
     out, options = Path(config.out), _options(config)
     if accelerator.is_main_process:
         prepare_run_dir(out, "train-rm", options, config.resume, identity=("prm",))
     accelerator.wait_for_everyone()
+    return accelerator, out, options
+
+
+def run(config: RMConfig) -> dict[str, Any]:
+    from rlhfctl.models import load_tokenizer, save_model
+    from rlhfctl.rm.model import ORM, TokenValues, build_reward_model
+
+    train, held = load_splits(config, read_preferences, split_by_prompt)
+    accelerator, out, options = open_run(config)
 
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     items = encode_items(train, tokenizer, config.max_length)
