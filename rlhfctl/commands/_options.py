@@ -75,7 +75,10 @@ def print_summary(summary: dict[str, Any], as_json: bool, title: str, to_stderr:
     """Results to stdout: JSON with ``--json``, else a two-column table.
 
     ``to_stderr`` when stdout already carries the command's records (``--out -``).
+    Under ``accelerate launch`` only rank 0 prints, so ``--json`` stays one document.
     """
+    if os.environ.get("RANK", "0") != "0":
+        return
     if as_json:
         (sys.stderr if to_stderr else sys.stdout).write(json.dumps(summary, indent=2) + "\n")
         return

@@ -22,7 +22,11 @@ import random
 import re
 from dataclasses import dataclass
 
-SLIP_KINDS = ("carry", "none")
+# carry: a needed carry in an addition is forgotten (result 10 too low). Slips
+#   never cancel, so a solution that slipped once cannot reach the answer.
+# carry-borrow: borrows in subtractions are forgotten too (10 too high), so a
+#   later slip can cancel an earlier one and a wrong path can end right.
+SLIP_KINDS = ("carry", "carry-borrow", "none")
 STEP_RE = re.compile(r"^\s*(-?\d+)\s*([+-])\s*(\d+)\s*=\s*(-?\d+)\s*$")
 PROMPT_RE = re.compile(r"Compute (\d+(?:[+-]\d+)+)\.")
 
@@ -35,7 +39,7 @@ class ToyTaskConfig:
     max_ops: int = 4
     max_value: int = 99  # running values stay in [0, max_value]
     max_operand: int = 49
-    carry_rate: float = 0.25  # chance that an operation needs a carry/borrow
+    carry_rate: float = 0.6  # chance that an operation needs a carry/borrow
     slip_kind: str = "carry"
     slip_rate: float = 0.7  # chance that a demonstration forgets a needed carry
 
@@ -60,6 +64,13 @@ def needs_carry(a: int, op: str, b: int) -> bool:
     if op == "+":
         return a % 10 + b % 10 >= 10
     return a % 10 < b % 10
+
+
+def can_slip(a: int, op: str, b: int, slip_kind: str) -> bool:
+    """Whether a demonstration of ``a op b`` may make the slip of ``slip_kind``."""
+    if slip_kind == "carry":
+        return op == "+" and needs_carry(a, op, b)
+    return slip_kind == "carry-borrow" and needs_carry(a, op, b)
 
 
 def apply_op(a: int, op: str, b: int, slip: bool = False) -> int:
@@ -110,12 +121,7 @@ def write_solution(problem: Problem, rng: random.Random | None, cfg: ToyTaskConf
     """
     lines, a, slipped = [], problem.start, False
     for op, b in problem.ops:
-        slip = (
-            rng is not None
-            and cfg.slip_kind == "carry"
-            and needs_carry(a, op, b)
-            and rng.random() < cfg.slip_rate
-        )
+        slip = rng is not None and can_slip(a, op, b, cfg.slip_kind) and rng.random() < cfg.slip_rate
         c = apply_op(a, op, b, slip)
         lines.append(f"{a}{op}{b}={c}")
         a, slipped = c, slipped or slip

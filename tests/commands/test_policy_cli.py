@@ -181,7 +181,7 @@ def _fake_prm_folder(path: Path) -> Path:
 @pytest.mark.parametrize("case", ["prm", "sft", "no-manifest", "missing"])
 def test_bad_reward_model(case, run_main, toy_dir, sft_run, tmp_path):
     rm, pattern = {
-        "prm": (lambda: _fake_prm_folder(tmp_path / "prm"), r"is a PRM, but --rm needs an ORM"),
+        "prm": (lambda: _fake_prm_folder(tmp_path / "prm"), r"holds a PRM model, but --rm needs an ORM"),
         "sft": (lambda: sft_run.path, r"made by 'train-sft', not train-rm: not a reward model \(--rm\)"),
         "no-manifest": (lambda: _bare_model_folder(tmp_path / "bare"), r"no rlhfctl.json"),
         "missing": (lambda: tmp_path / "nope", r"no such model folder"),

@@ -8,7 +8,7 @@ from rlhfctl.errors import ConfigError
 from rlhfctl.records import read_records
 from rlhfctl.toy.data import ToyDataConfig, run as toy_data_run
 from rlhfctl.toy.task import (
-    STEP_RE, Problem, ToyTaskConfig, apply_op, draw_problem, needs_carry, parse_prompt, solve, step_correctness,
+    STEP_RE, Problem, ToyTaskConfig, apply_op, can_slip, draw_problem, needs_carry, parse_prompt, solve, step_correctness,
     write_solution,
 )
 
@@ -121,16 +121,16 @@ def test_toy_data_files(toy_dir):
     assert summary["sft_slipped"] == sum(r["meta"]["slipped"] for r in sft) / len(sft)
 
 
-def _slip_stats(records):
+def _slip_stats(records, slip_kind="carry"):
     chances = slips = 0
     for r in records:
         for line in r["completion"].split("\n")[:-1]:
             a, op, b, c = _parse(line)
-            if needs_carry(a, op, b):
+            if can_slip(a, op, b, slip_kind):
                 chances += 1
                 slips += c != apply_op(a, op, b)
             else:
-                assert c == apply_op(a, op, b)  # no slip where there is no carry to forget
+                assert c == apply_op(a, op, b)  # no slip where this kind has nothing to forget
     return chances, slips
 
 
@@ -154,3 +154,12 @@ def test_slip_kind_none_and_bad_flags(tmp_path):
         with pytest.raises(ConfigError, match=match):
             toy_data_run(ToyDataConfig(str(tmp_path / "x"), task, 1, 1, 1))
     assert not (tmp_path / "x").exists()
+
+
+def test_carry_slips_never_cancel_but_carry_borrow_slips_can():
+    # carry: every slip is -10, so a slipped path ends wrong; carry-borrow mixes -10 and +10
+    p = Problem(18, (("+", 5), ("-", 9)))  # 18+5 carries, 23-9 borrows
+    assert can_slip(18, "+", 5, "carry") and not can_slip(23, "-", 9, "carry")
+    assert can_slip(23, "-", 9, "carry-borrow")
+    assert apply_op(apply_op(18, "+", 5, slip=True), "-", 9, slip=True) == p.answer  # the two slips cancel
+    assert not can_slip(18, "+", 5, "none")
