@@ -24,7 +24,7 @@ def train_policy(
     prompts_per_step: Annotated[int, _F("--prompts-per-step", help="Prompts per rollout batch (global); the batch is prompts × n responses.")] = 8,
     ppo_epochs: Annotated[int, _F("--ppo-epochs", help="Passes over each rollout batch.")] = 1,
     mini_batch_size: Annotated[Optional[int], _F("--mini-batch-size", help="Responses per optimiser step; default: the whole rollout batch.", show_default=False)] = None,
-    lr: Annotated[float, _F("--lr", help="Policy learning rate (constant).")] = 5e-5,
+    lr: Annotated[float, _F("--lr", help="Policy learning rate (constant).")] = 1e-4,
     critic_lr: Annotated[float, _F("--critic-lr", help="Critic learning rate (PPO).")] = 1e-4,
     kl_coef: Annotated[Optional[float], _F("--kl-coef", help="β of the KL to the reference; default 0.005 for PPO, 0.04 for GRPO.", show_default=False)] = None,
     kl_estimator: Annotated[Optional[str], _F("--kl-estimator", help="k1, k2 or k3; default k1 for PPO, k3 for GRPO.", show_default=False)] = None,

@@ -41,7 +41,7 @@ class PolicyConfig:
     prompts_per_step: int = 8
     ppo_epochs: int = 1
     mini_batch_size: int | None = None  # rows (prompts × n) per update; default: the whole batch
-    lr: float = 5e-5
+    lr: float = 1e-4
     critic_lr: float = 1e-4
     kl_coef: float | None = None
     kl_estimator: str | None = None

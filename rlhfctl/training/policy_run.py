@@ -29,12 +29,12 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any]:
         return Models(policy, policy_opt), ref, tokenizer
     from rlhfctl.rm.model import PRM, TokenValues, build_reward_model
 
-    source = config.model if config.critic_init == "sft" else config.rm
-    critic = TokenValues(build_reward_model(source, PRM, config.seed))
-    if config.critic_init == "rm":  # the RM's trained head, read at every token
+    if config.critic_init == "rm":  # the RM's backbone and trained head, read at every token
         from transformers import AutoModelForTokenClassification
 
         critic = TokenValues(AutoModelForTokenClassification.from_pretrained(config.rm, num_labels=1))
+    else:  # the SFT backbone with a zero value head
+        critic = TokenValues(build_reward_model(config.model, PRM, config.seed))
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=config.critic_lr, weight_decay=0.0)
     policy, policy_opt, critic, critic_opt = accelerator.prepare(policy, policy_opt, critic, critic_opt)
     return Models(policy, policy_opt, critic, critic_opt), ref, tokenizer
