@@ -7,7 +7,7 @@
 #
 # Budget knobs (environment): PROMPTS (train prompts rolled out for the RM),
 # N (responses per prompt), BON_PROMPTS and BON_N (Best-of-N), STEPS (policy
-# updates).
+# updates; 0 skips policy training).
 set -euo pipefail
 W=${1:-runs/toy}
 PROMPTS=${PROMPTS:-1000}
@@ -21,13 +21,13 @@ resume() { [ -f "$1/run.json" ] && echo --resume || true; }
 # 1. data and SFT policy
 [ -f "$W/data/test.jsonl" ] || rlhfctl toy-data "$W/data"
 [ -f "$W/sft/rlhfctl.json" ] || rlhfctl train-sft "$W/data/sft.jsonl" --model toy:small --out "$W/sft" $(resume "$W/sft")
-rlhfctl eval --model "$W/sft" --data "$W/data/test.jsonl" --out "$W/eval-sft.json"
-rlhfctl eval --model "$W/sft" --data "$W/data/test.jsonl" --n 16 --out "$W/eval-sft-16.json"
+[ -f "$W/eval-sft.json" ] || rlhfctl eval --model "$W/sft" --data "$W/data/test.jsonl" --out "$W/eval-sft.json"
+[ -f "$W/eval-sft-16.json" ] || rlhfctl eval --model "$W/sft" --data "$W/data/test.jsonl" --n 16 --out "$W/eval-sft-16.json"
 
 # 2. rollouts -> preferences -> outcome reward model
 head -n "$PROMPTS" "$W/data/train.jsonl" > "$W/rm-prompts.jsonl"
 rlhfctl rollout "$W/rm-prompts.jsonl" --model "$W/sft" --out "$W/rollouts.jsonl" --n "$N"
-rlhfctl build-prefs "$W/rollouts.jsonl" --out "$W/prefs.jsonl" --pairs-per-prompt 4 --binary-per-prompt 2
+[ -f "$W/prefs.jsonl" ] || rlhfctl build-prefs "$W/rollouts.jsonl" --out "$W/prefs.jsonl" --pairs-per-prompt 4 --binary-per-prompt 2
 [ -f "$W/rm/rlhfctl.json" ] || rlhfctl train-rm "$W/prefs.jsonl" "$W/data/prefs_style.jsonl" --model "$W/sft" --out "$W/rm" $(resume "$W/rm")
 
 # 3. Math-Shepherd step labels -> process reward model
@@ -41,9 +41,10 @@ rlhfctl rollout "$W/bon-prompts.jsonl" --model "$W/sft" --out "$W/rollouts-test.
 rlhfctl best-of-n "$W/rollouts-test.jsonl" --rm "$W/rm" --prm "$W/prm" --agg min --agg prod --vote majority --vote weighted \
   --logprob "$W/sft" --out "$W/bon.json" --plot "$W/bon.png" --picks "$W/picks.jsonl"
 
-# 5. policy optimisation: GRPO and PPO with the verifier
+# 5. policy optimisation: GRPO and PPO with the verifier (STEPS=0 skips it)
+[ "$STEPS" -gt 0 ] || exit 0
 for algo in grpo ppo; do
   [ -f "$W/$algo/rlhfctl.json" ] || rlhfctl train-policy "$W/data/train.jsonl" --model "$W/sft" --out "$W/$algo" --algo "$algo" \
     --verifier math --max-steps "$STEPS" --eval-data "$W/data/test.jsonl" --eval-every 10 $(resume "$W/$algo")
-  rlhfctl eval --model "$W/$algo" --data "$W/data/test.jsonl" --out "$W/eval-$algo.json"
+  [ -f "$W/eval-$algo.json" ] || rlhfctl eval --model "$W/$algo" --data "$W/data/test.jsonl" --out "$W/eval-$algo.json"
 done

@@ -18,8 +18,8 @@ def toy_data(
     max_ops: Annotated[int, typer.Option("--max-ops", help="Most operations per problem.")] = 4,
     max_value: Annotated[int, typer.Option("--max-value", help="Running values stay in [0, max-value].")] = 99,
     max_operand: Annotated[int, typer.Option("--max-operand", help="Largest number added or subtracted.")] = 49,
-    carry_rate: Annotated[float, typer.Option("--carry-rate", help="Chance that an operation needs a units-column carry or borrow.")] = 0.6,
-    slip_kind: Annotated[str, typer.Option("--slip-kind", help="Slip taught in the SFT demonstrations: carry (a needed carry in an addition is forgotten; slips never cancel), carry-borrow (borrows too; a later slip can cancel an earlier one), or none.")] = "carry",
+    carry_rate: Annotated[float, typer.Option("--carry-rate", help="Chance that an operation needs a units-column carry or borrow.")] = 0.25,
+    slip_kind: Annotated[str, typer.Option("--slip-kind", help="Slip taught in the SFT demonstrations: carry (a needed carry or borrow is forgotten; a later slip can cancel an earlier one), carry-add (only carries in additions; slips never cancel), or none.")] = "carry",
     slip_rate: Annotated[float, typer.Option("--slip-rate", help="Chance that a demonstration makes the slip where it can.")] = 0.7,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
@@ -28,7 +28,7 @@ def toy_data(
 
     Each problem (`Compute 23+58-17.`) is solved one operation per line and
     closed by `Answer: X`. SFT demonstrations forget a needed units-column
-    carry with probability --slip-rate and continue from the slipped value, so an SFT policy makes that slip by choice and later stages
+    carry or borrow with probability --slip-rate and continue from the slipped value, so an SFT policy makes that slip by choice and later stages
     have something to fix. Every record keeps the clean solution in
     `meta.clean`; test problems never appear in the SFT or train files.
 

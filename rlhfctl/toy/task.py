@@ -22,11 +22,13 @@ import random
 import re
 from dataclasses import dataclass
 
-# carry: a needed carry in an addition is forgotten (result 10 too low). Slips
-#   never cancel, so a solution that slipped once cannot reach the answer.
-# carry-borrow: borrows in subtractions are forgotten too (10 too high), so a
-#   later slip can cancel an earlier one and a wrong path can end right.
-SLIP_KINDS = ("carry", "carry-borrow", "none")
+# carry: a needed carry (addition, result 10 too low) or borrow (subtraction,
+#   10 too high) is forgotten; a later slip can cancel an earlier one, so a
+#   wrong path can still end at the right answer.
+# carry-add: only carries in additions are forgotten; slips never cancel, so
+#   a solution that slipped once cannot reach the answer. (It needs a higher
+#   --carry-rate for the same pass@1, and a longer SFT: more borrows to learn.)
+SLIP_KINDS = ("carry", "carry-add", "none")
 STEP_RE = re.compile(r"^\s*(-?\d+)\s*([+-])\s*(\d+)\s*=\s*(-?\d+)\s*$")
 PROMPT_RE = re.compile(r"Compute (\d+(?:[+-]\d+)+)\.")
 
@@ -39,7 +41,7 @@ class ToyTaskConfig:
     max_ops: int = 4
     max_value: int = 99  # running values stay in [0, max_value]
     max_operand: int = 49
-    carry_rate: float = 0.6  # chance that an operation needs a carry/borrow
+    carry_rate: float = 0.25  # chance that an operation needs a carry/borrow
     slip_kind: str = "carry"
     slip_rate: float = 0.7  # chance that a demonstration forgets a needed carry
 
@@ -68,9 +70,9 @@ def needs_carry(a: int, op: str, b: int) -> bool:
 
 def can_slip(a: int, op: str, b: int, slip_kind: str) -> bool:
     """Whether a demonstration of ``a op b`` may make the slip of ``slip_kind``."""
-    if slip_kind == "carry":
+    if slip_kind == "carry-add":
         return op == "+" and needs_carry(a, op, b)
-    return slip_kind == "carry-borrow" and needs_carry(a, op, b)
+    return slip_kind == "carry" and needs_carry(a, op, b)
 
 
 def apply_op(a: int, op: str, b: int, slip: bool = False) -> int:

@@ -156,10 +156,10 @@ def test_slip_kind_none_and_bad_flags(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_carry_slips_never_cancel_but_carry_borrow_slips_can():
-    # carry: every slip is -10, so a slipped path ends wrong; carry-borrow mixes -10 and +10
+def test_carry_add_slips_never_cancel_but_carry_slips_can():
+    # carry-add: every slip is -10, so a slipped path ends wrong; carry mixes -10 and +10
     p = Problem(18, (("+", 5), ("-", 9)))  # 18+5 carries, 23-9 borrows
-    assert can_slip(18, "+", 5, "carry") and not can_slip(23, "-", 9, "carry")
-    assert can_slip(23, "-", 9, "carry-borrow")
+    assert can_slip(18, "+", 5, "carry-add") and not can_slip(23, "-", 9, "carry-add")
+    assert can_slip(23, "-", 9, "carry")
     assert apply_op(apply_op(18, "+", 5, slip=True), "-", 9, slip=True) == p.answer  # the two slips cancel
     assert not can_slip(18, "+", 5, "none")
