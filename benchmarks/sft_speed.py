@@ -15,9 +15,9 @@ What it measures
     grad clipping (1.0), no weight decay, ``max_length`` and number of steps.
     TRL runs on the CPU (``use_cpu=True``, no bf16/fp16) with ``report_to=[]``,
     no checkpoint saving, ``logging_steps=1`` (rlhfctl also logs every step, to
-    metrics.jsonl), ``dataloader_num_workers=0``, and otherwise its defaults:
-    no gradient checkpointing (TRL turns it on by default; rlhfctl has none,
-    and recomputing the forward would handicap the baseline), and otherwise
+    metrics.jsonl), ``dataloader_num_workers=0``, and no gradient
+    checkpointing (TRL turns it on by default; rlhfctl has none, and
+    recomputing the forward would handicap the baseline); otherwise TRL keeps
     its defaults: its optimiser (fused AdamW), random batches padded to their
     longest record, its fused LM-head loss, completion-only loss (its default
     for prompt-completion data; checked). rlhfctl runs with its defaults
