@@ -16,7 +16,7 @@ import json
 import math
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -213,10 +213,6 @@ def restore_training_state(run_dir: Path, accelerator, model, optimizer, schedul
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return int(state["step"]), state
-
-
-def schedule_options(schedule: Schedule) -> dict[str, Any]:
-    return asdict(schedule)
 
 
 # --- the loop --------------------------------------------------------------------
