@@ -21,7 +21,9 @@ What it measures
     its defaults: its optimiser (fused AdamW), random batches padded to their
     longest record, its fused LM-head loss, completion-only loss (its default
     for prompt-completion data; checked). rlhfctl runs with its defaults
-    (length-bucketed batches, per-step metrics and progress bar).
+    (length-bucketed batches, fused AdamW, per-step metrics and progress bar),
+    and with ``--compile`` also compiles its model (``train-sft --compile``;
+    the one-off compilation falls in the untimed warm-up steps).
 
 How it is timed
     Each side runs in its own subprocess, so imports, model load, dataset
@@ -57,6 +59,7 @@ How to run
     python benchmarks/sft_speed.py                     # toy data made in a temp dir
     python benchmarks/sft_speed.py --data data/toy --steps 40 --warmup 5 --repeats 3
     python benchmarks/sft_speed.py --threads 1         # compute-bound comparison on a busy machine
+    python benchmarks/sft_speed.py --compile           # rlhfctl with train-sft --compile
     python benchmarks/sft_speed.py --only rlhfctl      # one side, e.g. under a profiler
 
 The last line of output is one JSON object with all the numbers.
@@ -96,6 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, both sides (default 3e-3, train-sft's)")
     p.add_argument("--max-length", type=int, default=512, help="max tokens per record, both sides (default 512)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in each worker (default: torch's own)")
+    p.add_argument("--compile", action="store_true", help="run rlhfctl with train-sft --compile (compilation falls in the warm-up)")
     p.add_argument("--only", choices=SIDES, default=None, help="run one side only (no ratio)")
     p.add_argument("--worker", choices=SIDES, default=None, help=argparse.SUPPRESS)
     p.add_argument("--gate", default=None, help=argparse.SUPPRESS)
@@ -122,7 +126,7 @@ def worker_rlhfctl(args: argparse.Namespace, gate: Gate) -> dict:
     total = args.warmup + args.steps
     with tempfile.TemporaryDirectory() as out:
         schedule = Schedule(max_steps=total, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.05,
-                            weight_decay=0.0, max_grad_norm=1.0, seed=0, save_every=10**9)
+                            weight_decay=0.0, max_grad_norm=1.0, seed=0, save_every=10**9, compile=args.compile)
         sft.run(sft.SFTConfig(str(Path(args.data) / "sft.jsonl"), MODEL, os.path.join(out, "run"), schedule, args.max_length))
         metrics = read_metrics(os.path.join(out, "run"))
     return {
@@ -208,7 +212,8 @@ def run_worker(args: argparse.Namespace) -> None:
 def worker_cmd(side: str, args: argparse.Namespace) -> list[str]:
     return [sys.executable, os.path.abspath(__file__), "--worker", side, "--data", args.data, "--steps", str(args.steps),
             "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-            "--max-length", str(args.max_length)] + (["--threads", str(args.threads)] if args.threads else [])
+            "--max-length", str(args.max_length)] + (["--threads", str(args.threads)] if args.threads else []) + (
+               ["--compile"] if args.compile else [])
 
 
 def make_data(folder: str) -> None:
@@ -243,7 +248,8 @@ def main(argv=None) -> None:
                   f"(in-step median {res['in_step_samples_per_s']:7.1f})   peak RSS {res['peak_rss_mb']:7.1f} MB   "
                   f"final loss {res['final_loss']:.4f}", flush=True)
     summary: dict = {"benchmark": "sft_speed", "baseline": "trl.SFTTrainer", "model": MODEL, "batch_size": args.batch_size,
-                     "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "target_ratio": TARGET}
+                     "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "target_ratio": TARGET,
+                     "rlhfctl_compile": args.compile}
     for side in sides:
         rs = runs[side]
         summary[side] = {

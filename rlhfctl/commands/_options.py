@@ -63,6 +63,8 @@ WarmupOpt = Annotated[float, typer.Option("--warmup-ratio", help="Fraction of st
 WeightDecayOpt = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")]
 MaxLengthOpt = Annotated[int, typer.Option("--max-length", help="Longest sequence in tokens; longer ones are cut.")]
 SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Write a checkpoint every this many steps.")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the model (TorchInductor): faster steps after a one-off compilation of tens of seconds; on a CPU it needs a C++ compiler.")]
 NOpt = Annotated[int, typer.Option("--n", "-n", help="Responses sampled per prompt.")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")]
 TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the smallest token set with this much probability.")]

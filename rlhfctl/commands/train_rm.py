@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    ConfigOpt, EpochsOpt, JsonOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt,
+    CompileOpt, ConfigOpt, EpochsOpt, JsonOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt,
     TrustOpt, WarmupOpt, WeightDecayOpt, print_summary,
 )
 
@@ -28,6 +28,7 @@ def train_rm(
     seed: SeedOpt = 0,
     save_every: SaveEveryOpt = 100,
     resume: ResumeOpt = False,
+    compile_model: CompileOpt = False,
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
@@ -60,7 +61,7 @@ def train_rm(
     from rlhfctl.training.rm import RMConfig
 
     schedule = Schedule(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
-                        weight_decay=weight_decay, seed=seed, save_every=save_every)
+                        weight_decay=weight_decay, seed=seed, save_every=save_every, compile=compile_model)
     config_ = RMConfig(tuple(data), model, out, schedule, tuple(eval_data or ()), eval_fraction, max_length, resume,
                        trust_remote_code, prm, step_sep)
     results = (prm_training if prm else rm_training).run(config_)

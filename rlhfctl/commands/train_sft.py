@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from rlhfctl.commands._options import (
-    ConfigOpt, EpochsOpt, JsonOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt,
+    CompileOpt, ConfigOpt, EpochsOpt, JsonOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt,
     TrustOpt, WarmupOpt, WeightDecayOpt, print_summary,
 )
 
@@ -24,6 +24,7 @@ def train_sft(
     seed: SeedOpt = 0,
     save_every: SaveEveryOpt = 100,
     resume: ResumeOpt = False,
+    compile_model: CompileOpt = False,
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
@@ -46,6 +47,6 @@ def train_sft(
     from rlhfctl.training.sft import SFTConfig, run
 
     schedule = Schedule(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
-                        weight_decay=weight_decay, seed=seed, save_every=save_every)
+                        weight_decay=weight_decay, seed=seed, save_every=save_every, compile=compile_model)
     results = run(SFTConfig(data, model, out, schedule, max_length, resume, trust_remote_code))
     print_summary({**results, "out": out}, as_json, "train-sft")

@@ -42,6 +42,7 @@ class Schedule:
     seed: int = 0
     save_every: int = 100
     keep_checkpoints: int = 2
+    compile: bool = False  # torch.compile the model (inductor, dynamic shapes)
 
     def total_steps(self, num_records: int) -> int:
         if self.max_steps is not None:
@@ -234,8 +235,10 @@ def start_training(accelerator, model, schedule: Schedule, total: int, out: Path
     """AdamW + warmup-cosine, prepared by accelerate, restored from a checkpoint on resume."""
     import torch
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
+    optimizer = adamw(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(schedule.warmup_ratio * total)))
+    if schedule.compile:
+        compile_model(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     start = restore_training_state(out, accelerator, model, optimizer, scheduler)[0] if resume else 0
     if start:
@@ -243,6 +246,35 @@ def start_training(accelerator, model, schedule: Schedule, total: int, out: Path
 
         log(f"resuming from step {start}", accelerator.is_main_process)
     return Training(out, accelerator, model, optimizer, scheduler, total, start)
+
+
+def adamw(params, lr: float, weight_decay: float = 0.0):
+    """AdamW with torch's fused kernel (one kernel per step for all parameters) where the
+    device has one; the plain loop otherwise. Same update rule either way."""
+    import torch
+
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def compile_model(model) -> None:
+    """Compile the model's forward and backward in place with TorchInductor (`--compile`).
+
+    ``dynamic=True`` compiles once for all batch shapes (length buckets would
+    otherwise each trigger a recompile). In place, so parameter names, the
+    state dict and `save_pretrained` are unchanged. The first steps pay the
+    compilation (tens of seconds); on a CPU inductor needs a C++ compiler.
+    """
+    import shutil
+
+    import torch
+
+    if not torch.cuda.is_available() and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise ConfigError("--compile needs a C++ compiler on a CPU (TorchInductor builds C++ kernels); install g++ or drop --compile")
+    model.compile(dynamic=True)
 
 
 def fit(run: Training, lengths: list[int], schedule: Schedule, step_fn, name: str) -> dict[str, Any]:

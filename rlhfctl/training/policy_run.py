@@ -12,7 +12,7 @@ from rlhfctl.artifacts import describe_inputs, latest_checkpoint, load_checkpoin
 from rlhfctl.console import Progress, log
 from rlhfctl.generation.base import derive_seed
 from rlhfctl.training.experience import AdvantageSettings, collect, load_rm_handle
-from rlhfctl.training.loop import METRICS, MetricsLog, batch_stream, rng_state, set_rng_state, shard
+from rlhfctl.training.loop import METRICS, MetricsLog, adamw, batch_stream, rng_state, set_rng_state, shard
 from rlhfctl.training.policy_update import Models, update
 
 
@@ -23,7 +23,7 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any]:
     tokenizer = load_tokenizer(config.model)
     policy = load_causal_lm(config.model, seed=config.seed)
     ref = load_causal_lm(config.model, seed=config.seed).eval().requires_grad_(False).to(accelerator.device)
-    policy_opt = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
+    policy_opt = adamw(policy.parameters(), lr=config.lr)
     if config.algo != "ppo":
         policy, policy_opt = accelerator.prepare(policy, policy_opt)
         return Models(policy, policy_opt), ref, tokenizer
@@ -35,7 +35,7 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any]:
         critic = TokenValues(AutoModelForTokenClassification.from_pretrained(config.rm, num_labels=1))
     else:  # the SFT backbone with a zero value head
         critic = TokenValues(build_reward_model(config.model, PRM, config.seed))
-    critic_opt = torch.optim.AdamW(critic.parameters(), lr=config.critic_lr, weight_decay=0.0)
+    critic_opt = adamw(critic.parameters(), lr=config.critic_lr)
     policy, policy_opt, critic, critic_opt = accelerator.prepare(policy, policy_opt, critic, critic_opt)
     return Models(policy, policy_opt, critic, critic_opt), ref, tokenizer
 

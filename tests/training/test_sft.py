@@ -272,3 +272,42 @@ def test_two_cpu_ranks_match_one(sft_run, toy_dir, tmp_path, cli_env):
     # Adam turns float-rounding noise in near-zero gradients (the gloo all-reduce sums
     # in another order) into ±lr steps, so single weights may differ: compare on average.
     _assert_close_on_average(out, sft_run.path, mean_atol=1e-4)
+
+
+# --- speed options --------------------------------------------------------------------------------
+
+def test_training_uses_fused_adamw_with_the_plain_update_rule():
+    """`loop.adamw` picks torch's fused kernel on a CPU, and its update equals the plain loop's."""
+    import torch
+
+    from rlhfctl.training.loop import adamw
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(4, 3)
+    b = torch.nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    fused, plain = adamw(a.parameters(), lr=1e-2, weight_decay=0.1), torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=0.1)
+    assert fused.defaults["fused"] is True
+    x = torch.randn(5, 4)
+    for _ in range(3):
+        for model, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_model(sft_run, toy_dir, tmp_path, run_main):
+    """`--compile` (TorchInductor) logs the losses of the uncompiled run and saves the same state dict keys."""
+    out = tmp_path / "compiled"
+    r = run_main("train-sft", toy_dir / "sft.jsonl", "--out", out, *SFT_ARGS, "--compile", "--json")
+    assert r.code == 0, r.err
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [m["step"] for m in sft_run.metrics]
+    for got, want in zip(metrics, sft_run.metrics):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+    assert set(_weights(out)) == set(_weights(sft_run.path))
+    _assert_close_on_average(out, sft_run.path, mean_atol=1e-4)
+    assert json.loads((out / "rlhfctl.json").read_text())["options"]["compile"] is True
