@@ -51,8 +51,21 @@ def encode_example(tokenizer: Any, prompt: Text, completion: Text, max_length: i
     across it would blur which tokens the loss covers). Sequences longer than
     ``max_length`` are cut from the end of the completion.
     """
-    prompt_ids = encode_prompt(tokenizer, render_prompt(prompt, tokenizer))
-    completion_ids = tokenizer(render_completion(prompt, completion, tokenizer), add_special_tokens=False)["input_ids"]
+    return encode_examples(tokenizer, [(prompt, completion)], max_length)[0]
+
+
+def encode_examples(tokenizer: Any, pairs: list[tuple[Text, Text]], max_length: int) -> list[Example]:
+    """`encode_example` for many (prompt, completion) pairs: one batched tokenizer call per side."""
+    if not pairs:
+        return []
+    prompts = [render_prompt(p, tokenizer) for p, _ in pairs]
+    completions = [render_completion(p, c, tokenizer) for p, c in pairs]
+    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    return [_join(tokenizer, p, c, max_length) for p, c in zip(prompt_ids, completion_ids)]
+
+
+def _join(tokenizer: Any, prompt_ids: list[int], completion_ids: list[int], max_length: int) -> Example:
     if tokenizer.eos_token_id is not None and (not completion_ids or completion_ids[-1] != tokenizer.eos_token_id):
         completion_ids = completion_ids + [tokenizer.eos_token_id]
     ids = (prompt_ids + completion_ids)[:max_length]

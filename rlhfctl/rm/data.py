@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhfctl.data import encode_example
+from rlhfctl.data import encode_examples
 from rlhfctl.errors import DataError
 from rlhfctl.records import BINARY, PAIRS, Record, iter_json_lines, prompt_id
 
@@ -95,12 +95,11 @@ class Item:
 
 def encode_items(data: PrefData, tokenizer: Any, max_length: int) -> list[Item]:
     """Pairs first, then binary items; each sequence is prompt + response + eos."""
-    def ids(prompt, completion) -> list[int]:
-        return encode_example(tokenizer, prompt, completion, max_length).input_ids
-
-    items = [Item(PAIR, (ids(r["prompt"], r["chosen"]), ids(r["prompt"], r["rejected"])), float(r.get("margin") or 0.0))
-             for r in data.pairs]
-    items += [Item(BINARY_ITEM, (ids(r["prompt"], r["completion"]),), label=bool(r["label"])) for r in data.binary]
+    texts = [(r["prompt"], r[k]) for r in data.pairs for k in ("chosen", "rejected")]
+    texts += [(r["prompt"], r["completion"]) for r in data.binary]
+    ids = iter(e.input_ids for e in encode_examples(tokenizer, texts, max_length))
+    items = [Item(PAIR, (next(ids), next(ids)), float(r.get("margin") or 0.0)) for r in data.pairs]
+    items += [Item(BINARY_ITEM, (next(ids),), label=bool(r["label"])) for r in data.binary]
     return items
 
 

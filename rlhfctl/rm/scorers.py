@@ -8,19 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlhfctl.data import encode_example
+from rlhfctl.data import encode_examples
 from rlhfctl.records import Record
 
 
 def _sequences(rollouts: list[Record], tokenizer: Any, max_length: int) -> tuple[list[list[int]], list[int]]:
     """Flattened prompt+response(+eos) ids, and each sequence's prompt length."""
-    seqs, prompt_lens = [], []
-    for r in rollouts:
-        for response in r["responses"]:
-            ex = encode_example(tokenizer, r["prompt"], response, max_length)
-            seqs.append(ex.input_ids)
-            prompt_lens.append(ex.prompt_len)
-    return seqs, prompt_lens
+    examples = encode_examples(tokenizer, [(r["prompt"], response) for r in rollouts for response in r["responses"]], max_length)
+    return [e.input_ids for e in examples], [e.prompt_len for e in examples]
 
 
 def _regroup(flat: list[float], rollouts: list[Record]) -> list[list[float]]:

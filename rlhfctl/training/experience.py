@@ -133,10 +133,10 @@ def _global_whiten(values, mask, accelerator):
 
 def standardized_rm_scores(texts: list[tuple[Any, str]], rm: Any) -> torch.Tensor:
     """ORM scores of (prompt, response) pairs, standardised with the RM's μ/σ."""
-    from rlhfctl.data import encode_example
+    from rlhfctl.data import encode_examples
     from rlhfctl.rm.model import score_sequences
 
-    seqs = [encode_example(rm.tokenizer, p, r, rm.max_length).input_ids for p, r in texts]
+    seqs = [e.input_ids for e in encode_examples(rm.tokenizer, texts, rm.max_length)]
     raw = torch.tensor(score_sequences(rm.values, seqs, rm.tokenizer.pad_token_id))
     return standardize(raw, rm.mean, rm.std)
 

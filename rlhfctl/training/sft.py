@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
-from rlhfctl.data import Example, encode_example
+from rlhfctl.data import Example, encode_examples
 from rlhfctl.console import log
 from rlhfctl.records import SFT, read_records
 from rlhfctl.training.loop import Schedule, fit, optimizer_step, prepare_run_dir, shard, start_training
@@ -45,7 +45,7 @@ def run(config: SFTConfig) -> dict[str, Any]:
     accelerator.wait_for_everyone()
 
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    examples = [encode_example(tokenizer, r["prompt"], r["completion"], config.max_length) for r in records]
+    examples = encode_examples(tokenizer, [(r["prompt"], r["completion"]) for r in records], config.max_length)
     model = load_causal_lm(config.model, seed=config.schedule.seed, trust_remote_code=config.trust_remote_code)
     total = config.schedule.total_steps(len(examples))
     run_ = start_training(accelerator, model, config.schedule, total, out, config.resume)
