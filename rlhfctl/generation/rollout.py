@@ -44,6 +44,13 @@ def check_graders(records: list[Record], path: str) -> None:
             raise DataError(path, i + 1, f"no grader for task {task!r} (known: {', '.join(known_tasks())}, chat)", "task")
         if task is not None and task != "chat":
             get_grader(task)
+        if task == "mcq" and r.get("answer") is not None:
+            from rlhfctl.grading.mcq import gold_letter
+
+            try:
+                gold_letter(r)
+            except DataError as e:
+                raise DataError(path, i + 1, e.problem, e.field) from None
 
 
 def grade(record: Record, responses: list[str]) -> list[bool] | None:
@@ -51,7 +58,7 @@ def grade(record: Record, responses: list[str]) -> list[bool] | None:
     from rlhfctl.grading import get_grader
 
     task = task_of(record)
-    if task is None or task == "chat" or record.get("answer") is None and task == "math":
+    if task is None or task == "chat" or record.get("answer") is None and task in ("math", "mcq"):
         return None
     grader = get_grader(task)
     return [grader.is_correct(r, record) for r in responses]

@@ -78,6 +78,11 @@ class PolicyConfig:
         s = self.shaping
         if self.rm is None and self.verifier is None:
             raise ConfigError("no reward: give --rm DIR and/or --verifier math")
+        if self.verifier not in (None, "auto"):
+            from rlhfctl.grading import known_tasks
+
+            if self.verifier not in known_tasks():
+                raise ConfigError(f"unknown --verifier {self.verifier!r}: choose one of {', '.join(known_tasks())}, or auto")
         if self.n < 1 or self.prompts_per_step < 1:
             raise ConfigError("--n and --prompts-per-step must be at least 1")
         if self.algo == "grpo" and self.n < 2:
@@ -112,6 +117,9 @@ def check_prompts(records: list[dict[str, Any]], config: PolicyConfig) -> None:
     for line, r in enumerate(records, start=1):
         if r.get("answer") is None:
             raise DataError(config.prompts, line, f"missing: --verifier {config.verifier} needs a gold answer on every prompt", "answer")
+    from rlhfctl.generation.rollout import check_graders
+
+    check_graders(records if config.verifier == "auto" else [{**r, "task": config.verifier} for r in records], config.prompts)
 
 
 def options_table(config: PolicyConfig) -> list[tuple[str, str]]:
