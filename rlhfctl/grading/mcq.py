@@ -27,7 +27,7 @@ from typing import Any
 from rlhfctl.errors import DataError
 from rlhfctl.grading.math import last_boxed
 
-_STATEMENT = re.compile(r"(?:answer\s*(?:is|:)|answer\s+is\s*:)\s*(.*)", re.IGNORECASE)
+_STATEMENT = re.compile(r"answer\s*(?:is\b|:)\s*(.*)", re.IGNORECASE)
 _MARKUP = re.compile(r"\\text\{|\\textbf\{|\\mathrm\{|[*_`$]")
 _HEAD = re.compile(r"^[\s(\[{:]*([A-Z]+)(?![A-Za-z0-9])")  # the first word, if it is all capitals
 _ALSO = re.compile(r"^[\s)\]}.]*(?:,|/|&|\band\b|\bor\b)[\s(\[{]*([A-Z])(?![A-Za-z0-9])")
