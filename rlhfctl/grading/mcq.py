@@ -80,12 +80,9 @@ def gold_letter(record: Mapping[str, Any]) -> str:
         if letters is not None and text.upper() not in letters:
             raise DataError("<record>", None, f"gold letter {text!r} is not one of the choices {''.join(letters)}", field="answer")
         return text.upper()
-    if isinstance(choices, list) and text in [str(c).strip() for c in choices]:
-        return string.ascii_uppercase[[str(c).strip() for c in choices].index(text)]
-    if isinstance(choices, Mapping):
-        for k, v in choices.items():
-            if str(v).strip() == text:
-                return str(k).strip().upper()
+    texts = [str(c).strip() for c in (choices.values() if isinstance(choices, Mapping) else choices or [])]
+    if letters is not None and text in texts:
+        return letters[texts.index(text)]
     raise DataError("<record>", None, f"mcq answer {text!r} is neither a letter nor one of the choices", field="answer")
 
 
