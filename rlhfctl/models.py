@@ -88,6 +88,18 @@ def save_model(model: Any, tokenizer: Any, folder: str | os.PathLike, state_dict
     tokenizer.save_pretrained(folder)
 
 
+def inference_device() -> str:
+    """Where a command that only runs a model forward puts it: the GPU when there is one.
+
+    Training commands place their models through accelerate; rollout, eval,
+    label-prm and best-of-n scoring use this. ``RLHFCTL_DEVICE`` overrides it
+    (e.g. ``cpu``, ``cuda:1``).
+    """
+    import torch
+
+    return os.environ.get("RLHFCTL_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def count_parameters(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 

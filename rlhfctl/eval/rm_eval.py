@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rlhfctl.models import inference_device
 from rlhfctl.records import write_json
 
 
@@ -28,7 +29,7 @@ def run(config: RMEvalConfig) -> dict[str, Any]:
     from rlhfctl.rm.model import ORM, TokenValues, load_reward_model
     from rlhfctl.training.rm import evaluate_items
 
-    model, tokenizer, manifest = load_reward_model(config.rm, ORM, config.trust_remote_code)
+    model, tokenizer, manifest = load_reward_model(config.rm, ORM, config.trust_remote_code, inference_device())
     data = read_preferences(config.data)
     items = encode_items(data, tokenizer, config.max_length)
     summary = evaluate_items(TokenValues(model), items, tokenizer.pad_token_id, config.batch_size)
@@ -43,7 +44,7 @@ def _run_prm(config: RMEvalConfig) -> dict[str, Any]:
     from rlhfctl.rm.model import PRM, TokenValues, load_reward_model
     from rlhfctl.training.prm import evaluate_steps
 
-    model, tokenizer, manifest = load_reward_model(config.rm, PRM, config.trust_remote_code)
+    model, tokenizer, manifest = load_reward_model(config.rm, PRM, config.trust_remote_code, inference_device())
     sep = manifest.get("results", {}).get("step_sep", "\n")
     items = encode_step_items(read_steps(config.data), tokenizer, config.max_length, sep)
     summary = {**evaluate_steps(TokenValues(model), items, tokenizer.pad_token_id), "prm": config.rm}

@@ -80,8 +80,8 @@ def check_reward_folder(folder: str, kind: str) -> dict[str, Any]:
     return manifest
 
 
-def load_reward_model(folder: str, kind: str, trust_remote_code: bool = False):
-    """(model, tokenizer, manifest) of a trained rlhfctl reward model folder.
+def load_reward_model(folder: str, kind: str, trust_remote_code: bool = False, device: str = "cpu"):
+    """(model, tokenizer, manifest) of a trained rlhfctl reward model folder, on ``device``.
 
     Refuses a folder without an rlhfctl manifest (its μ/σ are unknown) and a
     folder of the wrong kind (a policy or a PRM given as an ORM).
@@ -91,7 +91,7 @@ def load_reward_model(folder: str, kind: str, trust_remote_code: bool = False):
     manifest = check_reward_folder(folder, kind)
     quiet_transformers()
     auto = AutoModelForSequenceClassification if kind == ORM else AutoModelForTokenClassification
-    model = auto.from_pretrained(folder, trust_remote_code=trust_remote_code).eval()
+    model = auto.from_pretrained(folder, trust_remote_code=trust_remote_code).eval().to(device)
     tokenizer = load_tokenizer(folder, trust_remote_code)
     return model, tokenizer, manifest
 

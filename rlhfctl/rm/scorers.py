@@ -30,7 +30,9 @@ def score_rollouts(rollouts: list[Record], rm_dir: str, batch_size: int = 64, ma
     """ORM score of every response (raw; standardising does not change a ranking)."""
     from rlhfctl.rm.model import ORM, TokenValues, load_reward_model, score_sequences
 
-    model, tokenizer, _ = load_reward_model(rm_dir, ORM)
+    from rlhfctl.models import inference_device
+
+    model, tokenizer, _ = load_reward_model(rm_dir, ORM, device=inference_device())
     seqs, _ = _sequences(rollouts, tokenizer, max_length)
     return _regroup(score_sequences(TokenValues(model), seqs, tokenizer.pad_token_id, batch_size), rollouts)
 
@@ -39,11 +41,12 @@ def logprob_rollouts(rollouts: list[Record], model_spec: str, batch_size: int = 
     """Mean token log-probability of each response (with its eos) under a policy."""
     import torch
 
-    from rlhfctl.models import load_causal_lm, load_tokenizer
+    from rlhfctl.models import inference_device, load_causal_lm, load_tokenizer
     from rlhfctl.rm.model import right_pad
 
     tokenizer = load_tokenizer(model_spec)
-    model = load_causal_lm(model_spec).eval()
+    device = inference_device()
+    model = load_causal_lm(model_spec).eval().to(device)
     seqs, prompt_lens = _sequences(rollouts, tokenizer, max_length)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     flat = [0.0] * len(seqs)
@@ -51,6 +54,7 @@ def logprob_rollouts(rollouts: list[Record], model_spec: str, batch_size: int = 
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             ids, mask = right_pad([seqs[i] for i in chunk], tokenizer.pad_token_id)
+            ids, mask = ids.to(device), mask.to(device)
             logps = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
             token_logp = logps.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1): log p(x_t | x_<t)
             for row, i in enumerate(chunk):
@@ -71,7 +75,9 @@ def prm_score_rollouts(rollouts: list[Record], prm_dir: str, agg: str, batch_siz
     from rlhfctl.rm.prm_label import split_steps
     from rlhfctl.training.prm import step_scores
 
-    model, tokenizer, manifest = load_reward_model(prm_dir, PRM)
+    from rlhfctl.models import inference_device
+
+    model, tokenizer, manifest = load_reward_model(prm_dir, PRM, device=inference_device())
     sep = manifest.get("results", {}).get("step_sep", "\n")
     seqs, positions = [], []
     for r in rollouts:

@@ -152,10 +152,10 @@ class RewardModelHandle:
     max_length: int = 512
 
 
-def load_rm_handle(folder: str) -> RewardModelHandle:
+def load_rm_handle(folder: str, device: Any = "cpu") -> RewardModelHandle:
     from rlhfctl.rm.model import ORM, TokenValues, load_reward_model
 
-    model, tokenizer, manifest = load_reward_model(folder, ORM)
+    model, tokenizer, manifest = load_reward_model(folder, ORM, device=device)
     results = manifest.get("results", {})
     return RewardModelHandle(TokenValues(model).eval(), tokenizer, float(results.get("reward_mean", 0.0)),
                              float(results.get("reward_std", 1.0)))
