@@ -36,3 +36,9 @@ class ConfigError(RlhfctlError):
 
 class ModelError(RlhfctlError):
     """A model spec or model folder cannot be used as asked."""
+
+
+class EngineError(RlhfctlError):
+    """A generation engine failed or stopped answering mid-run (not the user's mistake): exit status 1."""
+
+    exit_code = 1

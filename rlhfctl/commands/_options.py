@@ -70,7 +70,11 @@ TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling t
 TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the smallest token set with this much probability.")]
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Longest response in tokens.")]
 GenBatchOpt = Annotated[int, typer.Option("--batch-size", help="Sequences generated together (prompts x n).")]
-BackendOpt = Annotated[str, typer.Option("--backend", help="Generation backend: auto or hf.")]
+BackendOpt = Annotated[str, typer.Option(
+    "--backend", help="Generation backend: hf, vllm, or auto (vllm where it is installed and torch sees a CUDA GPU, else hf).")]
+TpOpt = Annotated[int, typer.Option("--tp", help="vLLM tensor parallelism: GPUs that hold one copy of the model (--backend vllm only).")]
+GpuMemoryOpt = Annotated[float, typer.Option(
+    "--gpu-memory-utilization", help="vLLM: fraction of each GPU's memory the engine may take for weights and KV cache (the hf backend ignores it).")]
 
 
 def print_summary(summary: dict[str, Any], as_json: bool, title: str, to_stderr: bool = False) -> None:

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    BackendOpt, ConfigOpt, GenBatchOpt, JsonOpt, MaxNewTokensOpt, SeedOpt, TemperatureOpt, TopPOpt,
+    BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, SeedOpt, TemperatureOpt, TopPOpt, TpOpt,
 )
 
 
@@ -28,6 +28,8 @@ def best_of_n(
     batch_size: GenBatchOpt = 64,
     seed: SeedOpt = 0,
     backend: BackendOpt = "auto",
+    tp: TpOpt = 1,
+    gpu_memory_utilization: GpuMemoryOpt = 0.9,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -50,12 +52,12 @@ def best_of_n(
     """
     from rlhfctl.commands._options import print_summary
     from rlhfctl.eval.bon import BoNConfig, run
-    from rlhfctl.generation.base import SamplingParams
+    from rlhfctl.generation.base import EngineOptions, SamplingParams
 
     params = SamplingParams(n=n or 16, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)
     result = run(BoNConfig(source, out, rm, prm, tuple(agg or ("min",)), tuple(vote or ()), logprob, oracle, n, picks, plot,
-                           policy, params, backend))
+                           policy, params, backend, EngineOptions(tp, gpu_memory_utilization)))
     if as_json:
         import json
         import sys

@@ -5,7 +5,8 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    BackendOpt, ConfigOpt, GenBatchOpt, JsonOpt, MaxNewTokensOpt, NOpt, SeedOpt, TopPOpt, TrustOpt, print_summary,
+    BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, NOpt, SeedOpt, TopPOpt, TpOpt, TrustOpt,
+    print_summary,
 )
 
 
@@ -22,6 +23,8 @@ def evaluate(
     batch_size: GenBatchOpt = 64,
     seed: SeedOpt = 0,
     backend: BackendOpt = "auto",
+    tp: TpOpt = 1,
+    gpu_memory_utilization: GpuMemoryOpt = 0.9,
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
@@ -61,11 +64,11 @@ def evaluate(
         print_summary(run_rm(RMEvalConfig(rm, (data,), out, batch_size, trust_remote_code=trust_remote_code, prm=prm)), as_json, "eval --rm")
         return
     from rlhfctl.eval.benchmark import BenchmarkConfig, run
-    from rlhfctl.generation.base import SamplingParams
+    from rlhfctl.generation.base import EngineOptions, SamplingParams
 
     if temperature is None:
         temperature = 0.0 if n == 1 else 1.0
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)
-    summary = run(BenchmarkConfig(model, data, params, out, backend, trust_remote_code))
+    summary = run(BenchmarkConfig(model, data, params, out, backend, trust_remote_code, EngineOptions(tp, gpu_memory_utilization)))
     print_summary(summary, as_json, "eval")

@@ -5,7 +5,8 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    BackendOpt, ConfigOpt, GenBatchOpt, JsonOpt, MaxNewTokensOpt, SeedOpt, TemperatureOpt, TopPOpt, print_summary,
+    BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, SeedOpt, TemperatureOpt, TopPOpt, TpOpt,
+    print_summary,
 )
 
 
@@ -24,6 +25,8 @@ def label_prm(
     batch_size: GenBatchOpt = 64,
     seed: SeedOpt = 0,
     backend: BackendOpt = "auto",
+    tp: TpOpt = 1,
+    gpu_memory_utilization: GpuMemoryOpt = 0.9,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -44,12 +47,13 @@ def label_prm(
         rlhfctl label-prm runs/rollouts.jsonl --completer runs/sft --out runs/steps-soft.jsonl --method soft --n-completions 4 --max-solutions-per-prompt 2
     """
     from rlhfctl.errors import ConfigError
-    from rlhfctl.generation.base import SamplingParams
+    from rlhfctl.generation.base import EngineOptions, SamplingParams
     from rlhfctl.rm.prm_label import LabelConfig, run
 
     if n_completions < 1:
         raise ConfigError(f"--n-completions must be at least 1, got {n_completions}")
     params = SamplingParams(n=n_completions, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)
-    summary = run(LabelConfig(rollouts, completer, out, params, method, step_sep, max_solutions_per_prompt, format, backend))
+    summary = run(LabelConfig(rollouts, completer, out, params, method, step_sep, max_solutions_per_prompt, format, backend,
+                              engine=EngineOptions(tp, gpu_memory_utilization)))
     print_summary(summary, as_json, "label-prm")

@@ -5,8 +5,8 @@ from typing import Annotated
 import typer
 
 from rlhfctl.commands._options import (
-    BackendOpt, ConfigOpt, GenBatchOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, NOpt, SeedOpt, TemperatureOpt, TopPOpt,
-    TrustOpt, print_summary,
+    BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, NOpt, SeedOpt, TemperatureOpt,
+    TopPOpt, TpOpt, TrustOpt, print_summary,
 )
 
 
@@ -21,6 +21,8 @@ def rollout(
     batch_size: GenBatchOpt = 64,
     seed: SeedOpt = 0,
     backend: BackendOpt = "auto",
+    tp: TpOpt = 1,
+    gpu_memory_utilization: GpuMemoryOpt = 0.9,
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
@@ -37,11 +39,14 @@ def rollout(
         rlhfctl rollout data/toy/train.jsonl --model runs/sft --out runs/rollouts.jsonl --n 8
 
         rlhfctl rollout data/toy/test.jsonl --model toy:tiny --out - --n 2 --max-new-tokens 16
+
+        rlhfctl rollout data/toy/train.jsonl --model runs/sft --out runs/rollouts.jsonl --n 8 --backend vllm --tp 2
     """
-    from rlhfctl.generation.base import SamplingParams
+    from rlhfctl.generation.base import EngineOptions, SamplingParams
     from rlhfctl.generation.rollout import RolloutConfig, run
 
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)
-    summary = run(RolloutConfig(prompts, model, out, params, backend, trust_remote_code))
+    engine = EngineOptions(tp, gpu_memory_utilization)
+    summary = run(RolloutConfig(prompts, model, out, params, backend, trust_remote_code, engine))
     print_summary(summary, as_json, "rollout", to_stderr=out == "-")

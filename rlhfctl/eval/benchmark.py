@@ -8,7 +8,7 @@ from typing import Any
 from rlhfctl.data import render_prompt
 from rlhfctl.errors import DataError
 from rlhfctl.eval.passk import summarize
-from rlhfctl.generation.base import SamplingParams, make_generator
+from rlhfctl.generation.base import EngineOptions, SamplingParams, make_generator
 from rlhfctl.generation.rollout import check_graders, grade, task_of
 from rlhfctl.records import PROMPTS, read_records, write_json
 
@@ -21,6 +21,7 @@ class BenchmarkConfig:
     out: str | None = None
     backend: str = "auto"
     trust_remote_code: bool = False
+    engine: EngineOptions = EngineOptions()
 
 
 def run(config: BenchmarkConfig) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def run(config: BenchmarkConfig) -> dict[str, Any]:
         if r.get("answer") is None or task_of(r) in (None, "chat"):
             raise DataError(config.data, i + 1, "missing: eval needs a gold answer for every prompt", "answer")
     check_graders(records, config.data)
-    generator = make_generator(config.backend, config.model, config.params.seed, config.trust_remote_code)
+    generator = make_generator(config.backend, config.model, config.params.seed, config.trust_remote_code, config.engine)
     texts = [render_prompt(r["prompt"], generator.tokenizer) for r in records]
     samples = generator.generate(texts, config.params, keys=[r["id"] for r in records])
     groups = []

@@ -19,7 +19,7 @@ from typing import Any
 from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.eval.best_of_n import best_of_n_accuracy, oracle_accuracy
 from rlhfctl.eval.passk import ks_up_to, maj_at_k
-from rlhfctl.generation.base import SamplingParams
+from rlhfctl.generation.base import EngineOptions, SamplingParams
 from rlhfctl.records import ROLLOUTS, Record, read_records, write_json, write_jsonl
 
 VOTES = ("majority", "weighted")
@@ -41,6 +41,7 @@ class BoNConfig:
     policy: str | None = None  # sample the N responses with this model first
     params: SamplingParams = SamplingParams(n=16)
     backend: str = "auto"
+    engine: EngineOptions = EngineOptions()
 
     def check(self) -> None:
         for v in self.votes:
@@ -101,7 +102,7 @@ def _rollouts(config: BoNConfig) -> list[Record]:
 
         path = str(Path(config.out).with_suffix("")) + ".rollouts.jsonl"
         n = config.n or config.params.n
-        rollout(RolloutConfig(config.source, config.policy, path, replace(config.params, n=n), config.backend))
+        rollout(RolloutConfig(config.source, config.policy, path, replace(config.params, n=n), config.backend, engine=config.engine))
     rollouts = read_records(path, ROLLOUTS)
     for line, r in enumerate(rollouts, start=1):
         if "correct" not in r:

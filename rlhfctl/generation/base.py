@@ -1,8 +1,8 @@
 """The generation protocol every backend implements.
 
 A backend turns rendered prompt strings into ``n`` samples each. Commands and
-training loops only see this protocol, so a backend (Hugging Face now, vLLM
-on GPUs) plugs in without touching them.
+training loops only see this protocol, so a backend (Hugging Face on any
+device, vLLM on GPUs) plugs in without touching them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from rlhfctl.errors import ConfigError
 
-BACKENDS = ("auto", "hf")
+BACKENDS = ("auto", "hf", "vllm")
 
 
 @dataclass(frozen=True)
@@ -38,26 +38,73 @@ class SamplingParams:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a vLLM engine sits on the GPUs (`--tp`, `--gpu-memory-utilization`).
+
+    The Hugging Face backend runs on one device and has no use for them.
+    """
+
+    tp: int = 1  # tensor parallelism: GPUs that hold one copy of the model
+    gpu_memory_utilization: float = 0.9  # fraction of each GPU's memory vLLM may take (weights + KV cache)
+
+    def __post_init__(self) -> None:
+        if self.tp < 1:
+            raise ConfigError(f"--tp must be at least 1, got {self.tp}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+
 @dataclass
 class Sample:
     text: str
-    token_ids: list[int] = field(repr=False)
+    token_ids: list[int] = field(repr=False)  # the response, with the eos token when it stopped on one
     finish_reason: str  # "stop" (eos) or "length" (max_new_tokens)
+    logprobs: list[float] | None = field(default=None, repr=False)  # the engine's log p of each token, when it reports them
 
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
 
 
+def decoded_sample(tokenizer: Any, token_ids: list[int], finish_reason: str, logprobs: list[float] | None = None) -> Sample:
+    """A sample whose text is its tokens decoded without the eos, the same way for every backend."""
+    shown = token_ids[:-1] if finish_reason == "stop" else token_ids
+    return Sample(tokenizer.decode(shown, skip_special_tokens=True), token_ids, finish_reason, logprobs)
+
+
 class Generator(Protocol):
+    name: str  # the backend (hf, vllm), as rollout records name it
     tokenizer: Any  # renders chat prompts (`data.render_prompt`)
 
     def generate(self, prompts: list[str], params: SamplingParams, keys: list[str] | None = None) -> list[list[Sample]]:
         """``n`` samples for each prompt, in prompt order.
 
-        ``keys`` (e.g. prompt ids) seed the sampling of each batch, so the same
-        prompts with the same seed give the same samples on a rerun.
+        ``keys`` (e.g. prompt ids) seed the sampling, so the same prompts with
+        the same seed give the same samples on a rerun.
         """
+        ...
+
+
+class PolicyEngine(Generator, Protocol):
+    """A generator that `train-policy` keeps in step with the policy it trains.
+
+    The HF backend samples from the policy module itself, so its hooks do
+    nothing; a vLLM engine holds its own copy of the weights, which must be
+    reloaded after every optimisation step, and its memory is released while
+    the policy trains.
+    """
+
+    def update_weights(self, model: Any) -> None:
+        """Load the policy's current weights; the next generation samples from them."""
+        ...
+
+    def sleep(self) -> None:
+        """Release the engine's GPU memory until the next `update_weights` or `wake_up`."""
+        ...
+
+    def wake_up(self) -> None:
+        """Take the memory back before generating."""
         ...
 
 
@@ -67,10 +114,29 @@ def derive_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(h[:8], "little") >> 1
 
 
-def make_generator(backend: str, model_spec: str, seed: int = 0, trust_remote_code: bool = False) -> Generator:
-    """The backend for ``--backend``; ``auto`` is the Hugging Face backend here."""
+def resolve_backend(backend: str, engine: EngineOptions = EngineOptions()) -> str:
+    """The backend ``--backend`` names: ``auto`` is vllm where it can run (vllm imports
+    and torch sees a CUDA GPU), else hf."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown --backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    resolved = backend
+    if backend == "auto":
+        from rlhfctl.generation.vllm import vllm_usable
+
+        resolved = "vllm" if vllm_usable() else "hf"
+    if resolved == "hf" and engine.tp != 1:
+        why = " (auto chose hf: vllm is not installed or there is no CUDA GPU)" if backend == "auto" else ""
+        raise ConfigError(f"--tp {engine.tp} needs --backend vllm; the hf backend runs on one device{why}")
+    return resolved
+
+
+def make_generator(backend: str, model_spec: str, seed: int = 0, trust_remote_code: bool = False,
+                   engine: EngineOptions = EngineOptions()) -> Generator:
+    """The generator for ``--backend`` (see `resolve_backend`) over ``model_spec``."""
+    if resolve_backend(backend, engine) == "vllm":
+        from rlhfctl.generation.vllm import build_vllm_generator
+
+        return build_vllm_generator(model_spec, seed, trust_remote_code, engine)
     from rlhfctl.generation.hf import HFGenerator
     from rlhfctl.models import inference_device, load_causal_lm, load_tokenizer
 

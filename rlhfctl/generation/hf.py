@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rlhfctl.generation.base import Sample, SamplingParams, derive_seed
+from rlhfctl.generation.base import Sample, SamplingParams, decoded_sample, derive_seed
 
 
 class HFGenerator:
+    name = "hf"
+
     def __init__(self, model: Any, tokenizer: Any):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -22,6 +24,7 @@ class HFGenerator:
 
     def generate(self, prompts: list[str], params: SamplingParams, keys: list[str] | None = None) -> list[list[Sample]]:
         keys = keys if keys is not None else [str(i) for i in range(len(prompts))]
+        self.model.eval()  # in train-policy the module is the policy, which the update left in train mode
         ids = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
         per_batch = max(1, params.batch_size // params.n)
         out: list[list[Sample]] = []
@@ -39,14 +42,18 @@ class HFGenerator:
 
         generator = torch.Generator(device=self.device).manual_seed(seed)
         tokens = _decode_loop(self.model, rows, params, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, generator, self.device)
-        return [
-            Sample(
-                text=self.tokenizer.decode(t[:-1] if reason == "stop" else t, skip_special_tokens=True),
-                token_ids=t,
-                finish_reason=reason,
-            )
-            for t, reason in tokens
-        ]
+        return [decoded_sample(self.tokenizer, t, reason) for t, reason in tokens]
+
+    # train-policy's hooks (`base.PolicyEngine`): the generator *is* the policy module, so
+    # its weights are always current and there is no separate memory to release.
+    def update_weights(self, model: Any) -> None:
+        pass
+
+    def sleep(self) -> None:
+        pass
+
+    def wake_up(self) -> None:
+        pass
 
 
 def _decode_loop(model, rows, params: SamplingParams, pad_id: int, eos_id: int, generator, device) -> list[tuple[list[int], str]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from rlhfctl.data import render_prompt
 from rlhfctl.errors import ConfigError, DataError
-from rlhfctl.generation.base import SamplingParams, make_generator
+from rlhfctl.generation.base import EngineOptions, SamplingParams, make_generator
 from rlhfctl.records import PROMPTS, ROLLOUTS, Record, ResumableWriter, read_records
 from rlhfctl.console import Progress
 
@@ -25,6 +25,7 @@ class RolloutConfig:
     params: SamplingParams
     backend: str = "auto"
     trust_remote_code: bool = False
+    engine: EngineOptions = EngineOptions()
 
 
 def task_of(record: Record) -> str | None:
@@ -73,8 +74,8 @@ def run(config: RolloutConfig) -> dict[str, Any]:
                                "new_tokens": 0, "tokens_per_s": 0.0, "out": config.out}
     if not todo:
         return summary
-    generator = make_generator(config.backend, config.model, config.params.seed, config.trust_remote_code)
-    meta = {"model": config.model, "backend": config.backend, **asdict(config.params)}
+    generator = make_generator(config.backend, config.model, config.params.seed, config.trust_remote_code, config.engine)
+    meta = {"model": config.model, "backend": generator.name, **asdict(config.params)}
     per_batch = max(1, config.params.batch_size // config.params.n)
     correct = total = 0
     tic = time.perf_counter()

@@ -21,7 +21,7 @@ from typing import Any
 
 from rlhfctl.data import render_prompt
 from rlhfctl.errors import ConfigError, DataError
-from rlhfctl.generation.base import SamplingParams, make_generator
+from rlhfctl.generation.base import EngineOptions, SamplingParams, make_generator
 from rlhfctl.generation.rollout import check_graders, grade, task_of
 from rlhfctl.records import KEYED, ROLLOUTS, STEPS, Record, ResumableWriter, read_records, write_jsonl
 
@@ -42,6 +42,7 @@ class LabelConfig:
     format: str = "trl"
     backend: str = "auto"
     prompts_per_chunk: int = 8
+    engine: EngineOptions = EngineOptions()
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -82,7 +83,7 @@ def run(config: LabelConfig) -> dict[str, Any]:
              "already_done": len(jobs) - len(todo), "labelled": 0, "steps": 0, "prefixes_generated": 0, "new_tokens": 0}
     if not todo:
         return _finish(stats, config, 0.0)
-    generator = make_generator(config.backend, config.completer, config.params.seed)
+    generator = make_generator(config.backend, config.completer, config.params.seed, engine=config.engine)
     tic = time.perf_counter()
     from rlhfctl.console import Progress
 
