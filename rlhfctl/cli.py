@@ -16,6 +16,7 @@ from rlhfctl.commands.best_of_n import best_of_n
 from rlhfctl.commands.build_prefs import build_prefs
 from rlhfctl.commands.evaluate import evaluate
 from rlhfctl.commands.label_prm import label_prm
+from rlhfctl.commands.report import report
 from rlhfctl.commands.rollout import rollout
 from rlhfctl.commands.toy_data import toy_data
 from rlhfctl.commands.train_policy import train_policy
@@ -42,6 +43,7 @@ app.command("train-rm")(train_rm)
 app.command("best-of-n")(best_of_n)
 app.command("train-policy")(train_policy)
 app.command("eval")(evaluate)
+app.command("report")(report)
 
 
 def _version(value: bool) -> None:
