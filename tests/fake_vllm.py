@@ -20,11 +20,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import threading
 import types
 from dataclasses import dataclass, field
 from typing import Any
 
 ENGINES: list["LLM"] = []
+RELEASE = threading.Event()  # lets a hanging apply_model go (set it when a test ends)
 
 
 @dataclass
@@ -121,7 +123,8 @@ class LLM:
         self.model = FakeModel(AutoModelForCausalLM.from_pretrained(model, dtype=dtype).eval())
         self.calls: list[tuple] = [("init", dict(kwargs, model=model))]
         self.asleep: set[str] = set()
-        self.hang = None  # a threading.Event: apply_model waits on it (a stuck engine)
+        self.hang_on_apply: int | None = None  # the apply_model call (1, 2, ...) that waits for RELEASE: a stuck engine
+        self.applied = 0
         ENGINES.append(self)
 
     # --- generation ------------------------------------------------------------------------------
@@ -168,8 +171,9 @@ class LLM:
     # --- control -----------------------------------------------------------------------------------
     def apply_model(self, func):
         self.calls.append(("apply_model",))
-        if self.hang is not None:
-            self.hang.wait()
+        self.applied += 1
+        if self.applied == self.hang_on_apply:
+            RELEASE.wait()
         if "weights" in self.asleep:
             raise RuntimeError("apply_model() while the weights sleep")
         return [func(self.model)]
@@ -190,8 +194,9 @@ class LLM:
         return True
 
 
-def install(monkeypatch, *, sleep_mode: bool = True, logprobs_mode: bool = True) -> types.ModuleType:
-    """Put a fresh fake `vllm` in sys.modules; ``sleep_mode`` / ``logprobs_mode`` False mimic a vLLM without them."""
+def install(monkeypatch, *, sleep_mode: bool = True, logprobs_mode: bool = True, hang_on_apply: int | None = None) -> types.ModuleType:
+    """Put a fresh fake `vllm` in sys.modules; ``sleep_mode`` / ``logprobs_mode`` False mimic a vLLM without them,
+    ``hang_on_apply`` makes every engine's k-th `apply_model` wait for `RELEASE`."""
     module = types.ModuleType("vllm")
     args = EngineArgs
     dropped = {name for name, keep in (("enable_sleep_mode", sleep_mode), ("logprobs_mode", logprobs_mode)) if not keep}
@@ -203,6 +208,7 @@ def install(monkeypatch, *, sleep_mode: bool = True, logprobs_mode: bool = True)
     module.RequestOutput = RequestOutput
     module.CompletionOutput = CompletionOutput
     module.ENGINES = ENGINES
+    module.RELEASE = RELEASE
 
     class ThisLLM(LLM):
         def __init__(self, model: str, **kwargs: Any):
@@ -211,8 +217,10 @@ def install(monkeypatch, *, sleep_mode: bool = True, logprobs_mode: bool = True)
             if unknown:
                 raise TypeError(f"EngineArgs got unexpected keyword arguments {sorted(unknown)}")
             super().__init__(model, **kwargs)
+            self.hang_on_apply = hang_on_apply
 
     module.LLM = ThisLLM
     ENGINES.clear()
+    RELEASE.clear()
     monkeypatch.setitem(sys.modules, "vllm", module)
     return module

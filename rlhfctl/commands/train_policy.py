@@ -5,7 +5,8 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    ConfigOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TemperatureOpt, TopPOpt, print_summary,
+    BackendOpt, ConfigOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TemperatureOpt,
+    TopPOpt, print_summary,
 )
 
 _F = typer.Option
@@ -44,6 +45,9 @@ def train_policy(
     max_new_tokens: MaxNewTokensOpt = 128,
     temperature: TemperatureOpt = 1.0,
     top_p: TopPOpt = 1.0,
+    backend: BackendOpt = "auto",
+    gpu_memory_utilization: GpuMemoryOpt = 0.3,
+    vllm_sync_timeout: Annotated[float, _F("--vllm-sync-timeout", help="Seconds the vLLM engine's weight update, sleep or wake-up may take before the run stops with an error.")] = 600.0,
     max_steps: Annotated[int, _F("--max-steps", help="Policy updates (rollout batches).")] = 100,
     save_every: SaveEveryOpt = 50,
     eval_data: Annotated[Optional[str], _F("--eval-data", help="Prompts with answers: greedy pass@1 at step 0 and every --eval-every steps.", show_default=False)] = None,
@@ -63,6 +67,13 @@ def train_policy(
     manifest; metrics.jsonl has one line per step (raw and shaped reward,
     KL, entropy, response length, clip fraction, losses, grad norm, eval
     pass@1).
+
+    With --backend vllm (auto picks it with vllm and a CUDA GPU, in one
+    process) a vLLM engine built from --model shares the GPU with the
+    policy: its weights are reloaded from the policy after every update, it
+    sleeps while the policy trains, and metrics.jsonl gets
+    `vllm_logprob_abs_diff`, the mean |log π_vLLM - log π_policy| of the
+    sampled tokens (near 0 when the engine samples from the policy).
 
     Examples:
 
@@ -87,5 +98,6 @@ def train_policy(
         lr, critic_lr, kl_coef, kl_estimator, kl_in, shaping, gamma, lam, clip_eps, value_clip, critic_init,
         critic_warmup_steps, loss_agg, max_new_tokens, temperature, top_p, max_steps, save_every, eval_data, eval_every,
         eval_max_prompts, 1.0, seed, resume,
+        backend=backend, gpu_memory_utilization=gpu_memory_utilization, vllm_sync_timeout=vllm_sync_timeout,
     ))
     print_summary({**results, "out": out}, as_json, "train-policy")

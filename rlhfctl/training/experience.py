@@ -183,6 +183,7 @@ def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], confi
         ref_logp, _ = response_logprobs(ref, ids, mask, width, temperature=config.temperature)
         values = response_values(critic, ids, mask, width) if critic is not None else None
     raw, stats = rewards_for(prompts, samples, config, rm)
+    stats.update(engine_logprob_gap(samples, old_logp, resp_mask))
     raw = raw.to(accelerator.device)
     exp = Experience(ids, mask, resp_mask, old_logp, ref_logp, torch.zeros_like(old_logp), values)
     shaped = shape_scores(raw, settings, accelerator)
@@ -194,6 +195,26 @@ def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], confi
                   "kl": float(kl), "response_length": float(fmask.sum(-1).mean()),
                   "truncated_fraction": sum(s.finish_reason == "length" for g in samples for s in g) / len(response_ids)})
     return exp, stats
+
+
+def engine_logprob_gap(samples, old_logp: torch.Tensor, response_mask: torch.Tensor) -> dict[str, float]:
+    """How far the sampling engine's log-probs are from the policy's, when the engine reports them.
+
+    A vLLM engine samples from its own copy of the weights with its own
+    kernels, yet PPO's ratio treats the samples as drawn from π_old (B, T).
+    The mean |log π_engine - log π_old| over response tokens stays near
+    rounding noise while the weight updates work; a large gap means the
+    engine samples from another distribution (stale weights, another
+    temperature, or top-p < 1, which the policy's log-probs leave out).
+    """
+    flat = [s for group in samples for s in group]  # (P, n) -> P*n rows, the order of old_logp
+    if not flat or any(s.logprobs is None for s in flat):
+        return {}
+    engine = torch.zeros_like(old_logp)
+    for row, s in enumerate(flat):
+        engine[row, :len(s.logprobs)] = torch.tensor(s.logprobs, dtype=engine.dtype)
+    gap = (engine - old_logp).abs()[response_mask.bool()]
+    return {"vllm_logprob_abs_diff": float(gap.mean()), "vllm_logprob_max_abs_diff": float(gap.max())}
 
 
 def rewards_for(prompts, samples, config, rm: RewardModelHandle | None) -> tuple[torch.Tensor, dict[str, float]]:

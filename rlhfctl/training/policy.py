@@ -65,6 +65,9 @@ class PolicyConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     resume: bool = False
+    backend: str = "auto"  # what generates the rollouts: hf (the policy module) or a colocated vLLM engine
+    gpu_memory_utilization: float = 0.3  # the colocated engine's share of the GPU; the policy trains in the rest
+    vllm_sync_timeout: float = 600.0  # seconds a weight update, sleep or wake-up of the engine may take
 
     def resolved(self) -> "PolicyConfig":
         """Fill the per-algorithm defaults (KL coefficient, estimator, placement)."""
@@ -73,6 +76,15 @@ class PolicyConfig:
         d = DEFAULTS[self.algo]
         return PolicyConfig(**{**asdict(self), "shaping": self.shaping,
                                **{k: v if getattr(self, k) is None else getattr(self, k) for k, v in d.items()}})
+
+    def check_generation(self) -> None:
+        from rlhfctl.generation.base import BACKENDS, EngineOptions
+
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown --backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        EngineOptions(gpu_memory_utilization=self.gpu_memory_utilization)
+        if self.vllm_sync_timeout <= 0:
+            raise ConfigError(f"--vllm-sync-timeout must be positive, got {self.vllm_sync_timeout}")
 
     def check(self) -> None:
         s = self.shaping
@@ -103,6 +115,7 @@ class PolicyConfig:
             raise ConfigError(f"unknown --critic-init {self.critic_init!r}: choose sft or rm")
         if self.critic_init == "rm" and self.algo == "ppo" and not self.rm:
             raise ConfigError("--critic-init rm needs --rm DIR")
+        self.check_generation()
         rows = self.n * self.prompts_per_step
         if self.mini_batch_size is not None and (self.mini_batch_size < 1 or rows % self.mini_batch_size):
             raise ConfigError(f"--mini-batch-size must divide prompts-per-step × n = {rows}, got {self.mini_batch_size}")
@@ -164,6 +177,9 @@ def run(config: PolicyConfig) -> dict[str, Any]:
         check_reward_folder(config.rm, ORM)
 
     accelerator = Accelerator()
+    from rlhfctl.training.policy_engine import policy_backend
+
+    backend = policy_backend(config, accelerator)  # a missing vllm fails here, before the run folder exists
     if config.prompts_per_step % accelerator.num_processes:
         raise ConfigError(f"--prompts-per-step {config.prompts_per_step} must be a multiple of the {accelerator.num_processes} ranks")
     out, main = Path(config.out), accelerator.is_main_process
@@ -171,6 +187,7 @@ def run(config: PolicyConfig) -> dict[str, Any]:
         prepare_run_dir(out, "train-policy", _options(config), config.resume, identity=("algo",))
     accelerator.wait_for_everyone()
     print_settings(config, main)
+    log(f"generation: {backend}", main)
     from rlhfctl.training.policy_run import train
 
     return train(config, records, eval_records, accelerator, out, _options(config))

@@ -13,6 +13,7 @@ from rlhfctl.console import Progress, log
 from rlhfctl.generation.base import derive_seed
 from rlhfctl.training.experience import AdvantageSettings, collect, load_rm_handle
 from rlhfctl.training.loop import METRICS, MetricsLog, adamw, batch_stream, rng_state, set_rng_state, shard
+from rlhfctl.training.policy_engine import policy_generator
 from rlhfctl.training.policy_update import Models, update
 
 
@@ -41,7 +42,6 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any]:
 
 
 def train(config, records, eval_records, accelerator, out: Path, options: dict[str, Any]) -> dict[str, Any]:
-    from rlhfctl.generation.hf import HFGenerator
     from rlhfctl.models import save_model
 
     main = accelerator.is_main_process
@@ -51,11 +51,13 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
                                  gamma=config.gamma, lam=config.lam, whiten_advantages=config.algo == "ppo")
     start = restore(out, models, accelerator) if config.resume else 0
     metrics = MetricsLog(out / METRICS, start, enabled=main)
-    generator = HFGenerator(accelerator.unwrap_model(models.policy), tokenizer)
+    policy = accelerator.unwrap_model(models.policy)
+    generator = policy_generator(config, policy, tokenizer, accelerator)
+    generator.update_weights(policy)  # a vLLM engine starts from the policy's weights: the SFT model or a resumed checkpoint
     stream = batch_stream([1] * len(records), config.prompts_per_step, config.seed, start)
     history: list[dict[str, Any]] = []
     if start == 0 and eval_records:
-        history.append({"step": 0, "eval_pass@1": evaluate(generator, eval_records, config, accelerator)})
+        history.append({"step": 0, "eval_pass@1": evaluate(generator, models.policy, eval_records, config, accelerator)})
         metrics.write(history[-1])
     with Progress(f"train-policy ({config.algo})", config.max_steps, start, main) as progress:
         for step in range(start + 1, config.max_steps + 1):
@@ -65,10 +67,12 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
             seed = derive_seed(config.seed, step, accelerator.process_index)
             exp, stats = collect(models.policy, ref, models.critic, generator, [records[i] for i in mine], config, settings,
                                  rm, accelerator, seed)
+            generator.sleep()  # a vLLM engine releases its GPU memory while the policy trains...
             stats.update(update(models, exp, config, accelerator, step, seed))
+            generator.update_weights(policy)  # ...and samples from the updated policy from here on
             row = {"step": step, "epoch": epoch, **stats, "seconds": time.perf_counter() - tic}
             if eval_records and (step % config.eval_every == 0 or step == config.max_steps):
-                row["eval_pass@1"] = evaluate(generator, eval_records, config, accelerator)
+                row["eval_pass@1"] = evaluate(generator, models.policy, eval_records, config, accelerator)
             metrics.write(row)
             history.append(row)
             progress.advance(f"reward {stats.get('reward_raw_mean', 0):.3f}")
@@ -84,7 +88,7 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
     return results
 
 
-def evaluate(generator, records, config, accelerator) -> float | None:
+def evaluate(generator, policy, records, config, accelerator) -> float | None:
     """Greedy pass@1 on the eval prompts (main process; the others wait)."""
     from rlhfctl.data import render_prompt
     from rlhfctl.generation.base import SamplingParams
@@ -92,7 +96,6 @@ def evaluate(generator, records, config, accelerator) -> float | None:
 
     value = None
     if accelerator.is_main_process:
-        generator.model.eval()
         params = SamplingParams(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens, batch_size=64, seed=config.seed)
         texts = [render_prompt(r["prompt"], generator.tokenizer) for r in records]
         samples = generator.generate(texts, params, keys=[r["id"] for r in records])

@@ -11,7 +11,6 @@ train-policy (sleep, wake-up, weight updates under a timeout). Tests marked
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
@@ -280,13 +279,13 @@ def test_sleep_then_update_wakes_the_weights_first_and_the_kv_cache_after_the_lo
 
 def test_a_stuck_weight_update_is_an_error_not_a_hang(vllm):
     gen, policy = _policy_engine(vllm, timeout=0.3)
-    gen.llm.hang = threading.Event()
+    gen.llm.hang_on_apply = 1
     tic = time.perf_counter()
     try:
         with pytest.raises(EngineError, match=r"^vLLM weight update did not finish in 0.3 s: the engine looks stuck"):
             gen.update_weights(policy)
     finally:
-        gen.llm.hang.set()
+        vllm.RELEASE.set()
     assert time.perf_counter() - tic < 5
     assert EngineError.exit_code == 1
 
