@@ -179,7 +179,7 @@ def run(config: PolicyConfig) -> dict[str, Any]:
     accelerator = Accelerator()
     from rlhfctl.training.policy_engine import policy_backend
 
-    backend = policy_backend(config, accelerator)  # a missing vllm fails here, before the run folder exists
+    policy_backend(config, accelerator)  # a missing vllm fails here, before the run folder exists
     if config.prompts_per_step % accelerator.num_processes:
         raise ConfigError(f"--prompts-per-step {config.prompts_per_step} must be a multiple of the {accelerator.num_processes} ranks")
     out, main = Path(config.out), accelerator.is_main_process
@@ -187,7 +187,6 @@ def run(config: PolicyConfig) -> dict[str, Any]:
         prepare_run_dir(out, "train-policy", _options(config), config.resume, identity=("algo",))
     accelerator.wait_for_everyone()
     print_settings(config, main)
-    log(f"generation: {backend}", main)
     from rlhfctl.training.policy_run import train
 
     return train(config, records, eval_records, accelerator, out, _options(config))

@@ -36,8 +36,18 @@ def policy_backend(config, accelerator) -> str:
 
 
 def policy_generator(config, policy: Any, tokenizer: Any, accelerator) -> Any:
-    """The generator for ``policy`` (an unwrapped module): itself, or a vLLM engine built from ``config.model``."""
-    if policy_backend(config, accelerator) == "hf":
+    """The generator for ``policy`` (an unwrapped module): itself, or a vLLM engine built from ``config.model``.
+
+    The engine loads full weights, not LoRA adapters, so ``auto`` generates
+    a LoRA policy with hf (an explicit ``vllm`` is refused by the engine).
+    """
+    from rlhfctl.console import log
+
+    backend = policy_backend(config, accelerator)
+    if backend == "vllm" and config.backend == "auto" and getattr(policy, "peft_config", None):
+        backend = "hf"
+    log(f"generation: {backend}", accelerator.is_main_process)
+    if backend == "hf":
         from rlhfctl.generation.hf import HFGenerator
 
         return HFGenerator(policy, tokenizer)

@@ -115,6 +115,21 @@ def test_bad_generation_flags_fail_before_the_run_folder_exists(args, pattern, r
     assert not (tmp_path / "run").exists()
 
 
+def test_auto_generates_a_lora_policy_with_hf(vllm, monkeypatch):
+    from rlhfctl.generation.hf import HFGenerator
+    from rlhfctl.models import load_causal_lm, load_tokenizer
+    from rlhfctl.training.policy import PolicyConfig
+    from rlhfctl.training.policy_engine import policy_generator
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    policy, one = load_causal_lm("toy:tiny"), SimpleNamespace(num_processes=1, is_main_process=True)
+    assert policy_generator(PolicyConfig("p", "toy:tiny", "o"), policy, load_tokenizer("toy:tiny"), one).name == "vllm"
+    policy.peft_config = {"default": object()}
+    assert isinstance(policy_generator(PolicyConfig("p", "toy:tiny", "o"), policy, load_tokenizer("toy:tiny"), one), HFGenerator)
+    with pytest.raises(ConfigError, match="not LoRA adapters"):
+        policy_generator(PolicyConfig("p", "toy:tiny", "o", backend="vllm"), policy, load_tokenizer("toy:tiny"), one)
+
+
 def test_several_ranks_generate_with_hf_and_refuse_vllm(vllm):
     from rlhfctl.training.policy import PolicyConfig
     from rlhfctl.training.policy_engine import policy_backend
