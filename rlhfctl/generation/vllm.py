@@ -107,13 +107,14 @@ class VLLMGenerator:
         n greedy rows are identical anyway.
         """
         greedy = params.temperature == 0
+        eos = self.tokenizer.eos_token_id
         return self.vllm.SamplingParams(
             n=1 if greedy else params.n,
             temperature=params.temperature,
             top_p=1.0 if greedy else params.top_p,
             max_tokens=params.max_new_tokens,
             seed=derive_seed(params.seed, key) % SEED_MODULUS,
-            stop_token_ids=[self.tokenizer.eos_token_id],
+            stop_token_ids=None if eos is None else [eos],  # no eos: every response runs to max_tokens, as with hf
             detokenize=False,  # decoded by rlhfctl's tokenizer, as the HF backend does
             logprobs=0 if self.with_logprobs else None,  # 0: only the sampled token's log-probability
         )

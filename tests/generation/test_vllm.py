@@ -344,3 +344,17 @@ def test_real_vllm_sampling_is_seeded(sft_run, toy_dir, tmp_path, cli):
         proc = cli("rollout", toy_dir / "test.jsonl", "--out", tmp_path / f"{name}.jsonl", *args, timeout=900)
         assert proc.returncode == 0, proc.stderr
     assert read_jsonl(tmp_path / "a.jsonl") == read_jsonl(tmp_path / "b.jsonl")
+
+
+@pytest.mark.vllm
+def test_real_vllm_in_train_policy_samples_from_the_policy(sft_run, toy_dir, tmp_path, cli):
+    _real_vllm()
+    out = tmp_path / "grpo"
+    proc = cli("train-policy", toy_dir / "train.jsonl", "--model", sft_run.path, "--out", out, "--verifier", "math",
+               "--n", "4", "--prompts-per-step", "4", "--max-steps", "3", "--max-new-tokens", "32", "--lr", "1e-3",
+               "--backend", "vllm", "--gpu-memory-utilization", "0.2", "--vllm-sync-timeout", "120", "--json", timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    assert "generation: vllm" in proc.stderr
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["vllm_logprob_abs_diff"] < 1e-3 for r in rows), [r["vllm_logprob_abs_diff"] for r in rows]
