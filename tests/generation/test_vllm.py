@@ -27,7 +27,8 @@ PROMPTS = ["Compute 1+2.\n", "Compute 31+5+30-49+38.\n", "Compute 12-3+4.\n", "C
 
 @pytest.fixture
 def vllm(monkeypatch):
-    """A fake vllm in sys.modules (removed after the test)."""
+    """A fake vllm in sys.modules (removed after the test); the HF backend on the CPU, where the fake computes."""
+    monkeypatch.setenv("RLHFCTL_DEVICE", "cpu")
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
     monkeypatch.delenv("VLLM_LOGGING_STREAM", raising=False)
     return fake_vllm.install(monkeypatch)
