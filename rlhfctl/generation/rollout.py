@@ -36,7 +36,9 @@ def task_of(record: Record) -> str | None:
 
 
 def check_graders(records: list[Record], path: str) -> None:
-    """Fail before any generation if a record names a task with no grader."""
+    """Fail before any generation if a record names a task with no grader, or
+    cannot be graded (an mcq gold that is no choice, code without valid tests,
+    a code sandbox that cannot run programs here)."""
     from rlhfctl.grading import get_grader, known_tasks
 
     for i, r in enumerate(records):
@@ -52,6 +54,17 @@ def check_graders(records: list[Record], path: str) -> None:
                 gold_letter(r)
             except DataError as e:
                 raise DataError(path, i + 1, e.problem, e.field) from None
+        if task == "code":
+            from rlhfctl.grading.code import parse_tests
+
+            try:
+                parse_tests(r.get("tests"))
+            except DataError as e:
+                raise DataError(path, i + 1, e.problem, e.field) from None
+    if any(task_of(r) == "code" for r in records):
+        from rlhfctl.grading.sandbox import ensure_working
+
+        ensure_working()  # a machine where programs cannot run fails now, not after generating
 
 
 def grade(record: Record, responses: list[str]) -> list[bool] | None:

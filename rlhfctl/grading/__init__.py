@@ -1,15 +1,18 @@
 """Answer graders, looked up by task name.
 
-Importing this package registers the built-in graders: `math` and `mcq`.
+Importing this package registers the built-in graders: `math`, `mcq` and
+`code` (programs run against tests in `sandbox`).
 """
 
 from __future__ import annotations
 
+from rlhfctl.grading.code import CodeGrader
 from rlhfctl.grading.math import MathGrader
 from rlhfctl.grading.mcq import MCQGrader
 from rlhfctl.grading.registry import Grader, get_grader, known_tasks, register
 
 register(MathGrader())
 register(MCQGrader())
+register(CodeGrader())
 
-__all__ = ["Grader", "MathGrader", "MCQGrader", "get_grader", "known_tasks", "register"]
+__all__ = ["CodeGrader", "Grader", "MathGrader", "MCQGrader", "get_grader", "known_tasks", "register"]

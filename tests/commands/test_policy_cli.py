@@ -206,11 +206,12 @@ def test_bad_reward_model(case, run_main, toy_dir, sft_run, tmp_path):
         (["--mini-batch-size", "3", "--verifier", "math"], r"--mini-batch-size must divide prompts-per-step × n = 4, got 3"),
         (["--algo", "ppo", "--critic-init", "rm", "--verifier", "math"], r"--critic-init rm needs --rm DIR"),
         (["--model", "toy:huge", "--verifier", "math"], r"unknown toy size 'huge'"),
-        (["--verifier", "poetry"], r"unknown --verifier 'poetry': choose one of math, mcq, or auto"),
+        (["--verifier", "poetry"], r"unknown --verifier 'poetry': choose one of code, math, mcq, or auto"),
         (["--verifier", "mcq"], r"train.jsonl:1: field 'answer': mcq answer '\d+' is neither a letter nor one of the choices"),
+        (["--verifier", "code"], r"train.jsonl:1: field 'tests': missing: code grading needs tests"),
     ],
     ids=["grpo-n1", "clip-range-order", "clip-range-form", "no-reward", "algo", "loss-agg", "kl-estimator", "mini-batch",
-         "critic-init", "model", "verifier", "mcq-gold"],
+         "critic-init", "model", "verifier", "mcq-gold", "code-tests"],
 )
 def test_bad_flags(extra, pattern, run_main, toy_dir, sft_run, tmp_path):
     r = run_main(*_policy_args(toy_dir, sft_run, tmp_path / "run", *extra))

@@ -12,8 +12,8 @@ GRADER = get_grader("math")
 def test_registry():
     assert isinstance(GRADER, MathGrader)
     assert GRADER.name == "math"
-    assert known_tasks() == ["math", "mcq"]
-    with pytest.raises(ConfigError, match="known graders: math, mcq"):
+    assert known_tasks() == ["code", "math", "mcq"]
+    with pytest.raises(ConfigError, match="known graders: code, math, mcq"):
         get_grader("poetry")
 
 
