@@ -8,8 +8,9 @@ from rlhfctl.commands._options import ConfigOpt, JsonOpt, SeedOpt, print_summary
 
 
 def toy_data(
-    out_dir: Annotated[str, typer.Argument(help="Folder for sft.jsonl, train.jsonl, test.jsonl, prefs_style.jsonl and toy.json.")],
+    out_dir: Annotated[str, typer.Argument(help="Folder for sft.jsonl, train.jsonl, test.jsonl, prefs_style.jsonl and toy.json (--task mcq/code: mcq_*/code_* files).")],
     seed: SeedOpt = 0,
+    kind: Annotated[str, typer.Option("--task", help="Form of the problems, one per grader: math (steps, `Answer: 64`), mcq (four lettered options, `Answer: B`; writes mcq_sft/train/test.jsonl) or code (a program reading x from stdin, graded by stdin/stdout tests in the sandbox; writes code_sft/train/test.jsonl).")] = "math",
     n_sft: Annotated[int, typer.Option("--sft", help="SFT demonstrations (prompt, completion); 64000 is 1000 steps of train-sft at its defaults.")] = 64000,
     n_train: Annotated[int, typer.Option("--train", help="Training prompts with answers (for rollout / RL).")] = 2000,
     n_test: Annotated[int, typer.Option("--test", help="Held-out test prompts with answers.")] = 500,
@@ -20,7 +21,7 @@ def toy_data(
     max_operand: Annotated[int, typer.Option("--max-operand", help="Largest number added or subtracted.")] = 49,
     carry_rate: Annotated[float, typer.Option("--carry-rate", help="Chance that an operation needs a units-column carry or borrow.")] = 0.25,
     slip_kind: Annotated[str, typer.Option("--slip-kind", help="Slip taught in the SFT demonstrations: carry (a needed carry or borrow is forgotten; a later slip can cancel an earlier one), carry-add (only carries in additions; slips never cancel), or none.")] = "carry",
-    slip_rate: Annotated[float, typer.Option("--slip-rate", help="Chance that a demonstration makes the slip where it can.")] = 0.7,
+    slip_rate: Annotated[float, typer.Option("--slip-rate", help="Chance that a demonstration makes the slip where it can (--task code: the program forgets int() on its input where the math demonstration would slip).")] = 0.7,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -36,15 +37,23 @@ def toy_data(
     correctness: a solution that shows every step is preferred over a correct
     one that skips them (for the unified reward model, `train-rm`).
 
+    --task mcq and --task code write the same problems for the other two
+    graders, as mcq_*.jsonl and code_*.jsonl (and mcq_toy.json, code_toy.json),
+    so all three forms can live in one folder: multiple choice with the
+    slipped values among the options, or a program
+    (`x=int(input())` / `print(x+58-17)`) checked by stdin/stdout `tests`.
+
     Examples:
 
         rlhfctl toy-data data/toy
 
         rlhfctl toy-data data/toy --seed 1 --sft 5000 --test 200 --slip-rate 0.5
+
+        rlhfctl toy-data data/toy --task code --sft 0 --train 0 --test 50
     """
     from rlhfctl.toy.data import ToyDataConfig, run
     from rlhfctl.toy.task import ToyTaskConfig
 
     task = ToyTaskConfig(min_ops=min_ops, max_ops=max_ops, max_value=max_value, max_operand=max_operand, carry_rate=carry_rate, slip_kind=slip_kind, slip_rate=slip_rate)
-    summary = run(ToyDataConfig(out_dir, task, n_sft, n_train, n_test, n_style, seed))
+    summary = run(ToyDataConfig(out_dir, task, n_sft, n_train, n_test, n_style, seed, kind))
     print_summary(summary, as_json, "toy-data")
