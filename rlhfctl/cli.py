@@ -14,6 +14,7 @@ import typer
 from rlhfctl import __version__
 from rlhfctl.commands.best_of_n import best_of_n
 from rlhfctl.commands.build_prefs import build_prefs
+from rlhfctl.commands.demo import demo
 from rlhfctl.commands.evaluate import evaluate
 from rlhfctl.commands.label_prm import label_prm
 from rlhfctl.commands.report import report
@@ -43,6 +44,7 @@ app.command("train-rm")(train_rm)
 app.command("best-of-n")(best_of_n)
 app.command("train-policy")(train_policy)
 app.command("eval")(evaluate)
+app.command("demo")(demo)
 app.command("report")(report)
 
 

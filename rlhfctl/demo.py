@@ -1,0 +1,199 @@
+"""`rlhfctl demo`: the whole pipeline on the toy task, one real command per stage.
+
+Each stage is an ordinary `rlhfctl` command run in a subprocess, printed
+before it runs so that it can be rerun by hand. A stage is finished when its
+output exists (a model folder's ``rlhfctl.json``, a result JSON), so a rerun
+skips what is done and resumes what was cut off: training stages get
+``--resume`` when their run folder holds a ``run.json``, and rollout /
+label-prm append to their JSONL. The closing table reads the artifacts, not
+the logs, so it is the same however many reruns it took.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlhfctl.errors import RlhfctlError
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much each stage does. `DEFAULT` shows every stage in minutes; `FULL` makes each effect clear."""
+
+    sft_steps: int
+    train_prompts: int
+    test_prompts: int
+    rollout_n: int
+    rm_epochs: float
+    label_completions: int
+    bon_n: int
+    policy_steps: int
+    prompts_per_step: int
+    eval_every: int
+
+
+DEFAULT = Budget(sft_steps=300, train_prompts=400, test_prompts=200, rollout_n=8, rm_epochs=2.0, label_completions=4,
+                 bon_n=16, policy_steps=15, prompts_per_step=8, eval_every=5)
+FULL = Budget(sft_steps=1000, train_prompts=2000, test_prompts=500, rollout_n=8, rm_epochs=2.0, label_completions=8,
+              bon_n=16, policy_steps=60, prompts_per_step=32, eval_every=10)
+SFT_BATCH = 64
+
+
+@dataclass
+class Stage:
+    name: str
+    args: list[str]  # after `rlhfctl`
+    output: Path  # the stage is done when this exists
+    resume_folder: Path | None = None  # training: --resume when this folder holds run.json
+
+    def command(self) -> list[str]:
+        if self.resume_folder is not None and (self.resume_folder / "run.json").exists():
+            return [*self.args, "--resume"]
+        return list(self.args)
+
+    @property
+    def done(self) -> bool:
+        return self.output.exists()
+
+
+@dataclass
+class DemoResult:
+    stages_run: list[str] = field(default_factory=list)
+    stages_skipped: list[str] = field(default_factory=list)
+    table: dict[str, Any] = field(default_factory=dict)
+
+
+def plan(work: Path, budget: Budget, seed: int = 0) -> list[Stage]:
+    """The stages in order, with every path under ``work``."""
+    d = work / "data"
+    test, train = str(d / "test.jsonl"), str(d / "train.jsonl")
+    s = str(seed)
+    stages = [
+        Stage("toy-data", ["toy-data", str(d), "--sft", str(budget.sft_steps * SFT_BATCH), "--train", str(budget.train_prompts),
+                           "--test", str(budget.test_prompts), "--seed", s], d / "toy.json"),
+        Stage("train-sft", ["train-sft", str(d / "sft.jsonl"), "--model", "toy:small", "--out", str(work / "sft"),
+                            "--max-steps", str(budget.sft_steps), "--seed", s], work / "sft" / "rlhfctl.json", work / "sft"),
+        Stage("eval SFT", ["eval", "--model", str(work / "sft"), "--data", test, "--out", str(work / "eval-sft.json")],
+              work / "eval-sft.json"),
+        Stage("rollout (RM data)", ["rollout", train, "--model", str(work / "sft"), "--out", str(work / "rollouts.jsonl"),
+                                    "--n", str(budget.rollout_n), "--seed", s], work / "rollouts.done"),
+        Stage("build-prefs", ["build-prefs", str(work / "rollouts.jsonl"), "--out", str(work / "prefs.jsonl"),
+                              "--pairs-per-prompt", "4", "--binary-per-prompt", "2", "--seed", s], work / "prefs.jsonl"),
+        Stage("train-rm (ORM)", ["train-rm", str(work / "prefs.jsonl"), str(d / "prefs_style.jsonl"), "--model", str(work / "sft"),
+                                 "--out", str(work / "rm"), "--epochs", str(budget.rm_epochs), "--seed", s],
+              work / "rm" / "rlhfctl.json", work / "rm"),
+        Stage("label-prm", ["label-prm", str(work / "rollouts.jsonl"), "--completer", str(work / "sft"), "--out", str(work / "steps.jsonl"),
+                            "--n-completions", str(budget.label_completions), "--max-solutions-per-prompt", "1", "--seed", s],
+              work / "steps.done"),
+        Stage("train-rm --prm", ["train-rm", "--prm", str(work / "steps.jsonl"), "--model", str(work / "sft"), "--out", str(work / "prm"),
+                                 "--epochs", str(budget.rm_epochs), "--seed", s], work / "prm" / "rlhfctl.json", work / "prm"),
+        Stage("rollout (Best-of-N)", ["rollout", test, "--model", str(work / "sft"), "--out", str(work / "rollouts-test.jsonl"),
+                                      "--n", str(budget.bon_n), "--seed", s], work / "rollouts-test.done"),
+        Stage("best-of-n", ["best-of-n", str(work / "rollouts-test.jsonl"), "--rm", str(work / "rm"), "--prm", str(work / "prm"),
+                            "--vote", "majority", "--out", str(work / "bon.json"), "--plot", str(work / "bon.png")],
+              work / "bon.json"),
+    ]
+    for algo in ("ppo", "grpo"):
+        out = work / algo
+        stages.append(Stage(f"train-policy {algo.upper()}", [
+            "train-policy", train, "--model", str(work / "sft"), "--out", str(out), "--algo", algo, "--verifier", "math",
+            "--max-steps", str(budget.policy_steps), "--prompts-per-step", str(budget.prompts_per_step),
+            "--eval-data", test, "--eval-every", str(budget.eval_every), "--seed", s], out / "rlhfctl.json", out))
+        stages.append(Stage(f"eval {algo.upper()}", ["eval", "--model", str(out), "--data", test, "--out", str(work / f"eval-{algo}.json")],
+                            work / f"eval-{algo}.json"))
+    stages.append(Stage("report", ["report", str(work / "ppo"), str(work / "grpo"), str(work / "bon.json"),
+                                   str(work / "eval-sft.json"), str(work / "eval-ppo.json"), str(work / "eval-grpo.json"),
+                                   "--out", str(work / "report")], work / "report" / "report.md"))
+    return stages
+
+
+# Rollout and label-prm append to a JSONL as they go, so their JSONL existing
+# does not mean they finished: the demo marks them done itself.
+APPEND_STAGES = {"rollout (RM data)": "rollouts.done", "label-prm": "steps.done", "rollout (Best-of-N)": "rollouts-test.done"}
+
+
+def check_budget(budget: Budget) -> None:
+    """One line for a budget no stage can run with."""
+    from rlhfctl.errors import ConfigError
+
+    for name, value in vars(budget).items():
+        if value <= 0:
+            raise ConfigError(f"demo: {name.replace('_', '-')} must be positive, got {value}")
+    if budget.train_prompts < budget.prompts_per_step:
+        raise ConfigError(f"demo: --train-prompts {budget.train_prompts} is below the {budget.prompts_per_step} prompts per policy step")
+
+
+def shown(args: list[str]) -> str:
+    return "rlhfctl " + " ".join(shlex.quote(a) for a in args)
+
+
+def run(work: Path, budget: Budget, seed: int = 0, echo=print) -> DemoResult:
+    """Run every unfinished stage in order; raise `StageFailed` on the first that fails."""
+    work.mkdir(parents=True, exist_ok=True)
+    stages = plan(work, budget, seed)
+    result = DemoResult()
+    echo_overview(stages, echo)
+    for i, stage in enumerate(stages, 1):
+        head = f"[{i}/{len(stages)}] {stage.name}"
+        if stage.done:
+            echo(f"{head}: done, skipped")
+            result.stages_skipped.append(stage.name)
+            continue
+        args = stage.command()
+        echo(f"{head}\n  $ {shown(args)}")
+        tic = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "rlhfctl", *args], stdout=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise StageFailed(stage.name, shown(args), proc.returncode)
+        if stage.name in APPEND_STAGES:
+            stage.output.write_text("")
+        echo(f"  finished in {time.perf_counter() - tic:.0f} s")
+        result.stages_run.append(stage.name)
+    result.table = summary_table(work)
+    return result
+
+
+def echo_overview(stages: list[Stage], echo) -> None:
+    todo = [s.name for s in stages if not s.done]
+    echo(f"{len(stages)} stages, {len(stages) - len(todo)} done already: " + " → ".join(s.name for s in stages))
+
+
+class StageFailed(RlhfctlError):
+    def __init__(self, name: str, command: str, code: int):
+        super().__init__(f"demo stage '{name}' failed (exit {code}): {command}; fix it and rerun `rlhfctl demo` to resume")
+        self.exit_code = code if code in (1, 2) else 1
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def summary_table(work: Path) -> dict[str, Any]:
+    """The closing numbers, read from the artifacts (None where one is missing)."""
+    table: dict[str, Any] = {}
+    for name, file in (("SFT pass@1 (greedy)", "eval-sft.json"), ("PPO pass@1 (greedy)", "eval-ppo.json"),
+                       ("GRPO pass@1 (greedy)", "eval-grpo.json")):
+        data = _read(work / file)
+        table[name] = data.get("pass@1") if data else None
+    bon = _read(work / "bon.json")
+    if bon:
+        n_max = bon["n"][-1]
+        for label, key in (("oracle", "oracle"), ("ORM", "rm"), ("PRM (min)", "prm-min"), ("majority vote", "majority")):
+            curve = bon["curves"].get(key)
+            table[f"Best-of-{n_max} {label}"] = curve[-1] if curve else None
+        table["sampled pass@1 (T=1)"] = bon["curves"]["oracle"][0]
+    rm = _read(work / "rm" / "rlhfctl.json")
+    table["ORM held-out pair accuracy"] = rm.get("results", {}).get("pair_accuracy") if rm else None
+    prm = _read(work / "prm" / "rlhfctl.json")
+    table["PRM held-out step accuracy"] = prm.get("results", {}).get("step_accuracy") if prm else None
+    return table
