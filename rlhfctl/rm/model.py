@@ -30,6 +30,11 @@ class TokenValues(torch.nn.Module):
         if not hasattr(model, "score"):
             raise ModelError(f"{type(model).__name__} has no 'score' head: not supported as a reward model")
 
+    @property
+    def _no_split_modules(self):
+        """The decoder-layer classes, for FSDP's transformer auto-wrap (accelerate reads this)."""
+        return getattr(self.model, "_no_split_modules", None)
+
     def forward(self, input_ids, attention_mask, position_ids=None):
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state  # (B, T, H)
         return self.model.score(hidden).squeeze(-1)  # (B, T, 1) -> (B, T)

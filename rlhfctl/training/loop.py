@@ -130,8 +130,8 @@ def prepare_run_dir(out: Path, command: str, options: dict[str, Any], resume: bo
         earlier = json.loads(run_file.read_text())
         if earlier.get("command") != command:
             raise ConfigError(f"{out} holds a {earlier.get('command')} run, not {command}: choose another --out")
-        for key in identity:
-            if earlier["options"].get(key) != options.get(key):
+        for key in identity:  # a key the first run did not record is not checked
+            if earlier["options"].get(key, options.get(key)) != options.get(key):
                 raise ConfigError(
                     f"{out} was started with --{key.replace('_', '-')} {earlier['options'].get(key)}, "
                     f"cannot resume it with {options.get(key)}"
@@ -194,8 +194,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_training_state(run_dir: Path, step: int, accelerator, model, optimizer, scheduler, extra: dict[str, Any], keep: int) -> None:
-    """All ranks call this (sharded weights are gathered); rank 0 writes."""
-    weights = accelerator.get_state_dict(model)
+    """All ranks call this (sharded weights are gathered); rank 0 writes. Frozen weights are left out."""
+    from rlhfctl.training.scale import checkpoint_weights
+
+    weights = checkpoint_weights(accelerator, model)
     if accelerator.is_main_process:
         state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(), **extra}
         save_checkpoint(run_dir, step, weights, state, keep=keep)
@@ -207,9 +209,11 @@ def restore_training_state(run_dir: Path, accelerator, model, optimizer, schedul
     found = latest_checkpoint(run_dir)
     if found is None:
         return 0, {}
+    from rlhfctl.training.scale import load_weights
+
     _, path = found
     weights, state = load_checkpoint(path)
-    accelerator.unwrap_model(model).load_state_dict(weights)
+    load_weights(accelerator.unwrap_model(model), weights, str(path))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
@@ -232,10 +236,17 @@ class Training:
 
 
 def start_training(accelerator, model, schedule: Schedule, total: int, out: Path, resume: bool) -> Training:
-    """AdamW + warmup-cosine, prepared by accelerate, restored from a checkpoint on resume."""
+    """AdamW + warmup-cosine, prepared by accelerate, restored from a checkpoint on resume.
+
+    The optimizer holds only the parameters that train (with LoRA: adapters
+    and heads), so frozen weights cost no optimizer memory.
+    """
     import torch
 
-    optimizer = adamw(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
+    from rlhfctl.training.scale import check_resumable, trainable_parameters
+
+    check_resumable(accelerator, resume)
+    optimizer = adamw(trainable_parameters(model), lr=schedule.lr, weight_decay=schedule.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(schedule.warmup_ratio * total)))
     if schedule.compile:
         compile_model(model)
@@ -315,8 +326,15 @@ def optimizer_step(run: Training, max_grad_norm: float) -> float | None:
     """Clip, step, schedule, zero; returns the pre-clip gradient norm."""
     grad_norm = None
     if max_grad_norm > 0:
-        grad_norm = float(run.accelerator.clip_grad_norm_(run.model.parameters(), max_grad_norm))
+        grad_norm = clip_gradients(run.accelerator, run.model, max_grad_norm)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     return grad_norm
+
+
+def clip_gradients(accelerator, model, max_grad_norm: float) -> float | None:
+    """Clip to ``max_grad_norm``; the pre-clip norm. DeepSpeed clips inside its own step
+    (its config's ``gradient_clipping``) and may report no norm: then None."""
+    norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    return None if norm is None else float(norm)

@@ -17,6 +17,7 @@ from rlhfctl.rl.aggregation import DENOMINATOR_UNIT, LOSS_AGGREGATIONS
 from rlhfctl.rl.kl import KL_ESTIMATORS
 from rlhfctl.rl.losses import clipped_policy_loss, clipped_value_loss
 from rlhfctl.training.experience import Experience, response_logprobs, response_values
+from rlhfctl.training.loop import clip_gradients
 
 
 @dataclass
@@ -91,7 +92,7 @@ def _global_count(mask, loss_agg: str, accelerator):
 def _step(model, optimizer, max_grad_norm: float, accelerator) -> float | None:
     grad_norm = None
     if max_grad_norm > 0:
-        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm))
+        grad_norm = clip_gradients(accelerator, model, max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm

@@ -1,0 +1,247 @@
+"""Training past one device's comfort: bf16, gradient checkpointing, LoRA, sharding.
+
+`ScaleOptions` holds the flags `--bf16`, `--gradient-checkpointing` and
+`--lora-*` that train-sft, train-rm and train-policy share. The helpers
+below keep the loops the same under DDP, FSDP and DeepSpeed ZeRO-3: weights
+are gathered by accelerate before anything is written, only rank 0 writes,
+and forward passes outside training go through the wrapped model wherever
+the weights are sharded.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from rlhfctl.errors import ConfigError, ModelError
+
+# Wrappers that FSDP and activation checkpointing put into parameter names;
+# state dicts from accelerate never carry them.
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+@dataclass(frozen=True)
+class ScaleOptions:
+    bf16: bool = False  # bf16 mixed precision (accelerate autocast); weights and optimizer stay fp32
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass
+    lora_r: int = 0  # LoRA rank; 0 trains every weight
+    lora_alpha: float | None = None  # LoRA scale α (the update is α/r · B·A); default 2r
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"  # comma-separated module names, or every linear layer but the heads
+
+    @property
+    def lora(self) -> bool:
+        return self.lora_r > 0
+
+    @property
+    def alpha(self) -> float:
+        return float(self.lora_alpha) if self.lora_alpha is not None else 2.0 * self.lora_r
+
+    def check(self) -> None:
+        if self.lora_r < 0:
+            raise ConfigError(f"--lora-r must be 0 (off) or positive, got {self.lora_r}")
+        if not self.lora:
+            return
+        if self.alpha <= 0:
+            raise ConfigError(f"--lora-alpha must be positive, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_target_modules.strip(" ,"):
+            raise ConfigError("--lora-target-modules is empty: name modules (q_proj,v_proj) or give all-linear")
+        from rlhfctl.training.lora import require_peft
+
+        require_peft()
+
+    def as_options(self) -> dict[str, Any]:
+        """One key per flag for the manifest, with α resolved (LoRA settings only when LoRA is on)."""
+        options: dict[str, Any] = {"bf16": self.bf16, "gradient_checkpointing": self.gradient_checkpointing, "lora_r": self.lora_r}
+        if self.lora:
+            options.update(lora_alpha=self.alpha, lora_dropout=self.lora_dropout, lora_target_modules=self.lora_target_modules)
+        return options
+
+
+# A resumed run must rebuild the same trainable parameters as the first run.
+RESUME_IDENTITY = ("lora_r", "lora_alpha", "lora_target_modules")
+
+
+def make_accelerator(bf16: bool):
+    """An `Accelerator`; with ``bf16``, bf16 mixed precision (autocast on CPUs and GPUs alike).
+
+    Without ``bf16`` the precision is the launcher's (`accelerate launch
+    --mixed_precision` or a config file), so a DeepSpeed or FSDP config that
+    asks for bf16 still gets it.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # Accelerate keeps its precision in a process-wide singleton: a second run
+    # in one process (a notebook, the tests) would inherit the first run's, or
+    # fail to change it. rlhfctl makes one Accelerator per run, so start afresh.
+    AcceleratorState._reset_state()
+    try:
+        accelerator = Accelerator(mixed_precision="bf16" if bf16 else None)
+    except ValueError as e:
+        raise ConfigError(f"--bf16: this device cannot train in bf16 ({str(e).splitlines()[0]})") from None
+    _set_deepspeed_micro_batch(accelerator)
+    return accelerator
+
+
+def _set_deepspeed_micro_batch(accelerator) -> None:
+    """DeepSpeed wants a micro-batch size before `prepare`, and accelerate reads it from a
+    dataloader, which rlhfctl does not use (it shards its own batches). With one backward
+    pass per optimiser step the number only feeds DeepSpeed's bookkeeping: say 1."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.is_auto("train_micro_batch_size_per_gpu"):
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
+
+
+def prepare_model(model, scale: ScaleOptions, heads: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Gradient checkpointing and LoRA adapters, in place, before accelerate wraps the model.
+
+    ``heads`` are modules that train in full next to the adapters (a reward
+    model's ``score``). Returns what the manifest should record of it.
+    """
+    if scale.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if not scale.lora:
+        return {}
+    from rlhfctl.training.lora import add_adapters
+
+    targets = add_adapters(model, scale, heads)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"lora": {"target_modules": targets, "trainable_parameters": trainable}}
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in the backward pass (a Hugging Face model).
+
+    Non-reentrant checkpointing needs no input that requires grad, so it also
+    works when LoRA freezes the embeddings. Newer transformers renamed the
+    method (the old name warns); both take the same settings.
+    """
+    settings = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=settings)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=settings)
+
+
+def trainable_parameters(model) -> list:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def is_sharded(accelerator) -> bool:
+    """True where no rank holds every weight: FSDP, or DeepSpeed ZeRO stage 3."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
+def check_resumable(accelerator, resume: bool) -> None:
+    """Checkpoints hold rank 0's optimizer state, which under FSDP and DeepSpeed is only its shard."""
+    from accelerate.utils import DistributedType
+
+    if resume and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(f"--resume is not supported under {accelerator.distributed_type.value}: the optimizer state is "
+                          "sharded and checkpoints keep rank 0's part only; use DDP to resume")
+
+
+def check_frozen_outer_weights(accelerator, scale: ScaleOptions, command: str) -> None:
+    """Refuse LoRA on a causal LM under FSDP version 1.
+
+    With LoRA every weight outside the decoder layers (embeddings, final norm,
+    lm_head) is frozen, so FSDP's outer unit gets no gradient; after the first
+    backward pass torch leaves those weights as plain tensors and FSDP's state
+    dict no longer finds them (seen with torch 2.11 on a GPU and 2.13 on a
+    CPU). A reward model is spared: its trainable score head sits in that unit.
+    """
+    from accelerate.utils import DistributedType
+
+    if scale.lora and accelerator.distributed_type == DistributedType.FSDP and not getattr(accelerator, "is_fsdp2", False):
+        raise ConfigError(f"{command} --lora-r does not run under FSDP version 1 (torch loses the frozen embeddings and lm_head "
+                          "from the state dict): use DDP, where the adapters' optimizer state is small")
+
+
+def model_for_inference(accelerator, model):
+    """The module to call for forward passes outside training (held-out scoring).
+
+    The bare module where each rank holds all weights; the wrapped one where
+    they are sharded, which gathers them layer by layer (every rank must then
+    make the same calls).
+    """
+    return model if is_sharded(accelerator) else accelerator.unwrap_model(model)
+
+
+@contextmanager
+def full_weights(accelerator, model):
+    """Every weight of ``model`` present on every rank for the duration (HF generation).
+
+    ZeRO-3 gathers them (all ranks must enter); elsewhere they already are.
+    FSDP is refused earlier: its layers gather per forward pass, so ranks
+    that stop decoding at different steps would wait on each other for ever.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and is_sharded(accelerator):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            yield
+    else:
+        yield
+
+
+# --- weights on disk --------------------------------------------------------------
+
+def frozen_parameter_names(model) -> set[str]:
+    """State-dict names of the parameters that never train (a LoRA run's base model)."""
+    return {_plain_name(n) for n, p in model.named_parameters() if not p.requires_grad}
+
+
+def _plain_name(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def checkpoint_weights(accelerator, model) -> dict[str, Any]:
+    """The weights a checkpoint keeps: the full state dict less frozen parameters.
+
+    With LoRA that is the adapters and heads, megabytes instead of the whole
+    model; the frozen base comes back from ``--model`` on resume. All ranks
+    call this (sharded weights are gathered); ranks other than 0 may get {}.
+    """
+    state = accelerator.get_state_dict(model)
+    frozen = frozen_parameter_names(accelerator.unwrap_model(model))
+    return {k: v for k, v in state.items() if k not in frozen}
+
+
+def load_weights(model, weights: dict[str, Any], where: str) -> None:
+    """Load a checkpoint's weights; the parameters it leaves out must be frozen ones."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    frozen = frozen_parameter_names(model)
+    absent = [k for k in missing if k not in frozen]
+    if absent or unexpected:
+        names = ", ".join((absent or unexpected)[:3])
+        raise ModelError(f"{where}: checkpoint does not fit the model ({'missing' if absent else 'unexpected'}: {names}); "
+                         "was the run started with other --model or --lora-* flags?")
+
+
+def final_state_dict(accelerator, model, scale: ScaleOptions, prefix: str = "") -> dict[str, Any] | None:
+    """The full state dict to publish (rank 0; None elsewhere), LoRA adapters merged in.
+
+    ``prefix`` selects a submodule's weights (``model.`` for the Hugging Face
+    model inside `TokenValues`). All ranks must call this.
+    """
+    state = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return None
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if scale.lora:
+        from rlhfctl.training.lora import merge_adapters
+
+        state = merge_adapters(state, scale.alpha / scale.lora_r)
+    return state
