@@ -65,6 +65,17 @@ MaxLengthOpt = Annotated[int, typer.Option("--max-length", help="Longest sequenc
 SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Write a checkpoint every this many steps.")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the model (TorchInductor): faster steps after a one-off compilation of tens of seconds; on a CPU it needs a C++ compiler.")]
+Bf16Opt = Annotated[bool, typer.Option(
+    "--bf16", help="bf16 mixed precision (accelerate autocast; weights and optimizer stay fp32). Works on CPUs too, slower there.")]
+GradCheckpointOpt = Annotated[bool, typer.Option(
+    "--gradient-checkpointing", help="Recompute activations in the backward pass: less memory, about a third more compute.")]
+LoraROpt = Annotated[int, typer.Option(
+    "--lora-r", help="Train LoRA adapters of this rank (needs peft) instead of every weight; 0 is off. The saved model has them merged in.")]
+LoraAlphaOpt = Annotated[Optional[float], typer.Option(
+    "--lora-alpha", help="LoRA scale α: the update is α/r · B·A. Default: 2 × --lora-r.", show_default=False)]
+LoraDropoutOpt = Annotated[float, typer.Option("--lora-dropout", help="Dropout on the LoRA branch's input.")]
+LoraTargetsOpt = Annotated[str, typer.Option(
+    "--lora-target-modules", help="Comma-separated module names to adapt (e.g. q_proj,v_proj), or all-linear: every linear layer but the output heads.")]
 NOpt = Annotated[int, typer.Option("--n", "-n", help="Responses sampled per prompt.")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")]
 TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the smallest token set with this much probability.")]

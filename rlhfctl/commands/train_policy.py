@@ -5,8 +5,8 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    BackendOpt, ConfigOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TemperatureOpt,
-    TopPOpt, print_summary,
+    BackendOpt, Bf16Opt, ConfigOpt, GpuMemoryOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt,
+    LoraTargetsOpt, MaxNewTokensOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TemperatureOpt, TopPOpt, print_summary,
 )
 
 _F = typer.Option
@@ -55,6 +55,12 @@ def train_policy(
     eval_max_prompts: Annotated[int, _F("--eval-max-prompts", help="Evaluate on at most this many eval prompts.")] = 200,
     seed: SeedOpt = 0,
     resume: ResumeOpt = False,
+    bf16: Bf16Opt = False,
+    gradient_checkpointing: GradCheckpointOpt = False,
+    lora_r: LoraROpt = 0,
+    lora_alpha: LoraAlphaOpt = None,
+    lora_dropout: LoraDropoutOpt = 0.0,
+    lora_target_modules: LoraTargetsOpt = "all-linear",
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -75,15 +81,22 @@ def train_policy(
     `vllm_logprob_abs_diff`, the mean |log π_vLLM - log π_policy| of the
     sampled tokens (near 0 when the engine samples from the policy).
 
+    With --lora-r the policy (and the PPO critic, with its value head) trains
+    LoRA adapters, the reference is the policy with its adapters switched off,
+    and the saved policy has the adapters merged in.
+
     Examples:
 
         rlhfctl train-policy data/toy/train.jsonl --model runs/sft --out runs/grpo --algo grpo --verifier math --eval-data data/toy/test.jsonl
 
         rlhfctl train-policy data/toy/train.jsonl --model runs/sft --out runs/ppo --algo ppo --rm runs/rm --verifier math --max-steps 40
+
+        rlhfctl train-policy data/toy/train.jsonl --model runs/sft --out runs/grpo-lora --verifier math --lora-r 8 --bf16
     """
     from rlhfctl.errors import ConfigError
     from rlhfctl.rl.shaping import Shaping
     from rlhfctl.training.policy import PolicyConfig, run
+    from rlhfctl.training.scale import ScaleOptions
 
     clip_range = None
     if reward_clip_range is not None:
@@ -99,5 +112,6 @@ def train_policy(
         critic_warmup_steps, loss_agg, max_new_tokens, temperature, top_p, max_steps, save_every, eval_data, eval_every,
         eval_max_prompts, 1.0, seed, resume,
         backend=backend, gpu_memory_utilization=gpu_memory_utilization, vllm_sync_timeout=vllm_sync_timeout,
+        scale=ScaleOptions(bf16, gradient_checkpointing, lora_r, lora_alpha, lora_dropout, lora_target_modules),
     ))
     print_summary({**results, "out": out}, as_json, "train-policy")

@@ -5,8 +5,9 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    CompileOpt, ConfigOpt, EpochsOpt, JsonOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt,
-    TrustOpt, WarmupOpt, WeightDecayOpt, print_summary,
+    Bf16Opt, CompileOpt, ConfigOpt, EpochsOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt, LoraTargetsOpt,
+    LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TrustOpt, WarmupOpt, WeightDecayOpt,
+    print_summary,
 )
 
 
@@ -29,6 +30,12 @@ def train_rm(
     save_every: SaveEveryOpt = 100,
     resume: ResumeOpt = False,
     compile_model: CompileOpt = False,
+    bf16: Bf16Opt = False,
+    gradient_checkpointing: GradCheckpointOpt = False,
+    lora_r: LoraROpt = 0,
+    lora_alpha: LoraAlphaOpt = None,
+    lora_dropout: LoraDropoutOpt = 0.0,
+    lora_target_modules: LoraTargetsOpt = "all-linear",
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
@@ -48,6 +55,9 @@ def train_rm(
     binary cross-entropy on hard or soft labels; its manifest holds held-out
     `step_accuracy` and `first_error_accuracy`.
 
+    With --lora-r, LoRA adapters and the score head train (the backbone stays
+    frozen); the saved folder has the adapters merged in.
+
     Examples:
 
         rlhfctl train-rm runs/prefs.jsonl --model runs/sft --out runs/rm
@@ -55,14 +65,18 @@ def train_rm(
         rlhfctl train-rm runs/prefs.jsonl --model toy:tiny --out runs/rm-tiny --max-steps 20 --eval-fraction 0.2
 
         rlhfctl train-rm --prm runs/steps.jsonl --model runs/sft --out runs/prm
+
+        rlhfctl train-rm runs/prefs.jsonl --model runs/sft --out runs/rm-lora --lora-r 8 --bf16
     """
     from rlhfctl.training import prm as prm_training, rm as rm_training
     from rlhfctl.training.loop import Schedule
     from rlhfctl.training.rm import RMConfig
+    from rlhfctl.training.scale import ScaleOptions
 
     schedule = Schedule(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
                         weight_decay=weight_decay, seed=seed, save_every=save_every, compile=compile_model)
     config_ = RMConfig(tuple(data), model, out, schedule, tuple(eval_data or ()), eval_fraction, max_length, resume,
-                       trust_remote_code, prm, step_sep)
+                       trust_remote_code, prm, step_sep,
+                       ScaleOptions(bf16, gradient_checkpointing, lora_r, lora_alpha, lora_dropout, lora_target_modules))
     results = (prm_training if prm else rm_training).run(config_)
     print_summary({**results, "out": out}, as_json, "train-rm")

@@ -5,8 +5,9 @@ from typing import Annotated
 import typer
 
 from rlhfctl.commands._options import (
-    CompileOpt, ConfigOpt, EpochsOpt, JsonOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt,
-    TrustOpt, WarmupOpt, WeightDecayOpt, print_summary,
+    Bf16Opt, CompileOpt, ConfigOpt, EpochsOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt, LoraTargetsOpt,
+    LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TrustOpt, WarmupOpt, WeightDecayOpt,
+    print_summary,
 )
 
 
@@ -25,6 +26,12 @@ def train_sft(
     save_every: SaveEveryOpt = 100,
     resume: ResumeOpt = False,
     compile_model: CompileOpt = False,
+    bf16: Bf16Opt = False,
+    gradient_checkpointing: GradCheckpointOpt = False,
+    lora_r: LoraROpt = 0,
+    lora_alpha: LoraAlphaOpt = None,
+    lora_dropout: LoraDropoutOpt = 0.0,
+    lora_target_modules: LoraTargetsOpt = "all-linear",
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
@@ -41,12 +48,16 @@ def train_sft(
         rlhfctl train-sft data/toy/sft.jsonl --model toy:small --out runs/sft
 
         rlhfctl train-sft data/toy/sft.jsonl --model toy:tiny --out runs/sft-tiny --max-steps 50 --resume
+
+        rlhfctl train-sft data/toy/sft.jsonl --model toy:small --out runs/sft-lora --lora-r 8 --bf16 --gradient-checkpointing
     """
 
     from rlhfctl.training.loop import Schedule
+    from rlhfctl.training.scale import ScaleOptions
     from rlhfctl.training.sft import SFTConfig, run
 
     schedule = Schedule(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
                         weight_decay=weight_decay, seed=seed, save_every=save_every, compile=compile_model)
-    results = run(SFTConfig(data, model, out, schedule, max_length, resume, trust_remote_code))
+    scale = ScaleOptions(bf16, gradient_checkpointing, lora_r, lora_alpha, lora_dropout, lora_target_modules)
+    results = run(SFTConfig(data, model, out, schedule, max_length, resume, trust_remote_code, scale))
     print_summary({**results, "out": out}, as_json, "train-sft")

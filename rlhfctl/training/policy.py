@@ -19,6 +19,7 @@ from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.rl.aggregation import LOSS_AGGREGATIONS
 from rlhfctl.rl.kl import KL_ESTIMATORS
 from rlhfctl.rl.shaping import NORMS, Shaping
+from rlhfctl.training.scale import RESUME_IDENTITY, ScaleOptions
 
 ALGOS = ("ppo", "grpo")
 DEFAULTS = {  # per algorithm, where the paper's code and DESIGN.md differ between the two
@@ -68,13 +69,14 @@ class PolicyConfig:
     backend: str = "auto"  # what generates the rollouts: hf (the policy module) or a colocated vLLM engine
     gpu_memory_utilization: float = 0.3  # the colocated engine's share of the GPU; the policy trains in the rest
     vllm_sync_timeout: float = 600.0  # seconds a weight update, sleep or wake-up of the engine may take
+    scale: ScaleOptions = field(default_factory=ScaleOptions)
 
     def resolved(self) -> "PolicyConfig":
         """Fill the per-algorithm defaults (KL coefficient, estimator, placement)."""
         if self.algo not in ALGOS:
             raise ConfigError(f"unknown --algo {self.algo!r}: choose ppo or grpo")
         d = DEFAULTS[self.algo]
-        return PolicyConfig(**{**asdict(self), "shaping": self.shaping,
+        return PolicyConfig(**{**asdict(self), "shaping": self.shaping, "scale": self.scale,
                                **{k: v if getattr(self, k) is None else getattr(self, k) for k, v in d.items()}})
 
     def check_generation(self) -> None:
@@ -121,6 +123,28 @@ class PolicyConfig:
             raise ConfigError(f"--mini-batch-size must divide prompts-per-step × n = {rows}, got {self.mini_batch_size}")
         if self.max_steps < 1 or self.ppo_epochs < 1:
             raise ConfigError("--max-steps and --ppo-epochs must be at least 1")
+        self.scale.check()
+
+
+def check_parallelism(accelerator, config: PolicyConfig) -> None:
+    """Refuse the sharded set-ups that train-policy cannot run (examples/accelerate/README.md).
+
+    FSDP gathers each layer's weights inside its forward pass, so every rank
+    must make the same number of passes; HF decoding stops when a rank's own
+    responses end, so ranks would wait on each other for ever. Accelerate
+    gives DeepSpeed one model per engine, and PPO trains two.
+    """
+    from accelerate.utils import DistributedType
+
+    from rlhfctl.training.scale import check_resumable
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        raise ConfigError("train-policy does not run under FSDP (generation would deadlock the ranks): use DDP or DeepSpeed ZeRO-3")
+    if kind == DistributedType.DEEPSPEED and config.algo == "ppo":
+        raise ConfigError("--algo ppo does not run under DeepSpeed (accelerate prepares one model per engine; PPO trains a critic too): "
+                          "use DDP, or --algo grpo")
+    check_resumable(accelerator, config.resume)
 
 
 def check_prompts(records: list[dict[str, Any]], config: PolicyConfig) -> None:
@@ -163,12 +187,11 @@ def run(config: PolicyConfig) -> dict[str, Any]:
     check_prompts(records, config)
     eval_records = read_records(config.eval_data, PROMPTS)[: config.eval_max_prompts] if config.eval_data else []
     if eval_records:
-        check_prompts(eval_records, PolicyConfig(**{**asdict(config), "shaping": config.shaping, "prompts": config.eval_data,
-                                                    "verifier": config.verifier or "auto"}))
-    from accelerate import Accelerator
-
+        check_prompts(eval_records, PolicyConfig(**{**asdict(config), "shaping": config.shaping, "scale": config.scale,
+                                                    "prompts": config.eval_data, "verifier": config.verifier or "auto"}))
     from rlhfctl.models import check_model_spec
     from rlhfctl.training.loop import prepare_run_dir
+    from rlhfctl.training.scale import make_accelerator
 
     check_model_spec(config.model)  # a bad --model or --rm fails before the run folder exists
     if config.rm:
@@ -176,7 +199,8 @@ def run(config: PolicyConfig) -> dict[str, Any]:
 
         check_reward_folder(config.rm, ORM)
 
-    accelerator = Accelerator()
+    accelerator = make_accelerator(config.scale.bf16)
+    check_parallelism(accelerator, config)
     from rlhfctl.training.policy_engine import policy_backend
 
     policy_backend(config, accelerator)  # a missing vllm fails here, before the run folder exists
@@ -184,7 +208,7 @@ def run(config: PolicyConfig) -> dict[str, Any]:
         raise ConfigError(f"--prompts-per-step {config.prompts_per_step} must be a multiple of the {accelerator.num_processes} ranks")
     out, main = Path(config.out), accelerator.is_main_process
     if main:
-        prepare_run_dir(out, "train-policy", _options(config), config.resume, identity=("algo",))
+        prepare_run_dir(out, "train-policy", _options(config), config.resume, identity=("algo", *RESUME_IDENTITY))
     accelerator.wait_for_everyone()
     print_settings(config, main)
     from rlhfctl.training.policy_run import train
@@ -198,4 +222,6 @@ def _options(config: PolicyConfig) -> dict[str, Any]:
     names = {"norm": "reward_norm", "std_floor": "reward_std_floor", "eps": "reward_eps", "clip": "reward_clip",
              "neg_scale": "neg_reward_scale", "clip_range": "reward_clip_range"}
     flat.update({names[k]: v for k, v in flat.pop("shaping").items()})
+    flat.pop("scale")
+    flat.update(config.scale.as_options())
     return flat

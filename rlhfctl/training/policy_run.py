@@ -15,37 +15,58 @@ from rlhfctl.training.experience import AdvantageSettings, collect, load_rm_hand
 from rlhfctl.training.loop import METRICS, MetricsLog, adamw, batch_stream, rng_state, set_rng_state, shard
 from rlhfctl.training.policy_engine import policy_generator
 from rlhfctl.training.policy_update import Models, update
+from rlhfctl.training.scale import (
+    checkpoint_weights, final_state_dict, full_weights, load_weights, prepare_model, trainable_parameters,
+)
 
 
-def build_models(config, accelerator) -> tuple[Models, Any, Any]:
-    """(trainable models prepared by accelerate, frozen reference, tokenizer)."""
+def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]:
+    """(trainable models prepared by accelerate, frozen reference, tokenizer, LoRA report).
+
+    With LoRA the policy and the critic train adapters (the critic its value
+    head too), and the reference is the policy with its adapters switched
+    off: the same weights as a separate frozen copy, without the memory.
+    """
     from rlhfctl.models import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(config.model)
     policy = load_causal_lm(config.model, seed=config.seed)
-    ref = load_causal_lm(config.model, seed=config.seed).eval().requires_grad_(False).to(accelerator.device)
-    policy_opt = adamw(policy.parameters(), lr=config.lr)
+    adapters = prepare_model(policy, config.scale)
+    policy_opt = adamw(trainable_parameters(policy), lr=config.lr)
     if config.algo != "ppo":
         policy, policy_opt = accelerator.prepare(policy, policy_opt)
-        return Models(policy, policy_opt), ref, tokenizer
+        return Models(policy, policy_opt), reference_model(config, policy, accelerator), tokenizer, adapters
     from rlhfctl.rm.model import PRM, TokenValues, build_reward_model
 
     if config.critic_init == "rm":  # the RM's backbone and trained head, read at every token
         from transformers import AutoModelForTokenClassification
 
-        critic = TokenValues(AutoModelForTokenClassification.from_pretrained(config.rm, num_labels=1))
+        critic_model = AutoModelForTokenClassification.from_pretrained(config.rm, num_labels=1)
     else:  # the SFT backbone with a zero value head
-        critic = TokenValues(build_reward_model(config.model, PRM, config.seed))
-    critic_opt = adamw(critic.parameters(), lr=config.critic_lr)
+        critic_model = build_reward_model(config.model, PRM, config.seed)
+    prepare_model(critic_model, config.scale, heads=("score",))
+    critic = TokenValues(critic_model)
+    critic_opt = adamw(trainable_parameters(critic), lr=config.critic_lr)
     policy, policy_opt, critic, critic_opt = accelerator.prepare(policy, policy_opt, critic, critic_opt)
-    return Models(policy, policy_opt, critic, critic_opt), ref, tokenizer
+    return Models(policy, policy_opt, critic, critic_opt), reference_model(config, policy, accelerator), tokenizer, adapters
+
+
+def reference_model(config, policy, accelerator):
+    """The frozen π_ref: the LoRA policy with adapters off, or a second copy of --model."""
+    from rlhfctl.models import load_causal_lm
+
+    if config.scale.lora:
+        from rlhfctl.training.lora import BaseModelReference
+
+        return BaseModelReference(policy)
+    return load_causal_lm(config.model, seed=config.seed).eval().requires_grad_(False).to(accelerator.device)
 
 
 def train(config, records, eval_records, accelerator, out: Path, options: dict[str, Any]) -> dict[str, Any]:
     from rlhfctl.models import save_model
 
     main = accelerator.is_main_process
-    models, ref, tokenizer = build_models(config, accelerator)
+    models, ref, tokenizer, adapters = build_models(config, accelerator)
     rm = load_rm_handle(config.rm, accelerator.device) if config.rm and config.rm_weight else None
     settings = AdvantageSettings(config.algo, config.n, config.shaping, config.kl_coef, config.kl_estimator, config.kl_in,
                                  gamma=config.gamma, lam=config.lam, whiten_advantages=config.algo == "ppo")
@@ -65,8 +86,9 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
             epoch, batch = next(stream)
             mine, _ = shard(batch, accelerator.process_index, accelerator.num_processes)
             seed = derive_seed(config.seed, step, accelerator.process_index)
-            exp, stats = collect(models.policy, ref, models.critic, generator, [records[i] for i in mine], config, settings,
-                                 rm, accelerator, seed)
+            with full_weights(accelerator, models.policy):
+                exp, stats = collect(models.policy, ref, models.critic, generator, [records[i] for i in mine], config, settings,
+                                     rm, accelerator, seed)
             generator.sleep()  # a vLLM engine releases its GPU memory while the policy trains...
             stats.update(update(models, exp, config, accelerator, step, seed))
             generator.update_weights(policy)  # ...and samples from the updated policy from here on
@@ -78,38 +100,44 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
             progress.advance(f"reward {stats.get('reward_raw_mean', 0):.3f}")
             if step % config.save_every == 0 or step == config.max_steps:
                 save(out, step, models, accelerator)
-    results = _results(out, history, config)
+    results = {**_results(out, history, config), **adapters}
+    weights = final_state_dict(accelerator, models.policy, config.scale)
     if main:
         unwrapped = accelerator.unwrap_model(models.policy)
         manifest = make_manifest("train-policy", options, describe_inputs({"prompts": config.prompts, "model": config.model,
                                                                            "rm": config.rm, "eval_data": config.eval_data}), results)
-        publish_model_folder(out, lambda tmp: save_model(unwrapped, tokenizer, tmp), manifest)
+        publish_model_folder(out, lambda tmp: save_model(unwrapped, tokenizer, tmp, weights), manifest)
     accelerator.wait_for_everyone()
     return results
 
 
 def evaluate(generator, policy, records, config, accelerator) -> float | None:
     """Greedy pass@1 on the eval prompts (main process; the others wait)."""
-    from rlhfctl.data import render_prompt
-    from rlhfctl.generation.base import SamplingParams
-    from rlhfctl.generation.rollout import grade
-
     value = None
-    if accelerator.is_main_process:
-        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens, batch_size=64, seed=config.seed)
-        texts = [render_prompt(r["prompt"], generator.tokenizer) for r in records]
-        samples = generator.generate(texts, params, keys=[r["id"] for r in records])
-        record = (lambda r: r) if config.verifier in (None, "auto") else (lambda r: {**r, "task": config.verifier})
-        value = sum(bool(grade(record(r), [g[0].text])[0]) for r, g in zip(records, samples)) / len(records)
+    with full_weights(accelerator, policy):  # under ZeRO-3 every rank gathers; rank 0 generates
+        if accelerator.is_main_process:
+            value = _greedy_pass_at_1(generator, records, config)
     accelerator.wait_for_everyone()
     return value
 
 
+def _greedy_pass_at_1(generator, records, config) -> float:
+    from rlhfctl.data import render_prompt
+    from rlhfctl.generation.base import SamplingParams
+    from rlhfctl.generation.rollout import grade
+
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens, batch_size=64, seed=config.seed)
+    texts = [render_prompt(r["prompt"], generator.tokenizer) for r in records]
+    samples = generator.generate(texts, params, keys=[r["id"] for r in records])
+    record = (lambda r: r) if config.verifier in (None, "auto") else (lambda r: {**r, "task": config.verifier})
+    return sum(bool(grade(record(r), [g[0].text])[0]) for r, g in zip(records, samples)) / len(records)
+
+
 def save(out: Path, step: int, models: Models, accelerator) -> None:
     """Policy and critic weights in one safetensors file, optimizers and RNG in state.pt."""
-    weights = dict(accelerator.get_state_dict(models.policy))
+    weights = dict(checkpoint_weights(accelerator, models.policy))
     if models.critic is not None:
-        weights.update({f"critic::{k}": v for k, v in accelerator.get_state_dict(models.critic).items()})
+        weights.update({f"critic::{k}": v for k, v in checkpoint_weights(accelerator, models.critic).items()})
     if accelerator.is_main_process:
         state = {"step": step, "optimizer": models.policy_opt.state_dict(), "rng": rng_state()}
         if models.critic_opt is not None:
@@ -124,11 +152,11 @@ def restore(out: Path, models: Models, accelerator) -> int:
         return 0
     weights, state = load_checkpoint(found[1])
     policy_w = {k: v for k, v in weights.items() if not k.startswith("critic::")}
-    accelerator.unwrap_model(models.policy).load_state_dict(policy_w)
+    load_weights(accelerator.unwrap_model(models.policy), policy_w, str(found[1]))
     models.policy_opt.load_state_dict(state["optimizer"])
     if models.critic is not None:
         critic_w = {k[len("critic::"):]: v for k, v in weights.items() if k.startswith("critic::")}
-        accelerator.unwrap_model(models.critic).load_state_dict(critic_w)
+        load_weights(accelerator.unwrap_model(models.critic), critic_w, str(found[1]))
         models.critic_opt.load_state_dict(state["critic_optimizer"])
     set_rng_state(state["rng"])
     log(f"resuming from step {state['step']}", accelerator.is_main_process)

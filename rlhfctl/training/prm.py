@@ -16,6 +16,7 @@ from rlhfctl.console import log
 from rlhfctl.rm.data import StepItem, encode_step_items, read_steps, split_steps_by_prompt
 from rlhfctl.training.loop import fit, optimizer_step, shard, start_training
 from rlhfctl.training.rm import RMConfig, _inputs, load_splits, open_run
+from rlhfctl.training.scale import final_state_dict, model_for_inference, prepare_model
 
 
 def run(config: RMConfig) -> dict[str, Any]:
@@ -27,7 +28,9 @@ def run(config: RMConfig) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     items = encode_step_items(train, tokenizer, config.max_length, config.step_sep)
-    values = TokenValues(build_reward_model(config.model, PRM, config.schedule.seed, config.trust_remote_code))
+    model = build_reward_model(config.model, PRM, config.schedule.seed, config.trust_remote_code)
+    adapters = prepare_model(model, config.scale, heads=("score",))
+    values = TokenValues(model)
     total = config.schedule.total_steps(len(items))
     run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
     log(f"train-rm --prm: {len(items)} solutions, {sum(len(i.labels) for i in items)} steps, {total} optimiser steps; "
@@ -37,13 +40,14 @@ def run(config: RMConfig) -> dict[str, Any]:
         return _train_step(run_, [items[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm)
 
     last = fit(run_, [it.length for it in items], config.schedule, step, "train-rm --prm")
-    unwrapped = accelerator.unwrap_model(run_.model)
     held_items = encode_step_items(held, tokenizer, config.max_length, config.step_sep)
+    held_scores = evaluate_steps(model_for_inference(accelerator, run_.model), held_items, tokenizer.pad_token_id)
     results = {"kind": PRM, "steps": total, "final_loss": last.get("loss"), "step_sep": config.step_sep,
-               "train": {"solutions": len(items)}, **evaluate_steps(unwrapped, held_items, tokenizer.pad_token_id)}
+               "train": {"solutions": len(items)}, **held_scores, **adapters}
+    weights = final_state_dict(accelerator, run_.model, config.scale, prefix="model.")
     if accelerator.is_main_process:
         manifest = make_manifest("train-rm", options, describe_inputs(_inputs(config)), results)
-        publish_model_folder(out, lambda tmp: save_model(unwrapped.model, tokenizer, tmp), manifest)
+        publish_model_folder(out, lambda tmp: save_model(model, tokenizer, tmp, weights), manifest)
     accelerator.wait_for_everyone()
     return results
 

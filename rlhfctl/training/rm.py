@@ -19,6 +19,7 @@ from rlhfctl.console import log
 from rlhfctl.errors import ConfigError
 from rlhfctl.rm.data import BINARY_ITEM, PAIR, Item, PrefData, encode_items, read_preferences, split_by_prompt
 from rlhfctl.training.loop import Schedule, fit, optimizer_step, prepare_run_dir, shard, start_training
+from rlhfctl.training.scale import RESUME_IDENTITY, ScaleOptions, final_state_dict, make_accelerator, model_for_inference, prepare_model
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,11 @@ class RMConfig:
     trust_remote_code: bool = False
     prm: bool = False  # a process reward model on stepwise data (training/prm.py)
     step_sep: str = "\n"
+    scale: ScaleOptions = ScaleOptions()
 
     def check(self) -> None:
         self.schedule.check()
+        self.scale.check()
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"--eval-fraction must be in [0, 1), got {self.eval_fraction}")
 
@@ -53,12 +56,10 @@ def load_splits(config: RMConfig, read, split):
 
 def open_run(config: RMConfig):
     """(accelerator, run folder, options): the folder checked and claimed by rank 0."""
-    from accelerate import Accelerator
-
-    accelerator = Accelerator()
+    accelerator = make_accelerator(config.scale.bf16)
     out, options = Path(config.out), _options(config)
     if accelerator.is_main_process:
-        prepare_run_dir(out, "train-rm", options, config.resume, identity=("prm",))
+        prepare_run_dir(out, "train-rm", options, config.resume, identity=("prm", *RESUME_IDENTITY))
     accelerator.wait_for_everyone()
     return accelerator, out, options
 
@@ -73,6 +74,7 @@ def run(config: RMConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     items = encode_items(train, tokenizer, config.max_length)
     model = build_reward_model(config.model, ORM, config.schedule.seed, config.trust_remote_code)
+    adapters = prepare_model(model, config.scale, heads=("score",))
     values = TokenValues(model)
     total = config.schedule.total_steps(len(items))
     run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
@@ -83,13 +85,14 @@ def run(config: RMConfig) -> dict[str, Any]:
         return _train_step(run_, [items[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm)
 
     last = fit(run_, [it.length for it in items], config.schedule, step, "train-rm")
-    unwrapped = accelerator.unwrap_model(run_.model)
+    held_scores = evaluate_items(model_for_inference(accelerator, run_.model), encode_items(held, tokenizer, config.max_length),
+                                 tokenizer.pad_token_id)
     results = {"kind": ORM, "steps": total, "final_loss": last.get("loss"),
-               "train": {"pairs": len(train.pairs), "binary": len(train.binary), "dropped": train.dropped},
-               **evaluate_items(unwrapped, encode_items(held, tokenizer, config.max_length), tokenizer.pad_token_id)}
+               "train": {"pairs": len(train.pairs), "binary": len(train.binary), "dropped": train.dropped}, **held_scores, **adapters}
+    weights = final_state_dict(accelerator, run_.model, config.scale, prefix="model.")
     if accelerator.is_main_process:
         manifest = make_manifest("train-rm", options, describe_inputs(_inputs(config)), results)
-        publish_model_folder(out, lambda tmp: save_model(unwrapped.model, tokenizer, tmp), manifest)
+        publish_model_folder(out, lambda tmp: save_model(model, tokenizer, tmp, weights), manifest)
     accelerator.wait_for_everyone()
     return results
 
@@ -176,4 +179,6 @@ def _inputs(config: RMConfig) -> dict[str, Any]:
 def _options(config: RMConfig) -> dict[str, Any]:
     options = asdict(config)
     options.update(options.pop("schedule"))
+    options.pop("scale")
+    options.update(config.scale.as_options())
     return options

@@ -16,6 +16,9 @@ from rlhfctl.data import Example, encode_examples
 from rlhfctl.console import log
 from rlhfctl.records import SFT, read_records
 from rlhfctl.training.loop import Schedule, fit, optimizer_step, prepare_run_dir, shard, start_training
+from rlhfctl.training.scale import (
+    RESUME_IDENTITY, ScaleOptions, check_frozen_outer_weights, final_state_dict, make_accelerator, prepare_model,
+)
 
 
 @dataclass(frozen=True)
@@ -27,40 +30,44 @@ class SFTConfig:
     max_length: int = 512
     resume: bool = False
     trust_remote_code: bool = False
+    scale: ScaleOptions = ScaleOptions()
 
 
 def run(config: SFTConfig) -> dict[str, Any]:
     """Train, save the final model as a Hugging Face folder, return results."""
     config.schedule.check()
+    config.scale.check()
     records = read_records(config.data, SFT)  # bad data fails before the heavy imports
-    from accelerate import Accelerator
-
     from rlhfctl.models import check_model_spec, count_parameters, load_causal_lm, load_tokenizer, save_model
 
     check_model_spec(config.model)
-    accelerator = Accelerator()
+    accelerator = make_accelerator(config.scale.bf16)
+    check_frozen_outer_weights(accelerator, config.scale, "train-sft")
     out, options = Path(config.out), _options(config)
     if accelerator.is_main_process:
-        prepare_run_dir(out, "train-sft", options, config.resume)
+        prepare_run_dir(out, "train-sft", options, config.resume, identity=RESUME_IDENTITY)
     accelerator.wait_for_everyone()
 
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     examples = encode_examples(tokenizer, [(r["prompt"], r["completion"]) for r in records], config.max_length)
     model = load_causal_lm(config.model, seed=config.schedule.seed, trust_remote_code=config.trust_remote_code)
+    parameters = count_parameters(model)
+    adapters = prepare_model(model, config.scale)
     total = config.schedule.total_steps(len(examples))
     run_ = start_training(accelerator, model, config.schedule, total, out, config.resume)
-    log(f"train-sft: {len(examples)} records, {count_parameters(model):,} parameters, {total} steps of {config.schedule.batch_size}",
+    log(f"train-sft: {len(examples)} records, {parameters:,} parameters, {total} steps of {config.schedule.batch_size}",
         accelerator.is_main_process)
 
     def step(batch: list[int]) -> dict[str, Any]:
         return _train_step(run_, [examples[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm)
 
     last = fit(run_, [len(e.input_ids) for e in examples], config.schedule, step, "train-sft")
-    results = {"final_loss": last.get("loss"), "steps": total, "parameters": count_parameters(model)}
+    results = {"final_loss": last.get("loss"), "steps": total, "parameters": parameters, **adapters}
+    weights = final_state_dict(accelerator, run_.model, config.scale)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(run_.model)
         manifest = make_manifest("train-sft", options, describe_inputs({"data": config.data, "model": config.model}), results)
-        publish_model_folder(out, lambda tmp: save_model(unwrapped, tokenizer, tmp), manifest)
+        publish_model_folder(out, lambda tmp: save_model(unwrapped, tokenizer, tmp, weights), manifest)
     accelerator.wait_for_everyone()
     return results
 
@@ -104,4 +111,6 @@ def collate(examples: list[Example], pad_id: int):
 def _options(config: SFTConfig) -> dict[str, Any]:
     options = asdict(config)
     options.update(options.pop("schedule"))
+    options.pop("scale")
+    options.update(config.scale.as_options())
     return options
