@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -59,8 +60,16 @@ def _is_scalar_answer(v: Any) -> str | None:
 
 
 def _is_number(v: Any) -> str | None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and _fits_a_float(v)
     return None if ok else f"expected a finite number, got {_type(v)}"
+
+
+def _fits_a_float(v: int | float) -> bool:
+    """Finite once read as a float: JSON integers are unbounded, and consumers do ``float(x)``."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer past 1.8e308
+        return False
 
 
 def _is_bool(v: Any) -> str | None:
@@ -181,7 +190,8 @@ def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for each non-blank line; ``-`` reads stdin."""
     path = str(path)
     if path == "-":
-        yield from _parse_lines(sys.stdin, "<stdin>")
+        # bytes, so stdin is decoded as strictly as a file (a text stdin may turn bad bytes into surrogates)
+        yield from _parse_lines(getattr(sys.stdin, "buffer", sys.stdin), "<stdin>")
         return
     if not os.path.exists(path):
         raise RlhfctlError(f"{path}: no such file")
@@ -191,6 +201,10 @@ def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
         yield from _parse_lines(f, path)
 
 
+# a \uD800-\uDFFF escape: half of a surrogate pair, or a lone surrogate that no UTF-8 text can hold
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _parse_lines(f: Iterable[str | bytes], path: str) -> Iterator[tuple[int, Any]]:
     for lineno, raw in enumerate(f, start=1):
         if isinstance(raw, bytes):
@@ -198,14 +212,44 @@ def _parse_lines(f: Iterable[str | bytes], path: str) -> Iterator[tuple[int, Any
                 raw = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(path, lineno, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        if lineno == 1:
+            raw = raw.removeprefix("\ufeff")  # the byte-order mark some Windows editors put first
         if not raw.strip():
             continue
-        try:
-            yield lineno, json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DataError(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
-        except RecursionError:
-            raise DataError(path, lineno, "invalid JSON: nested too deeply") from None
+        yield lineno, _parse_line(raw, path, lineno)
+
+
+def _parse_line(raw: str, path: str, lineno: int) -> Any:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise DataError(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise DataError(path, lineno, "invalid JSON: nested too deeply") from None
+    except ValueError:  # an integer past Python's int-to-str limit
+        raise DataError(path, lineno, "invalid JSON: an integer with too many digits to read") from None
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(value):
+        # valid JSON, but the string cannot be written out, hashed or tokenised again
+        raise DataError(path, lineno, "invalid JSON: a string holds a lone surrogate (a \\uD800-\\uDFFF escape without its pair)")
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string anywhere in ``value`` holds a lone surrogate; a loop, not recursion, for deep values."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
 
 
 def read_records(path: str | os.PathLike, kind: RecordKind | str, allow_empty: bool = False) -> list[Record]:
@@ -298,7 +342,7 @@ class ResumableWriter:
         if lines:
             try:
                 json.loads(lines[-1])
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # ValueError covers bad JSON and bad UTF-8
                 keep -= len(lines[-1]) + 1  # a last line cut mid-write by a crash
         if keep != len(data):
             with open(self.path, "r+b") as f:
