@@ -223,3 +223,16 @@ def test_written_records_read_back_unchanged(scratch, records):
     write_jsonl(path, records)
     got = read_records(path, "sft")
     assert [{k: v for k, v in r.items() if k != "id"} for r in got] == records
+
+
+def test_bad_bytes_on_stdin_are_a_located_error(cli_env, tmp_path):
+    """``-`` reads stdin as strictly as a file: a byte that is not UTF-8 is ``<stdin>:LINE:``, exit status 2
+    (a text stdin would have smuggled it in as a lone surrogate that crashed the run later)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "rlhfctl", "rollout", "-", "--model", "toy:tiny", "--out", str(tmp_path / "r.jsonl")],
+                          input=b'{"prompt": "a"}\n{"prompt": "b\xff"}\n', env=cli_env, capture_output=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr.decode(errors="replace")
+    assert proc.stderr.decode().strip() == "error: <stdin>:2: not valid UTF-8 (invalid start byte at byte 13)"
+    assert not (tmp_path / "r.jsonl").exists()
