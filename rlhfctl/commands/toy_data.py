@@ -41,7 +41,8 @@ def toy_data(
     graders, as mcq_*.jsonl and code_*.jsonl (and mcq_toy.json, code_toy.json),
     so all three forms can live in one folder: multiple choice with the
     slipped values among the options, or a program
-    (`x=int(input())` / `print(x+58-17)`) checked by stdin/stdout `tests`.
+    (`x=int(input())`, then `x=x+58` one operation per line, `print(x)`)
+    checked by stdin/stdout `tests`.
 
     Examples:
 

@@ -5,15 +5,22 @@ from stdin::
 
     Write a Python program that reads an integer x and prints x+58-17.
 
-and a solution is a fenced program::
+and a solution is a fenced program that applies one operation per line,
+as the math solutions do::
 
     ```python
     x=int(input())
-    print(x+58-17)
+    x=x+58
+    x=x-17
+    print(x)
     ```
 
 It is checked by three stdin/stdout tests: the problem's own first number
-and two others. A toy model can learn it fully (copy the operations). The
+and two others. Nothing in it is beyond a toy model, which has only to copy
+the operations; one per line, because it learns to copy one operand at a
+time sooner than a whole chain (after 700 SFT steps of toy:small, the
+operators came out right in this form but not in ``print(x+58-17)``; the
+operands were not yet exact in either, so pass@1 stayed near 0). The
 slip taught on purpose is forgetting the ``int()``: ``x=input()`` reads a
 string, so the program raises TypeError on every test, as a real model's
 missing conversion would. A demonstration makes it exactly when the math
@@ -40,9 +47,9 @@ def render_prompt(problem: Problem) -> str:
 
 def program(problem: Problem, slip: bool = False) -> str:
     """The reference program; with `slip`, the one that forgets to convert the input."""
-    chain = "".join(f"{op}{b}" for op, b in problem.ops)
     read = "x=input()" if slip else "x=int(input())"
-    return f"{read}\nprint(x{chain})"
+    steps = "".join(f"\nx=x{op}{b}" for op, b in problem.ops)
+    return f"{read}{steps}\nprint(x)"
 
 
 def solution(problem: Problem, slip: bool = False) -> str:

@@ -78,8 +78,8 @@ def test_mcq_records(forms_dir):
 
 def test_code_task_program_and_tests():
     assert code_task.render_prompt(P) == "Write a Python program that reads an integer x and prints x+58-17.\n"
-    assert code_task.solution(P) == "```python\nx=int(input())\nprint(x+58-17)\n```"
-    assert code_task.program(P, slip=True) == "x=input()\nprint(x+58-17)"
+    assert code_task.solution(P) == "```python\nx=int(input())\nx=x+58\nx=x-17\nprint(x)\n```"
+    assert code_task.program(P, slip=True) == "x=input()\nx=x+58\nx=x-17\nprint(x)"
     tests = code_task.tests_for(P, random.Random(0))
     assert tests[0] == {"stdin": "23\n", "stdout": "64\n"} and len({t["stdin"] for t in tests}) == 3
     assert all(int(t["stdout"]) == int(t["stdin"]) + 41 for t in tests)
