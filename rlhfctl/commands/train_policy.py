@@ -19,7 +19,7 @@ def train_policy(
     algo: Annotated[str, _F("--algo", help="ppo (with a critic, GAE) or grpo (critic-free, group-normalised).")] = "grpo",
     rm: Annotated[Optional[str], _F("--rm", help="Outcome reward model folder (train-rm); its score is standardised with the μ/σ in its manifest.", show_default=False)] = None,
     rm_weight: Annotated[float, _F("--rm-weight", help="Weight of the RM score in the reward.")] = 1.0,
-    verifier: Annotated[Optional[str], _F("--verifier", help="Rule reward: 1 if the grader (math, mcq, or auto: each prompt's task) accepts the answer, else 0.", show_default=False)] = None,
+    verifier: Annotated[Optional[str], _F("--verifier", help="Rule reward: 1 if the grader (math, mcq, code, or auto: each prompt's task) accepts the answer, else 0.", show_default=False)] = None,
     verifier_weight: Annotated[float, _F("--verifier-weight", help="Weight of the verifier in the reward.")] = 1.0,
     n: Annotated[int, _F("--n", "-n", help="Responses sampled per prompt.")] = 8,
     prompts_per_step: Annotated[int, _F("--prompts-per-step", help="Prompts per rollout batch (global); the batch is prompts × n responses.")] = 8,

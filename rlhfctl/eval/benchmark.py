@@ -9,7 +9,7 @@ from rlhfctl.data import render_prompt
 from rlhfctl.errors import DataError
 from rlhfctl.eval.passk import summarize
 from rlhfctl.generation.base import EngineOptions, SamplingParams, make_generator
-from rlhfctl.generation.rollout import check_graders, grade, task_of
+from rlhfctl.generation.rollout import check_graders, gold_field, grade, task_of
 from rlhfctl.records import PROMPTS, read_records, write_json
 
 
@@ -35,8 +35,9 @@ def run(config: BenchmarkConfig) -> dict[str, Any]:
 
     records = read_records(config.data, PROMPTS)
     for i, r in enumerate(records):
-        if r.get("answer") is None or task_of(r) in (None, "chat"):
-            raise DataError(config.data, i + 1, "missing: eval needs a gold answer for every prompt", "answer")
+        gold = gold_field(task_of(r))
+        if r.get(gold) is None or task_of(r) in (None, "chat"):
+            raise DataError(config.data, i + 1, f"missing: eval needs {'tests' if gold == 'tests' else 'a gold answer'} for every prompt", gold)
     check_graders(records, config.data)
     generator = make_generator(config.backend, config.model, config.params.seed, config.trust_remote_code, config.engine)
     texts = [render_prompt(r["prompt"], generator.tokenizer) for r in records]

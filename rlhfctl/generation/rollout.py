@@ -67,6 +67,11 @@ def check_graders(records: list[Record], path: str) -> None:
         ensure_working()  # a machine where programs cannot run fails now, not after generating
 
 
+def gold_field(task: str | None) -> str:
+    """The field a response is checked against: a code prompt's `tests`, any other prompt's `answer`."""
+    return "tests" if task == "code" else "answer"
+
+
 def grade(record: Record, responses: list[str]) -> list[bool] | None:
     """Correctness of each response, or None when the prompt has no answer to check."""
     from rlhfctl.grading import get_grader

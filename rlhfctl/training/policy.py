@@ -151,10 +151,12 @@ def check_prompts(records: list[dict[str, Any]], config: PolicyConfig) -> None:
     """A verifier needs a gold answer on every prompt: say which line lacks one."""
     if config.verifier is None:
         return
+    from rlhfctl.generation.rollout import check_graders, gold_field, task_of
+
     for line, r in enumerate(records, start=1):
-        if r.get("answer") is None:
-            raise DataError(config.prompts, line, f"missing: --verifier {config.verifier} needs a gold answer on every prompt", "answer")
-    from rlhfctl.generation.rollout import check_graders
+        gold = gold_field(config.verifier if config.verifier != "auto" else task_of(r))
+        if r.get(gold) is None:
+            raise DataError(config.prompts, line, f"missing: --verifier {config.verifier} needs {'tests' if gold == 'tests' else 'a gold answer'} on every prompt", gold)
 
     check_graders(records if config.verifier == "auto" else [{**r, "task": config.verifier} for r in records], config.prompts)
 

@@ -208,7 +208,7 @@ def test_bad_reward_model(case, run_main, toy_dir, sft_run, tmp_path):
         (["--model", "toy:huge", "--verifier", "math"], r"unknown toy size 'huge'"),
         (["--verifier", "poetry"], r"unknown --verifier 'poetry': choose one of code, math, mcq, or auto"),
         (["--verifier", "mcq"], r"train.jsonl:1: field 'answer': mcq answer '\d+' is neither a letter nor one of the choices"),
-        (["--verifier", "code"], r"train.jsonl:1: field 'tests': missing: code grading needs tests"),
+        (["--verifier", "code"], r"train.jsonl:1: field 'tests': missing: --verifier code needs tests on every prompt"),
     ],
     ids=["grpo-n1", "clip-range-order", "clip-range-form", "no-reward", "algo", "loss-agg", "kl-estimator", "mini-batch",
          "critic-init", "model", "verifier", "mcq-gold", "code-tests"],
