@@ -110,7 +110,8 @@ def ranked_prefs(rollouts: list[Record], config: PrefsConfig, dropped: Counter) 
     scores = score_rollouts(rollouts, config.rm)
     out: list[Record] = []
     for r, s in zip(rollouts, scores):
-        ranked = sorted(set(zip(s, r["responses"])), key=lambda x: -x[0])
+        # a stable sort: tied scores keep the rollout's order (a set's order changes with each process's hash seed)
+        ranked = sorted(zip(s, r["responses"]), key=lambda x: -x[0])
         texts = _unique([t for _, t in ranked])
         if len(texts) < 2:
             dropped["fewer than two distinct responses"] += 1

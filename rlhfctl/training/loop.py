@@ -175,6 +175,19 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 # --- checkpoints -----------------------------------------------------------------
 
+def seed_global_rngs(seed: int) -> None:
+    """Seed torch's and Python's global generators from ``--seed``, before the model is built.
+
+    Model init, data order and sampling have their own seeded generators, but
+    LoRA's adapter init and any dropout draw from the global ones, which a
+    process may start in any state: unseeded, two runs with one seed differ.
+    """
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     import torch
 

@@ -12,7 +12,7 @@ from rlhfctl.artifacts import describe_inputs, latest_checkpoint, load_checkpoin
 from rlhfctl.console import Progress, log
 from rlhfctl.generation.base import derive_seed
 from rlhfctl.training.experience import AdvantageSettings, collect, load_rm_handle
-from rlhfctl.training.loop import METRICS, MetricsLog, adamw, batch_stream, rng_state, set_rng_state, shard
+from rlhfctl.training.loop import METRICS, MetricsLog, adamw, batch_stream, rng_state, seed_global_rngs, set_rng_state, shard
 from rlhfctl.training.policy_engine import policy_generator
 from rlhfctl.training.policy_update import Models, update
 from rlhfctl.training.scale import (
@@ -30,6 +30,7 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]
     from rlhfctl.models import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(config.model)
+    seed_global_rngs(config.seed)
     policy = load_causal_lm(config.model, seed=config.seed)
     adapters = prepare_model(policy, config.scale)
     policy_opt = adamw(trainable_parameters(policy), lr=config.lr)

@@ -14,7 +14,7 @@ from typing import Any
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
 from rlhfctl.console import log
 from rlhfctl.rm.data import StepItem, encode_step_items, read_steps, split_steps_by_prompt
-from rlhfctl.training.loop import fit, optimizer_step, shard, start_training
+from rlhfctl.training.loop import fit, optimizer_step, seed_global_rngs, shard, start_training
 from rlhfctl.training.rm import RMConfig, _inputs, load_splits, open_run
 from rlhfctl.training.scale import final_state_dict, model_for_inference, prepare_model
 
@@ -28,6 +28,7 @@ def run(config: RMConfig) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     items = encode_step_items(train, tokenizer, config.max_length, config.step_sep)
+    seed_global_rngs(config.schedule.seed)
     model = build_reward_model(config.model, PRM, config.schedule.seed, config.trust_remote_code)
     adapters = prepare_model(model, config.scale, heads=("score",))
     values = TokenValues(model)

@@ -18,7 +18,7 @@ from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_fold
 from rlhfctl.console import log
 from rlhfctl.errors import ConfigError
 from rlhfctl.rm.data import BINARY_ITEM, PAIR, Item, PrefData, encode_items, read_preferences, split_by_prompt
-from rlhfctl.training.loop import Schedule, fit, optimizer_step, prepare_run_dir, shard, start_training
+from rlhfctl.training.loop import Schedule, fit, optimizer_step, prepare_run_dir, seed_global_rngs, shard, start_training
 from rlhfctl.training.scale import RESUME_IDENTITY, ScaleOptions, final_state_dict, make_accelerator, model_for_inference, prepare_model
 
 
@@ -73,6 +73,7 @@ def run(config: RMConfig) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     items = encode_items(train, tokenizer, config.max_length)
+    seed_global_rngs(config.schedule.seed)
     model = build_reward_model(config.model, ORM, config.schedule.seed, config.trust_remote_code)
     adapters = prepare_model(model, config.scale, heads=("score",))
     values = TokenValues(model)

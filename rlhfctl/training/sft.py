@@ -15,7 +15,7 @@ from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_fold
 from rlhfctl.data import Example, encode_examples
 from rlhfctl.console import log
 from rlhfctl.records import SFT, read_records
-from rlhfctl.training.loop import Schedule, fit, optimizer_step, prepare_run_dir, shard, start_training
+from rlhfctl.training.loop import Schedule, fit, optimizer_step, prepare_run_dir, seed_global_rngs, shard, start_training
 from rlhfctl.training.scale import (
     RESUME_IDENTITY, ScaleOptions, check_frozen_outer_weights, final_state_dict, make_accelerator, prepare_model,
 )
@@ -50,6 +50,7 @@ def run(config: SFTConfig) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     examples = encode_examples(tokenizer, [(r["prompt"], r["completion"]) for r in records], config.max_length)
+    seed_global_rngs(config.schedule.seed)
     model = load_causal_lm(config.model, seed=config.schedule.seed, trust_remote_code=config.trust_remote_code)
     parameters = count_parameters(model)
     adapters = prepare_model(model, config.scale)
