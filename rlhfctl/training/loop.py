@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 from rlhfctl.artifacts import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlhfctl.errors import ConfigError
-from rlhfctl.records import write_json
+from rlhfctl.records import atomic_write_text, write_json
 
 RUN_FILE = "run.json"
 METRICS = "metrics.jsonl"
@@ -150,7 +150,7 @@ class MetricsLog:
         self.enabled = enabled
         if enabled and path.exists():
             kept = [line for line in path.read_text().splitlines() if line.strip() and _step_of(line) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            atomic_write_text(path, "".join(line + "\n" for line in kept))  # a kill here keeps the old file whole
 
     def write(self, metrics: dict[str, Any]) -> None:
         if not self.enabled:
