@@ -39,7 +39,7 @@ class Budget:
     eval_every: int
 
 
-DEFAULT = Budget(sft_steps=300, train_prompts=400, test_prompts=200, rollout_n=8, rm_epochs=2.0, label_completions=4,
+DEFAULT = Budget(sft_steps=1000, train_prompts=400, test_prompts=200, rollout_n=8, rm_epochs=2.0, label_completions=4,
                  bon_n=16, policy_steps=15, prompts_per_step=8, eval_every=5)
 FULL = Budget(sft_steps=1000, train_prompts=2000, test_prompts=500, rollout_n=8, rm_epochs=2.0, label_completions=8,
               bon_n=16, policy_steps=60, prompts_per_step=32, eval_every=10)
@@ -96,6 +96,10 @@ def plan(work: Path, budget: Budget, seed: int = 0) -> list[Stage]:
                                  "--epochs", str(budget.rm_epochs), "--seed", s], work / "prm" / "rlhfctl.json", work / "prm"),
         Stage("rollout (Best-of-N)", ["rollout", test, "--model", str(work / "sft"), "--out", str(work / "rollouts-test.jsonl"),
                                       "--n", str(budget.bon_n), "--seed", s], work / "rollouts-test.done"),
+        Stage("build-prefs (held-out)", ["build-prefs", str(work / "rollouts-test.jsonl"), "--out", str(work / "prefs-test.jsonl"),
+                                         "--pairs-per-prompt", "4", "--seed", s], work / "prefs-test.jsonl"),
+        Stage("eval ORM", ["eval", "--rm", str(work / "rm"), "--data", str(work / "prefs-test.jsonl"), "--out", str(work / "eval-rm.json")],
+              work / "eval-rm.json"),
         Stage("best-of-n", ["best-of-n", str(work / "rollouts-test.jsonl"), "--rm", str(work / "rm"), "--prm", str(work / "prm"),
                             "--vote", "majority", "--out", str(work / "bon.json"), "--plot", str(work / "bon.png")],
               work / "bon.json"),
@@ -192,8 +196,8 @@ def summary_table(work: Path) -> dict[str, Any]:
             curve = bon["curves"].get(key)
             table[f"Best-of-{n_max} {label}"] = curve[-1] if curve else None
         table["sampled pass@1 (T=1)"] = bon["curves"]["oracle"][0]
-    rm = _read(work / "rm" / "rlhfctl.json")
-    table["ORM held-out pair accuracy"] = rm.get("results", {}).get("pair_accuracy") if rm else None
+    rm = _read(work / "eval-rm.json")
+    table["ORM pair accuracy (test prompts)"] = rm.get("pair_accuracy") if rm else None
     prm = _read(work / "prm" / "rlhfctl.json")
     table["PRM held-out step accuracy"] = prm.get("results", {}).get("step_accuracy") if prm else None
     return table

@@ -36,7 +36,7 @@ def test_plan_chains_every_stage_of_the_pipeline(tmp_path):
     stages = pipeline.plan(tmp_path, pipeline.DEFAULT)
     commands = [s.args[0] for s in stages]
     assert commands == ["toy-data", "train-sft", "eval", "rollout", "build-prefs", "train-rm", "label-prm", "train-rm",
-                        "rollout", "best-of-n", "train-policy", "eval", "train-policy", "eval", "report"]
+                        "rollout", "build-prefs", "eval", "best-of-n", "train-policy", "eval", "train-policy", "eval", "report"]
     by_name = {s.name: s for s in stages}
     assert "--prm" in by_name["train-rm --prm"].args
     assert by_name["train-policy PPO"].args[by_name["train-policy PPO"].args.index("--algo") + 1] == "ppo"
@@ -74,14 +74,13 @@ def test_summary_table_reads_the_artifacts(tmp_path):
     (tmp_path / "eval-grpo.json").write_text(json.dumps({"pass@1": 0.75}))
     (tmp_path / "bon.json").write_text(json.dumps({"n": [1, 2, 4], "curves": {"oracle": [0.4, 0.6, 0.8], "rm": [0.4, 0.5, 0.55],
                                                                               "prm-min": [0.4, 0.45, 0.5]}}))
-    (tmp_path / "rm").mkdir()
-    (tmp_path / "rm" / "rlhfctl.json").write_text(json.dumps({"results": {"pair_accuracy": 0.7}}))
+    (tmp_path / "eval-rm.json").write_text(json.dumps({"pair_accuracy": 0.7}))
     table = pipeline.summary_table(tmp_path)
     assert table["SFT pass@1 (greedy)"] == 0.5 and table["GRPO pass@1 (greedy)"] == 0.75
     assert table["PPO pass@1 (greedy)"] is None
     assert table["Best-of-4 ORM"] == 0.55 and table["Best-of-4 PRM (min)"] == 0.5 and table["Best-of-4 oracle"] == 0.8
     assert table["Best-of-4 majority vote"] is None and table["sampled pass@1 (T=1)"] == 0.4
-    assert table["ORM held-out pair accuracy"] == 0.7 and table["PRM held-out step accuracy"] is None
+    assert table["ORM pair accuracy (test prompts)"] == 0.7 and table["PRM held-out step accuracy"] is None
 
 
 @pytest.mark.parametrize("flag", ["--sft-steps", "--policy-steps", "--train-prompts"])
@@ -106,4 +105,4 @@ def test_demo_runs_every_stage_and_a_rerun_skips_them_all(cli, tmp_path):
             assert str(work) in line  # every stage's exact command is printed
     again = cli("demo", "--workdir", work, *TINY, "--json", timeout=600)
     assert again.returncode == 0 and json.loads(again.stdout) == table
-    assert again.stderr.count("done, skipped") == 15
+    assert again.stderr.count("done, skipped") == 17
