@@ -39,7 +39,8 @@ done
 SFT="$W/sft-small"
 
 # A. responses per prompt for PPO, same number of updates
-for n in 1 2 4 8 16; do policy "$W/A/ppo-n$n" "$SFT" ppo "$n" --verifier math; done
+# (batch reward normalisation for every n: group normalisation needs n >= 2)
+for n in 1 2 4 8 16; do policy "$W/A/ppo-n$n" "$SFT" ppo "$n" --verifier math --reward-norm batch; done
 
 # D. PPO vs GRPO at n = 8 (the PPO run is A's n = 8)
 policy "$W/D/grpo-n8" "$SFT" grpo 8 --verifier math
