@@ -59,12 +59,28 @@ def policy_numbers(run: Path) -> dict[str, Any] | None:
             "seconds": sum(r.get("seconds", 0.0) for r in steps)}
 
 
+EVAL_PROMPTS = 200  # scaling_study.sh evaluates greedy pass@1 on the first 200 test prompts
+UNRESOLVED = "unresolved"
+
+
+def noise(p: float, count: int) -> float:
+    """Two standard errors of the difference of two accuracies near ``p``, each measured on ``count`` items."""
+    p = min(max(p, 0.05), 0.95)
+    return 2 * (2 * p * (1 - p) / count) ** 0.5
+
+
+def decide(claim: bool, effect: float, p: float, count: int = EVAL_PROMPTS) -> bool | str:
+    """The verdict on a claim whose deciding difference is ``effect``: unresolved when it is within the noise."""
+    return claim if abs(effect) > noise(p, count) else UNRESOLVED
+
+
 def fmt(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
-def verdict(holds: bool | None) -> str:
-    return {True: "**holds**", False: "**does not hold**", None: "**not run**"}[holds]
+def verdict(holds: bool | str | None) -> str:
+    return {True: "**holds**", False: "**does not hold**", None: "**not run**",
+            UNRESOLVED: "**unresolved at this budget** (the deciding difference is within two standard errors)"}[holds]
 
 
 def section_a(w: Path) -> tuple[bool | None, list[str]]:
@@ -78,9 +94,12 @@ def section_a(w: Path) -> tuple[bool | None, list[str]]:
     small, mid, large = min(gains), sorted(gains)[len(gains) // 2], max(gains)
     boost = max(gains[n] for n in gains if n > small) > gains[small] + 0.01
     plateau = gains[large] - gains[mid] <= max(gains[mid] - gains[small], 0.0) / 2 + 0.01
+    p = runs[small]["first"]
     lines.append(f"\nGain from n = {small} to {mid}: {gains[mid] - gains[small]:+.3f}; from n = {mid} to {large}: "
-                 f"{gains[large] - gains[mid]:+.3f} (boost: {boost}, plateau: {plateau}).")
-    return boost and plateau, lines
+                 f"{gains[large] - gains[mid]:+.3f} (boost: {boost}, plateau: {plateau}); two standard errors of a "
+                 f"difference of two pass@1 on {EVAL_PROMPTS} prompts: {noise(p, EVAL_PROMPTS):.3f}.")
+    best_boost = max(gains[n] for n in gains if n > small) - gains[small]
+    return decide(boost and plateau, best_boost, p), lines
 
 
 def section_b(w: Path) -> tuple[bool | None, list[str]]:
@@ -93,7 +112,8 @@ def section_b(w: Path) -> tuple[bool | None, list[str]]:
     lines += [f"| {n} | " + " | ".join(fmt(curves[k][i]) for k in keys) + " |" for i, n in enumerate(ns)]
     base, top = curves["oracle"][0], len(ns) - 1
     rm_best = max(curves["rm"])
-    holds = rm_best > base + 0.01 and all(curves["rm"][i] <= curves["oracle"][i] + 1e-9 for i in range(len(ns)))
+    below_oracle = all(curves["rm"][i] <= curves["oracle"][i] + 1e-9 for i in range(len(ns)))
+    holds = decide(rm_best > base and below_oracle, rm_best - base, base, bon.get("num_prompts", EVAL_PROMPTS))
     prm = max((curves[k][top], k) for k in keys if k.startswith("prm")) if any(k.startswith("prm") for k in keys) else None
     lines.append(f"\nSampled pass@1 {fmt(base)}; ORM best {fmt(rm_best)}, at N = {ns[top]} {fmt(curves['rm'][top])}"
                  + (f"; PRM ({prm[1]}) at N = {ns[top]} {fmt(prm[0])}" if prm else "") + ".")
@@ -101,16 +121,17 @@ def section_b(w: Path) -> tuple[bool | None, list[str]]:
 
 
 def section_c(w: Path) -> tuple[bool | None, list[str]]:
-    acc = {}
+    acc, pairs = {}, EVAL_PROMPTS
     for name in ("wide", "deep"):
         result = read_json(w / "C" / f"eval-rm-{name}.json")
         if result:
             acc[name] = result.get("pair_accuracy")
+            pairs = result.get("num_pairs") or pairs
     if len(acc) < 2:
         return None, []
     lines = ["| RM data (same number of pairs) | held-out pair accuracy |", "| --- | --- |",
              f"| many prompts, 2 pairs each (wide) | {fmt(acc['wide'])} |", f"| few prompts, 8 pairs each (deep) | {fmt(acc['deep'])} |"]
-    return acc["wide"] > acc["deep"], lines
+    return decide(acc["wide"] > acc["deep"], acc["wide"] - acc["deep"], acc["deep"], pairs), lines
 
 
 def section_d(w: Path) -> tuple[bool | None, list[str]]:
@@ -131,7 +152,8 @@ def section_e1(w: Path, sizes: list[str]) -> tuple[bool | None, list[str]]:
     lines = ["| policy | SFT pass@1 | after GRPO | gain |", "| --- | --- | --- | --- |"]
     lines += [f"| toy:{s} | {fmt(r['first'])} | {fmt(r['last'])} | {r['gain']:+.3f} |" for s, r in runs.items()]
     ordered = [runs[s]["gain"] for s in sizes if s in runs]
-    return all(a >= b for a, b in zip(ordered, ordered[1:])), lines
+    p = min(r["first"] for r in runs.values())
+    return decide(all(a >= b for a, b in zip(ordered, ordered[1:])), ordered[0] - ordered[-1], p), lines
 
 
 def section_e2(w: Path) -> tuple[bool | None, list[str]]:
@@ -144,7 +166,7 @@ def section_e2(w: Path) -> tuple[bool | None, list[str]]:
         lines.append(f"| {name} | {fmt(acc.get('pair_accuracy')) if acc else '–'} | {fmt(r['first'])} | {fmt(r['last'])} | {r['gain']:+.3f} |")
     diff = small["gain"] - tiny["gain"]
     lines.append(f"\nThe larger RM's gain minus the smaller's: {diff:+.3f}.")
-    return 0.0 <= diff <= 0.1, lines
+    return decide(0.0 < diff <= 0.1, diff, small["first"]), lines
 
 
 def draw_figures(w: Path, out: Path) -> dict[str, str]:

@@ -43,7 +43,7 @@ def test_scaling_study_write_up_states_each_finding_with_its_numbers(tmp_path):
     doc = (tmp_path / "out" / "scaling_study.md").read_text()
     section = {h.split(".")[0]: h for h in doc.split("## ")[1:]}
     assert "**holds**" in section["A"] and "| 16 | 0.500 | 0.680 | +0.180 |" in section["A"]
-    assert "**holds**" in section["C"] and "0.650" in section["C"]
+    assert "**unresolved at this budget**" in section["C"] and "0.650" in section["C"]  # 0.05 apart on ~200 pairs is noise
     assert "**holds**" in section["E1"] and "+0.300" in section["E1"]
     assert "**not run**" in section["B"] and "**not run**" in section["E2"]
     assert "| GRPO | 0.500 | 0.700 | 0.020 |" in section["D"]
