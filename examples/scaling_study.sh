@@ -11,12 +11,12 @@
 #
 #   bash examples/scaling_study.sh [WORKDIR]          # about an hour on a 2-core CPU
 #
-# Budget knobs (environment): STEPS (policy updates per run, 20), PPS (prompts per
+# Budget knobs (environment): STEPS (policy updates per run, 15), PPS (prompts per
 # policy step, 8), SIZES (policy sizes, "tiny small"), PAIRS (RM pairs in C, 1600),
 # BON_PROMPTS (200). Every stage is skipped when its output exists: rerun to resume.
 set -euo pipefail
 W=${1:-runs/study}
-STEPS=${STEPS:-20}
+STEPS=${STEPS:-15}
 PPS=${PPS:-8}
 SIZES=${SIZES:-"tiny small"}
 PAIRS=${PAIRS:-1600}

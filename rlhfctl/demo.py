@@ -25,7 +25,7 @@ from rlhfctl.errors import RlhfctlError
 
 @dataclass(frozen=True)
 class Budget:
-    """How much each stage does. `DEFAULT` shows every stage in minutes; `FULL` makes each effect clear."""
+    """How much each stage does. `DEFAULT` shows every stage in minutes; `FULL` spends more on data and policy updates."""
 
     sft_steps: int
     train_prompts: int
