@@ -52,6 +52,8 @@ class Stage:
     args: list[str]  # after `rlhfctl`
     output: Path  # the stage is done when this exists
     resume_folder: Path | None = None  # training: --resume when this folder holds run.json
+    may_find_nothing: bool = False  # a failure that says there was nothing to build ends the stage, not the demo
+    needs: Path | None = None  # skipped (not failed) when an earlier stage found nothing to put here
 
     def command(self) -> list[str]:
         if self.resume_folder is not None and (self.resume_folder / "run.json").exists():
@@ -59,8 +61,12 @@ class Stage:
         return list(self.args)
 
     @property
+    def nothing_marker(self) -> Path:
+        return self.output.with_name(self.output.name + ".nothing")
+
+    @property
     def done(self) -> bool:
-        return self.output.exists()
+        return self.output.exists() or self.nothing_marker.exists()
 
 
 @dataclass
@@ -97,9 +103,9 @@ def plan(work: Path, budget: Budget, seed: int = 0) -> list[Stage]:
         Stage("rollout (Best-of-N)", ["rollout", test, "--model", str(work / "sft"), "--out", str(work / "rollouts-test.jsonl"),
                                       "--n", str(budget.bon_n), "--seed", s], work / "rollouts-test.done"),
         Stage("build-prefs (held-out)", ["build-prefs", str(work / "rollouts-test.jsonl"), "--out", str(work / "prefs-test.jsonl"),
-                                         "--pairs-per-prompt", "4", "--seed", s], work / "prefs-test.jsonl"),
+                                         "--pairs-per-prompt", "4", "--seed", s], work / "prefs-test.jsonl", may_find_nothing=True),
         Stage("eval ORM", ["eval", "--rm", str(work / "rm"), "--data", str(work / "prefs-test.jsonl"), "--out", str(work / "eval-rm.json")],
-              work / "eval-rm.json"),
+              work / "eval-rm.json", needs=work / "prefs-test.jsonl"),
         Stage("best-of-n", ["best-of-n", str(work / "rollouts-test.jsonl"), "--rm", str(work / "rm"), "--prm", str(work / "prm"),
                             "--vote", "majority", "--out", str(work / "bon.json"), "--plot", str(work / "bon.png")],
               work / "bon.json"),
@@ -117,6 +123,10 @@ def plan(work: Path, budget: Budget, seed: int = 0) -> list[Stage]:
                                    "--out", str(work / "report")], work / "report" / "report.md"))
     return stages
 
+
+# What build-prefs says when no prompt has both a right and a wrong response
+# (a policy trained for a few steps gets every test prompt wrong).
+NOTHING_BUILT = "no preference records could be built"
 
 # Rollout and label-prm append to a JSONL as they go, so their JSONL existing
 # does not mean they finished: the demo marks them done itself.
@@ -150,11 +160,23 @@ def run(work: Path, budget: Budget, seed: int = 0, echo=print) -> DemoResult:
             echo(f"{head}: done, skipped")
             result.stages_skipped.append(stage.name)
             continue
+        if stage.needs is not None and not stage.needs.exists():
+            echo(f"{head}: skipped, an earlier stage found nothing for {stage.needs.name}")
+            result.stages_skipped.append(stage.name)
+            continue
         args = stage.command()
         echo(f"{head}\n  $ {shown(args)}")
         tic = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "rlhfctl", *args], stdout=subprocess.DEVNULL)
+        proc = subprocess.run([sys.executable, "-m", "rlhfctl", *args], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE if stage.may_find_nothing else None, text=True)
+        if proc.returncode != 0 and stage.may_find_nothing and NOTHING_BUILT in (proc.stderr or ""):
+            stage.nothing_marker.write_text(proc.stderr)
+            echo(f"  nothing to build: {proc.stderr.strip().removeprefix('error: ')}")
+            result.stages_run.append(stage.name)
+            continue
         if proc.returncode != 0:
+            if proc.stderr:
+                sys.stderr.write(proc.stderr)
             raise StageFailed(stage.name, shown(args), proc.returncode)
         if stage.name in APPEND_STAGES:
             stage.output.write_text("")
