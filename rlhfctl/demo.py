@@ -54,6 +54,7 @@ class Stage:
     resume_folder: Path | None = None  # training: --resume when this folder holds run.json
     may_find_nothing: bool = False  # a failure that says there was nothing to build ends the stage, not the demo
     needs: Path | None = None  # skipped (not failed) when an earlier stage found nothing to put here
+    appends: bool = False  # rollout / label-prm append to their JSONL as they go, so ``output`` is a marker the demo writes
 
     def command(self) -> list[str]:
         if self.resume_folder is not None and (self.resume_folder / "run.json").exists():
@@ -89,7 +90,7 @@ def plan(work: Path, budget: Budget, seed: int = 0) -> list[Stage]:
         Stage("eval SFT", ["eval", "--model", str(work / "sft"), "--data", test, "--out", str(work / "eval-sft.json")],
               work / "eval-sft.json"),
         Stage("rollout (RM data)", ["rollout", train, "--model", str(work / "sft"), "--out", str(work / "rollouts.jsonl"),
-                                    "--n", str(budget.rollout_n), "--seed", s], work / "rollouts.done"),
+                                    "--n", str(budget.rollout_n), "--seed", s], work / "rollouts.done", appends=True),
         Stage("build-prefs", ["build-prefs", str(work / "rollouts.jsonl"), "--out", str(work / "prefs.jsonl"),
                               "--pairs-per-prompt", "4", "--binary-per-prompt", "2", "--seed", s], work / "prefs.jsonl"),
         Stage("train-rm (ORM)", ["train-rm", str(work / "prefs.jsonl"), str(d / "prefs_style.jsonl"), "--model", str(work / "sft"),
@@ -97,11 +98,11 @@ def plan(work: Path, budget: Budget, seed: int = 0) -> list[Stage]:
               work / "rm" / "rlhfctl.json", work / "rm"),
         Stage("label-prm", ["label-prm", str(work / "rollouts.jsonl"), "--completer", str(work / "sft"), "--out", str(work / "steps.jsonl"),
                             "--n-completions", str(budget.label_completions), "--max-solutions-per-prompt", "1", "--seed", s],
-              work / "steps.done"),
+              work / "steps.done", appends=True),
         Stage("train-rm --prm", ["train-rm", "--prm", str(work / "steps.jsonl"), "--model", str(work / "sft"), "--out", str(work / "prm"),
                                  "--epochs", str(budget.rm_epochs), "--seed", s], work / "prm" / "rlhfctl.json", work / "prm"),
         Stage("rollout (Best-of-N)", ["rollout", test, "--model", str(work / "sft"), "--out", str(work / "rollouts-test.jsonl"),
-                                      "--n", str(budget.bon_n), "--seed", s], work / "rollouts-test.done"),
+                                      "--n", str(budget.bon_n), "--seed", s], work / "rollouts-test.done", appends=True),
         Stage("build-prefs (held-out)", ["build-prefs", str(work / "rollouts-test.jsonl"), "--out", str(work / "prefs-test.jsonl"),
                                          "--pairs-per-prompt", "4", "--seed", s], work / "prefs-test.jsonl", may_find_nothing=True),
         Stage("eval ORM", ["eval", "--rm", str(work / "rm"), "--data", str(work / "prefs-test.jsonl"), "--out", str(work / "eval-rm.json")],
@@ -127,10 +128,6 @@ def plan(work: Path, budget: Budget, seed: int = 0) -> list[Stage]:
 # What build-prefs says when no prompt has both a right and a wrong response
 # (a policy trained for a few steps gets every test prompt wrong).
 NOTHING_BUILT = "no preference records could be built"
-
-# Rollout and label-prm append to a JSONL as they go, so their JSONL existing
-# does not mean they finished: the demo marks them done itself.
-APPEND_STAGES = {"rollout (RM data)": "rollouts.done", "label-prm": "steps.done", "rollout (Best-of-N)": "rollouts-test.done"}
 
 
 def check_budget(budget: Budget) -> None:
@@ -178,7 +175,7 @@ def run(work: Path, budget: Budget, seed: int = 0, echo=print) -> DemoResult:
             if proc.stderr:
                 sys.stderr.write(proc.stderr)
             raise StageFailed(stage.name, shown(args), proc.returncode)
-        if stage.name in APPEND_STAGES:
+        if stage.appends:  # its JSONL existing does not mean it finished: mark it done
             stage.output.write_text("")
         echo(f"  finished in {time.perf_counter() - tic:.0f} s")
         result.stages_run.append(stage.name)
