@@ -70,11 +70,11 @@ def _decode_loop(model, rows, params: SamplingParams, pad_id: int, eos_id: int, 
     alive = torch.arange(len(rows), device=device)  # original row index of each cache row
     generated: list[list[int]] = [[] for _ in rows]
     finished = [False] * len(rows)
-    cache = None
+    cache, cache_kwarg = None, cache_keyword(model)
     with torch.inference_mode():
         for _ in range(params.max_new_tokens):
-            out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
-            cache = out.cache if hasattr(out, "cache") else out.past_key_values
+            out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kwarg: cache})
+            cache = getattr(out, cache_kwarg)
             next_tok = sample_next(out.logits[:, -1, :].float(), params.temperature, params.top_p, generator)
             done_now = []
             for j, tok in enumerate(next_tok.tolist()):
@@ -93,6 +93,26 @@ def _decode_loop(model, rows, params: SamplingParams, pad_id: int, eos_id: int, 
             mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
             positions = positions[:, -1:] + 1
     return [(g, "stop" if f else "length") for g, f in zip(generated, finished)]
+
+
+def cache_keyword(model) -> str:
+    """The forward keyword (and output field) of the KV cache: ``past_key_values`` up to
+    transformers 5.2x, ``cache`` after the rename. A wrong name is swallowed by
+    ``**kwargs`` and every step then sees one token without its past, so look it up."""
+    import dataclasses
+    import inspect
+
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    for module in (model, getattr(model, "module", None), getattr(model, "base_model", None)):
+        if module is None:
+            continue
+        names = inspect.signature(module.forward).parameters
+        for name in ("cache", "past_key_values"):
+            if name in names:
+                return name
+    fields = {f.name for f in dataclasses.fields(CausalLMOutputWithPast)}
+    return "cache" if "cache" in fields else "past_key_values"
 
 
 def _rows_to_keep(n_alive: int, done_now: list[int], device):

@@ -70,6 +70,39 @@ def test_greedy_decode_matches_model_generate_with_left_padding_and_early_stops(
             assert reason == "stop" and tokens == want[:stop + 1] and tokens[-1] == eos, i
 
 
+class _CacheNamed(torch.nn.Module):
+    """The model behind a forward whose KV-cache keyword is ``name`` (transformers renamed
+    ``past_key_values`` to ``cache`` within 5.x) and nothing else: no ``**kwargs`` to swallow a wrong one."""
+
+    def __init__(self, inner, name: str):
+        super().__init__()
+        self.inner, self.name = inner, name
+        self.forward = {"cache": self._forward_cache, "past_key_values": self._forward_past}[name]
+
+    def _call(self, input_ids, attention_mask, position_ids, cache, use_cache):
+        from types import SimpleNamespace
+
+        from rlhfctl.generation.hf import cache_keyword
+
+        inner_name = cache_keyword(self.inner)
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=use_cache, **{inner_name: cache})
+        return SimpleNamespace(logits=out.logits, **{self.name: getattr(out, inner_name)})
+
+    def _forward_cache(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, use_cache=None):
+        return self._call(input_ids, attention_mask, position_ids, cache, use_cache)
+
+    def _forward_past(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None):
+        return self._call(input_ids, attention_mask, position_ids, past_key_values, use_cache)
+
+
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_the_kv_cache_is_passed_under_the_keyword_the_model_takes(model, tok, name):
+    rows = [tok(p)["input_ids"] for p in PROMPTS]
+    wrapped = _CacheNamed(model, name)
+    assert _decode(wrapped, tok, rows, 12, eos_id=-1) == _decode(model, tok, rows, 12, eos_id=-1)
+
+
 def test_greedy_decode_batch_equals_one_row_at_a_time(model, tok):
     rows = [tok(p)["input_ids"] for p in PROMPTS]
     batch = _decode(model, tok, rows, 10, eos_id=tok.eos_token_id)
