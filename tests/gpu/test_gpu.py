@@ -28,6 +28,28 @@ def _responses(path) -> list[list[str]]:
     return [r["responses"] for r in read_jsonl(path)]
 
 
+def test_hf_backend_greedy_equals_model_generate_on_the_gpu():
+    """The decode loop against `generate` on the card, with this machine's transformers: a GPU-vs-CPU
+    comparison alone cannot see a loop that is wrong on both (as under transformers 5.17, where the KV
+    cache went in under a keyword that release does not take)."""
+    from rlhfctl.generation.base import SamplingParams
+    from rlhfctl.generation.hf import _decode_loop
+    from rlhfctl.models import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer("toy:tiny")
+    model = load_causal_lm("toy:tiny", seed=0).to("cuda").eval()
+    prompts = ["Compute 1+2.\n", "Compute 31+5+30-49+38.\n", "Compute 12-3+4.\n"]
+    rows = [tok(p)["input_ids"] for p in prompts]
+    params = SamplingParams(n=1, temperature=0, max_new_tokens=16)
+    eos = tok.eos_token_id
+    ours = _decode_loop(model, rows, params, tok.pad_token_id, eos, torch.Generator(device="cuda").manual_seed(0), "cuda")
+    enc = tok(prompts, return_tensors="pt", padding=True).to("cuda")
+    with torch.inference_mode():
+        ref = model.generate(**enc, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=eos)
+    for (tokens, _), want in zip(ours, ref[:, enc.input_ids.shape[1]:].tolist()):
+        assert tokens and tokens == want[:len(tokens)]
+
+
 def test_rollout_greedy_on_the_gpu_matches_the_cpu(cli, cli_env, sft_run, toy_dir, tmp_path):
     args = ["rollout", toy_dir / "test.jsonl", "--model", sft_run.path, "--n", "1", "--temperature", "0",
             "--max-new-tokens", "48"]
