@@ -144,6 +144,7 @@ def test_logged_loss_is_the_token_mean_over_completion_tokens(sft_run, toy_dir, 
     records = read_records(toy_dir / "sft.jsonl", "sft")
     examples = [encode_example(tok, r["prompt"], r["completion"], 512) for r in records]
     _, first = next(batch_stream([len(e.input_ids) for e in examples], 8, 0, 0))
+    assert len({len(examples[i].input_ids) for i in first}) > 1  # padded: pads must change no real token's loss
     model = load_causal_lm("toy:tiny", seed=0)
     with torch.no_grad():
         losses = []
