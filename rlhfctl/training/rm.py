@@ -119,7 +119,9 @@ def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float) -> di
     seqs = [s for it in pairs for s in it.seqs] + [it.seqs[0] for it in binary]  # (chosen, rejected)*P + binary
     ids, mask = right_pad(seqs, pad_id)
     ids, mask = ids.to(acc.device), mask.to(acc.device)
-    scores = gather_last(run.model(ids, mask), mask).float()  # (2P + B,)
+    # No attention mask in the forward: right padding under causal attention hides every pad from the
+    # real tokens, and only the last real token is read (as train-sft; SDPA's causal path is faster).
+    scores = gather_last(run.model(ids, None), mask).float()  # (2P + B,)
     chosen, rejected, bin_scores = scores[0:2 * len(pairs):2], scores[1:2 * len(pairs):2], scores[2 * len(pairs):]
     parts, stats = [], {}
     if n_pairs:

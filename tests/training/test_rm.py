@@ -120,6 +120,23 @@ def test_train_step_loss_is_half_bt_plus_cls(tmp_path, which):
     assert model.table[PAD].item() == 100.0  # no gradient ever reached a pad
 
 
+def test_train_steps_unmasked_right_padded_forward_reads_each_sequences_own_score():
+    """_train_step runs the backbone without an attention mask on right-padded rows: the last real
+    token's value must equal the value of that sequence scored alone, unpadded."""
+    import torch
+
+    from rlhfctl.rm.model import TokenValues, build_reward_model, right_pad
+    from rlhfctl.rm.scoring import gather_last
+
+    values = TokenValues(build_reward_model("toy:tiny", "orm", seed=0)).eval()
+    seqs = [[1, 20, 21, 22, 23, 24, 25], [1, 30, 31], [1, 40, 41, 42, 43]]
+    ids, mask = right_pad(seqs, PAD)
+    with torch.no_grad():
+        batched = gather_last(values(ids, None), mask)
+        alone = torch.stack([values(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))[0, -1] for s in seqs])
+    assert torch.allclose(batched, alone, atol=1e-5)
+
+
 def test_unified_loss_agrees_with_the_step(tmp_path):
     import torch
 
