@@ -73,9 +73,12 @@ def run(config: BoNConfig) -> dict[str, Any]:
     ranked: dict[str, list[list[float]]] = {}
     if config.rm:
         ranked["rm"] = scores.get(f"rm:{os.path.abspath(config.rm)}", rollouts, lambda todo: _score_rm(todo, config.rm))
-    for agg in config.aggs if config.prm else ():
-        key = f"prm-{agg}:{os.path.abspath(config.prm)}"
-        ranked[f"prm-{agg}"] = scores.get(key, rollouts, lambda todo, agg=agg: _score_prm(todo, config.prm, agg))
+    if config.prm and config.aggs:  # the step scores are cached once; each --agg is computed from them
+        from rlhfctl.rm.metrics import aggregate_steps
+
+        steps = scores.get(f"prm-steps:{os.path.abspath(config.prm)}", rollouts, lambda todo: _score_prm_steps(todo, config.prm))
+        for agg in config.aggs:
+            ranked[f"prm-{agg}"] = [[aggregate_steps(s, agg) for s in per_prompt] for per_prompt in steps]
     if config.logprob:
         ranked["logprob"] = scores.get(f"logprob:{config.logprob}", rollouts, lambda todo: _score_logprob(todo, config.logprob))
     for name, per_prompt in ranked.items():
@@ -118,7 +121,8 @@ def _n_max(rollouts: list[Record], config: BoNConfig) -> int:
 
 
 class ScoreCache:
-    """``{scorer: {prompt id: [score per response]}}`` on disk, written atomically."""
+    """``{scorer: {prompt id: [score per response]}}`` on disk, written atomically (for a PRM,
+    ``prm-steps``, the score of a response is the list of its step logits)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -144,10 +148,10 @@ def _score_rm(rollouts: list[Record], rm: str) -> list[list[float]]:
     return score_rollouts(rollouts, rm)
 
 
-def _score_prm(rollouts: list[Record], prm: str, agg: str) -> list[list[float]]:
-    from rlhfctl.rm.scorers import prm_score_rollouts
+def _score_prm_steps(rollouts: list[Record], prm: str) -> list[list[list[float]]]:
+    from rlhfctl.rm.scorers import prm_step_scores
 
-    return prm_score_rollouts(rollouts, prm, agg)
+    return prm_step_scores(rollouts, prm)
 
 
 def _score_logprob(rollouts: list[Record], model: str) -> list[list[float]]:

@@ -63,14 +63,14 @@ def logprob_rollouts(rollouts: list[Record], model_spec: str, batch_size: int = 
     return _regroup(flat, rollouts)
 
 
-def prm_score_rollouts(rollouts: list[Record], prm_dir: str, agg: str, batch_size: int = 64, max_length: int = 512) -> list[list[float]]:
-    """PRM score of every response: its step scores aggregated by ``agg``.
+def prm_step_scores(rollouts: list[Record], prm_dir: str, batch_size: int = 64, max_length: int = 512) -> list[list[list[float]]]:
+    """PRM step logits of every response, per prompt: ``[prompt][response][step]``.
 
     Responses are split into steps with the separator the PRM was trained
-    with (from its manifest).
+    with (from its manifest). `rlhfctl.rm.metrics.aggregate_steps` turns a
+    response's step logits into one score (min, last, prod or mean of σ).
     """
     from rlhfctl.rm.data import encode_steps
-    from rlhfctl.rm.metrics import aggregate_steps
     from rlhfctl.rm.model import PRM, TokenValues, load_reward_model
     from rlhfctl.rm.prm_label import split_steps
     from rlhfctl.training.prm import step_scores
@@ -86,4 +86,12 @@ def prm_score_rollouts(rollouts: list[Record], prm_dir: str, agg: str, batch_siz
             seqs.append(ids)
             positions.append(pos)
     raw = step_scores(TokenValues(model), seqs, positions, tokenizer.pad_token_id, batch_size)
-    return _regroup([aggregate_steps(s, agg) for s in raw], rollouts)
+    return _regroup([list(map(float, s)) for s in raw], rollouts)
+
+
+def prm_score_rollouts(rollouts: list[Record], prm_dir: str, agg: str, batch_size: int = 64, max_length: int = 512) -> list[list[float]]:
+    """PRM score of every response: its step scores aggregated by ``agg``."""
+    from rlhfctl.rm.metrics import aggregate_steps
+
+    return [[aggregate_steps(steps, agg) for steps in per_prompt]
+            for per_prompt in prm_step_scores(rollouts, prm_dir, batch_size, max_length)]

@@ -159,10 +159,35 @@ def test_best_of_n_with_the_prm(prm_run, toy_dir, tmp_path, run_main):
     cache = json.loads((tmp_path / "bon.json.scores.json").read_text())
     records = [{"prompt": r["prompt"], "completions": t.split("\n")} for r in rollouts for t in r["responses"]]
     hf, *_ = _hf_step_logits(folder, records)
+    cached = [steps for r in rollouts for steps in cache[f"prm-steps:{os.path.abspath(folder)}"][r["id"]]]
+    assert [len(c) for c in cached] == [len(row) for row in hf]
+    assert [x for c in cached for x in c] == pytest.approx([x for row in hf for x in row], abs=1e-5)
     probs = [[_sigmoid(s) for s in row] for row in hf]
+    from rlhfctl.eval.bon import best_of_n_accuracy
+
     for agg, fn in (("min", min), ("last", lambda p: p[-1]), ("prod", math.prod)):
-        got = [s for r in rollouts for s in cache[f"prm-{agg}:{os.path.abspath(folder)}"][r["id"]]]
-        assert got == pytest.approx([fn(p) for p in probs], abs=1e-5), agg
+        scores = [fn(p) for p in probs]
+        per_prompt = [scores[3 * i:3 * i + 3] for i in range(len(rollouts))]
+        want = [sum(best_of_n_accuracy(s, r["correct"], k) for s, r in zip(per_prompt, rollouts)) / len(rollouts)
+                for k in result["n"]]
+        assert result["curves"][f"prm-{agg}"] == pytest.approx(want, abs=1e-6), agg
+
+
+def test_best_of_n_scores_each_response_with_the_prm_once_for_every_agg(prm_run, toy_dir, tmp_path, run_main, monkeypatch):
+    """A rerun with another --agg reads the cached step logits: the PRM is not loaded again."""
+    folder, *_ = prm_run
+    write_jsonl(tmp_path / "rollouts.jsonl", _rollouts(toy_dir))
+    out = tmp_path / "bon.json"
+    assert run_main("best-of-n", tmp_path / "rollouts.jsonl", "--prm", folder, "--agg", "min", "--out", out).code == 0
+    import rlhfctl.rm.scorers
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the PRM scored the responses again")
+
+    monkeypatch.setattr(rlhfctl.rm.scorers, "prm_step_scores", fail)
+    r = run_main("best-of-n", tmp_path / "rollouts.jsonl", "--prm", folder, "--agg", "mean", "--agg", "prod", "--out", out, "--json")
+    assert r.code == 0, r.err
+    assert set(json.loads(r.out)["curves"]) == {"oracle", "prm-mean", "prm-prod"}
 
 
 def test_a_prm_is_refused_as_an_orm(prm_run, toy_dir, tmp_path, run_main):
