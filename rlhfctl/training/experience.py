@@ -24,7 +24,7 @@ class Experience:
     input_ids: torch.Tensor  # (B, L) prompt (left-padded, width L-T) + response (right-padded, width T)
     attention_mask: torch.Tensor  # (B, L)
     response_mask: torch.Tensor  # (B, T) 1 on response tokens (eos included)
-    old_logp: torch.Tensor  # (B, T) log π_old(a_t|s_t)
+    old_logp: torch.Tensor | None  # (B, T) log π_old(a_t|s_t); None: the update's own forward gives it (`reuses_update_forward`)
     ref_logp: torch.Tensor  # (B, T) log π_ref(a_t|s_t)
     advantages: torch.Tensor  # (B, T)
     values: torch.Tensor | None = None  # (B, T) V(s_t), PPO only
@@ -178,23 +178,43 @@ def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], confi
     ids, mask, resp_mask = assemble(prompt_ids, response_ids, tokenizer.pad_token_id)
     ids, mask, resp_mask = ids.to(accelerator.device), mask.to(accelerator.device), resp_mask.to(accelerator.device)
     width = resp_mask.shape[1]
+    engine_logprobs = any(s.logprobs is not None for g in samples for s in g)
     with torch.no_grad():
-        old_logp, _ = response_logprobs(policy, ids, mask, width, temperature=config.temperature)
+        old_logp = None
+        if engine_logprobs or not reuses_update_forward(config, settings, len(response_ids), accelerator.num_processes):
+            old_logp, _ = response_logprobs(policy, ids, mask, width, temperature=config.temperature)
         ref_logp, _ = response_logprobs(ref, ids, mask, width, temperature=config.temperature)
         values = response_values(critic, ids, mask, width) if critic is not None else None
     raw, stats = rewards_for(prompts, samples, config, rm)
-    stats.update(engine_logprob_gap(samples, old_logp, resp_mask))
+    if old_logp is not None:
+        stats.update(engine_logprob_gap(samples, old_logp, resp_mask))
     raw = raw.to(accelerator.device)
-    exp = Experience(ids, mask, resp_mask, old_logp, ref_logp, torch.zeros_like(old_logp), values)
+    exp = Experience(ids, mask, resp_mask, old_logp, ref_logp, torch.zeros_like(ref_logp), values)
     shaped = shape_scores(raw, settings, accelerator)
     exp.advantages, exp.returns = advantages_for(shaped, exp, settings, accelerator)
     fmask = resp_mask.float()
-    kl = ((old_logp - ref_logp) * fmask).sum() / fmask.sum()
     stats.update({"reward_raw_mean": float(raw.mean()), "reward_raw_std": float(raw.std()) if raw.numel() > 1 else 0.0,
-                  "reward_shaped_mean": float(shaped.mean()), "reward_shaped_std": float(shaped.std()) if shaped.numel() > 1 else 0.0,
-                  "kl": float(kl), "response_length": float(fmask.sum(-1).mean()),
+                  "reward_shaped_mean": float(shaped.mean()), "reward_shaped_std": float(shaped.std()) if shaped.numel() > 1 else 0.0})
+    if old_logp is not None:  # otherwise the update reports it from its own forward pass
+        stats["kl"] = float(((old_logp - ref_logp) * fmask).sum() / fmask.sum())
+    stats.update({"response_length": float(fmask.sum(-1).mean()),
                   "truncated_fraction": sum(s.finish_reason == "length" for g in samples for s in g) / len(response_ids)})
     return exp, stats
+
+
+def reuses_update_forward(config, settings: AdvantageSettings, rows: int, world: int) -> bool:
+    """Whether π_old can be read off the update's own forward pass instead of a separate one.
+
+    With GRPO, the KL in the loss (nothing before the update needs π_old), one
+    epoch and one mini-batch, the policy is updated once on the batch it just
+    sampled with unchanged weights: π_old is the training forward's log-probs,
+    detached (the ratio is exactly 1 and its gradient is the policy
+    gradient), as TRL does with one iteration. This saves one forward pass of
+    the policy per step.
+    """
+    single_batch = config.mini_batch_size is None or config.mini_batch_size // world >= rows
+    return (settings.algo == "grpo" and settings.kl_in == "loss" and config.ppo_epochs == 1 and single_batch
+            and config.critic_warmup_steps == 0)
 
 
 def engine_logprob_gap(samples, old_logp: torch.Tensor, response_mask: torch.Tensor) -> dict[str, float]:

@@ -60,7 +60,8 @@ def _actor_step(models: Models, mb: Experience, config, denominator, accelerator
     mask = mb.response_mask.float()
     logp, entropy = response_logprobs(models.policy, mb.input_ids, mb.attention_mask, mask.shape[1], with_entropy=True,
                                       temperature=config.temperature)
-    token_loss, clipped = clipped_policy_loss(logp, mb.old_logp, mb.advantages, config.clip_eps)
+    old_logp = mb.old_logp if mb.old_logp is not None else logp.detach()  # None: `reuses_update_forward`
+    token_loss, clipped = clipped_policy_loss(logp, old_logp, mb.advantages, config.clip_eps)
     kl = KL_ESTIMATORS[config.kl_estimator](logp, mb.ref_logp)
     if config.kl_in == "loss":
         token_loss = token_loss + config.kl_coef * kl
@@ -68,9 +69,12 @@ def _actor_step(models: Models, mb: Experience, config, denominator, accelerator
     accelerator.backward(loss * accelerator.num_processes)
     grad_norm = _step(models.policy, models.policy_opt, config.max_grad_norm, accelerator)
     count = mask.sum().clamp(min=1)
-    return {"policy_loss": float(accelerator.reduce(loss.detach(), reduction="sum")), "grad_norm": grad_norm,
-            "clip_fraction": float((clipped * mask).sum() / count), "entropy": float((entropy.detach() * mask).sum() / count),
-            "kl_loss_term": float((kl.detach() * mask).sum() / count)}
+    out = {"policy_loss": float(accelerator.reduce(loss.detach(), reduction="sum")), "grad_norm": grad_norm,
+           "clip_fraction": float((clipped * mask).sum() / count), "entropy": float((entropy.detach() * mask).sum() / count),
+           "kl_loss_term": float((kl.detach() * mask).sum() / count)}
+    if mb.old_logp is None:  # the rollout's KL (log π_old - log π_ref), which `collect` reports when it computes π_old
+        out["kl"] = float(((old_logp - mb.ref_logp) * mask).sum() / count)
+    return out
 
 
 def _critic_step(models: Models, mb: Experience, config, denominator, accelerator) -> dict[str, float]:

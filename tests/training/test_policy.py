@@ -446,6 +446,59 @@ def test_resume_gives_the_same_next_metrics(run_main, toy_dir, sft_run, rm_run, 
     assert json.loads((b / "rlhfctl.json").read_text())["results"] == json.loads((tmp_path / "a" / "rlhfctl.json").read_text())["results"]
 
 
+def test_grpo_reads_pi_old_off_the_update_forward_with_the_same_results(run_main, toy_dir, sft_run, rm_run, tmp_path, monkeypatch):
+    """One epoch, one mini-batch, KL in the loss: π_old is the update's own forward, detached (one policy
+    forward fewer per step); metrics and weights equal those of a run that computes π_old separately."""
+    from safetensors.torch import load_file
+
+    import rlhfctl.training.experience as experience
+
+    calls = {"n": 0}
+    real = experience.response_logprobs
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(experience, "response_logprobs", counted)
+    args = ["--max-steps", "2", "--save-every", "10"]
+    r = run_main(*_grpo_args(toy_dir, sft_run, rm_run, tmp_path / "reused", *args))
+    assert r.code == 0, r.err
+    assert calls["n"] == 2  # the reference's log-probs, once per step: no separate π_old pass
+    monkeypatch.setattr(experience, "reuses_update_forward", lambda *a: False)
+    calls["n"] = 0
+    r = run_main(*_grpo_args(toy_dir, sft_run, rm_run, tmp_path / "separate", *args))
+    assert r.code == 0, r.err
+    assert calls["n"] == 4
+    reused, separate = read_jsonl(tmp_path / "reused" / "metrics.jsonl"), read_jsonl(tmp_path / "separate" / "metrics.jsonl")
+    for got, want in zip(reused, separate, strict=True):
+        assert got.keys() == want.keys()
+        for k, v in want.items():
+            if k != "seconds":
+                assert got[k] == pytest.approx(v, abs=1e-6), (want["step"], k)
+    wa, wb = load_file(str(tmp_path / "reused" / "model.safetensors")), load_file(str(tmp_path / "separate" / "model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_reuses_update_forward_only_for_a_single_on_policy_grpo_update():
+    from types import SimpleNamespace
+
+    from rlhfctl.training.experience import AdvantageSettings, reuses_update_forward
+
+    def cfg(**kw):
+        return SimpleNamespace(**{"mini_batch_size": None, "ppo_epochs": 1, "critic_warmup_steps": 0, **kw})
+
+    def settings(algo="grpo", kl_in="loss"):
+        return AdvantageSettings(algo, 2, None, 0.04, "k3", kl_in)
+
+    assert reuses_update_forward(cfg(), settings(), rows=8, world=1)
+    assert reuses_update_forward(cfg(mini_batch_size=16), settings(), rows=8, world=2)  # 8 per rank: one mini-batch
+    assert not reuses_update_forward(cfg(mini_batch_size=8), settings(), rows=8, world=2)  # 4 per rank: two
+    assert not reuses_update_forward(cfg(ppo_epochs=2), settings(), rows=8, world=1)
+    assert not reuses_update_forward(cfg(), settings(kl_in="reward"), rows=8, world=1)  # the KL reward needs π_old first
+    assert not reuses_update_forward(cfg(), settings(algo="ppo"), rows=8, world=1)
+
+
 def test_ppo_with_the_rm_as_critic(run_main, toy_dir, sft_run, rm_run, tmp_path):
     out = tmp_path / "ppo"
     r = run_main("train-policy", toy_dir / "train.jsonl", "--model", sft_run.path, "--rm", rm_run, "--verifier", "math",
