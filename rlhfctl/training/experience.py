@@ -29,6 +29,7 @@ class Experience:
     advantages: torch.Tensor  # (B, T)
     values: torch.Tensor | None = None  # (B, T) V(s_t), PPO only
     returns: torch.Tensor | None = None  # (B, T) GAE returns, PPO only
+    scores: torch.Tensor | None = None  # (B,) shaped scores, kept when the update computes the advantages itself
 
     @property
     def position_ids(self) -> torch.Tensor:
@@ -179,9 +180,10 @@ def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], confi
     ids, mask, resp_mask = ids.to(accelerator.device), mask.to(accelerator.device), resp_mask.to(accelerator.device)
     width = resp_mask.shape[1]
     engine_logprobs = any(s.logprobs is not None for g in samples for s in g)
+    deferred = not engine_logprobs and reuses_update_forward(config, len(response_ids), accelerator.num_processes)
+    old_logp = values = None
     with torch.no_grad():
-        old_logp = None
-        if engine_logprobs or not reuses_update_forward(config, settings, len(response_ids), accelerator.num_processes):
+        if not deferred:
             old_logp, _ = response_logprobs(policy, ids, mask, width, temperature=config.temperature)
         ref_logp, _ = response_logprobs(ref, ids, mask, width, temperature=config.temperature)
         values = response_values(critic, ids, mask, width) if critic is not None else None
@@ -189,9 +191,10 @@ def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], confi
     if old_logp is not None:
         stats.update(engine_logprob_gap(samples, old_logp, resp_mask))
     raw = raw.to(accelerator.device)
-    exp = Experience(ids, mask, resp_mask, old_logp, ref_logp, torch.zeros_like(ref_logp), values)
     shaped = shape_scores(raw, settings, accelerator)
-    exp.advantages, exp.returns = advantages_for(shaped, exp, settings, accelerator)
+    exp = Experience(ids, mask, resp_mask, old_logp, ref_logp, None, values, scores=shaped)
+    if not deferred:  # otherwise the update computes them from its own forward passes
+        exp.advantages, exp.returns = advantages_for(shaped, exp, settings, accelerator)
     fmask = resp_mask.float()
     stats.update({"reward_raw_mean": float(raw.mean()), "reward_raw_std": float(raw.std()) if raw.numel() > 1 else 0.0,
                   "reward_shaped_mean": float(shaped.mean()), "reward_shaped_std": float(shaped.std()) if shaped.numel() > 1 else 0.0})
@@ -202,19 +205,21 @@ def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], confi
     return exp, stats
 
 
-def reuses_update_forward(config, settings: AdvantageSettings, rows: int, world: int) -> bool:
-    """Whether π_old can be read off the update's own forward pass instead of a separate one.
+def reuses_update_forward(config, rows: int, world: int) -> bool:
+    """Whether π_old can be read off the update's own forward pass of the policy.
 
-    With GRPO, the KL in the loss (nothing before the update needs π_old), one
-    epoch and one mini-batch, the policy is updated once on the batch it just
-    sampled with unchanged weights: π_old is the training forward's log-probs,
-    detached (the ratio is exactly 1 and its gradient is the policy
-    gradient), as TRL does with one iteration. This saves one forward pass of
-    the policy per step.
+    With one epoch and one mini-batch, the policy is updated once, on the
+    batch just sampled, with the weights that sampled it: π_old is the
+    training forward's log-probs, detached (the ratio is exactly 1 and the
+    gradient is that of the separate-pass computation). The update then
+    computes the KL penalty and the advantages itself. This saves a policy
+    forward per step, as TRL does with one iteration. (PPO's critic keeps its
+    separate no-grad pass for V_old: reusing its training forward too would
+    hold the policy's and the critic's graphs in memory at once.) Not with
+    `--critic-warmup-steps`, whose steps train the critic alone.
     """
     single_batch = config.mini_batch_size is None or config.mini_batch_size // world >= rows
-    return (settings.algo == "grpo" and settings.kl_in == "loss" and config.ppo_epochs == 1 and single_batch
-            and config.critic_warmup_steps == 0)
+    return config.ppo_epochs == 1 and single_batch and config.critic_warmup_steps == 0
 
 
 def engine_logprob_gap(samples, old_logp: torch.Tensor, response_mask: torch.Tensor) -> dict[str, float]:

@@ -91,7 +91,7 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
                 exp, stats = collect(models.policy, ref, models.critic, generator, [records[i] for i in mine], config, settings,
                                      rm, accelerator, seed)
             generator.sleep()  # a vLLM engine releases its GPU memory while the policy trains...
-            stats.update(update(models, exp, config, accelerator, step, seed))
+            stats.update(update(models, exp, config, accelerator, step, seed, settings))
             generator.update_weights(policy)  # ...and samples from the updated policy from here on
             row = {"step": step, "epoch": epoch, **stats, "seconds": time.perf_counter() - tic}
             if eval_records and (step % config.eval_every == 0 or step == config.max_steps):

@@ -28,8 +28,11 @@ class Models:
     critic_opt: Any = None
 
 
-def update(models: Models, exp: Experience, config, accelerator, step: int, seed: int) -> dict[str, float]:
-    """``ppo_epochs`` passes over the rollout batch in shuffled mini-batches."""
+def update(models: Models, exp: Experience, config, accelerator, step: int, seed: int, settings=None) -> dict[str, float]:
+    """``ppo_epochs`` passes over the rollout batch in shuffled mini-batches; or, when `collect` left the
+    advantages to it (`experience.reuses_update_forward`), one update from its own forward passes."""
+    if exp.advantages is None:
+        return _single_update(models, exp, config, settings, accelerator)
     rows = exp.input_ids.shape[0]
     per_rank = (config.mini_batch_size or rows * accelerator.num_processes) // accelerator.num_processes
     train_actor = step > config.critic_warmup_steps
@@ -47,6 +50,26 @@ def update(models: Models, exp: Experience, config, accelerator, step: int, seed
     return {k: sum(v) / len(v) for k, v in sums.items() if v}
 
 
+def _single_update(models: Models, exp: Experience, config, settings, accelerator) -> dict[str, float]:
+    """One on-policy update: π_old is this update's forward pass of the policy, detached; the KL penalty
+    and the advantages are computed from it, then the policy (and the critic, PPO) take their steps."""
+    from rlhfctl.training.experience import advantages_for
+
+    models.policy.train()
+    mask = exp.response_mask
+    logp, entropy = response_logprobs(models.policy, exp.input_ids, exp.attention_mask, mask.shape[1], with_entropy=True,
+                                      temperature=config.temperature)
+    exp.old_logp = logp.detach()
+    exp.advantages, exp.returns = advantages_for(exp.scores, exp, settings, accelerator)
+    denominator = _global_count(mask, config.loss_agg, accelerator)
+    stats = _actor_step(models, exp, config, denominator, accelerator, forward=(logp, entropy))
+    if models.critic is not None:
+        stats.update(_critic_step(models, exp, config, denominator, accelerator))
+    fmask = mask.float()
+    stats["kl"] = float(((exp.old_logp - exp.ref_logp) * fmask).sum() / fmask.sum())  # what `collect` reports otherwise
+    return stats
+
+
 def aggregation(config):
     """The `--loss-agg` function; Dr. GRPO's sum-norm divides by the generation budget, a constant."""
     agg = LOSS_AGGREGATIONS[config.loss_agg]
@@ -55,13 +78,13 @@ def aggregation(config):
     return agg
 
 
-def _actor_step(models: Models, mb: Experience, config, denominator, accelerator) -> dict[str, float]:
+def _actor_step(models: Models, mb: Experience, config, denominator, accelerator, forward=None) -> dict[str, float]:
+    """One optimiser step of the policy; ``forward`` = (logp, entropy) when the caller already ran it."""
     agg = aggregation(config)
     mask = mb.response_mask.float()
-    logp, entropy = response_logprobs(models.policy, mb.input_ids, mb.attention_mask, mask.shape[1], with_entropy=True,
-                                      temperature=config.temperature)
-    old_logp = mb.old_logp if mb.old_logp is not None else logp.detach()  # None: `reuses_update_forward`
-    token_loss, clipped = clipped_policy_loss(logp, old_logp, mb.advantages, config.clip_eps)
+    logp, entropy = forward or response_logprobs(models.policy, mb.input_ids, mb.attention_mask, mask.shape[1],
+                                                 with_entropy=True, temperature=config.temperature)
+    token_loss, clipped = clipped_policy_loss(logp, mb.old_logp, mb.advantages, config.clip_eps)
     kl = KL_ESTIMATORS[config.kl_estimator](logp, mb.ref_logp)
     if config.kl_in == "loss":
         token_loss = token_loss + config.kl_coef * kl
@@ -69,12 +92,9 @@ def _actor_step(models: Models, mb: Experience, config, denominator, accelerator
     accelerator.backward(loss * accelerator.num_processes)
     grad_norm = _step(models.policy, models.policy_opt, config.max_grad_norm, accelerator)
     count = mask.sum().clamp(min=1)
-    out = {"policy_loss": float(accelerator.reduce(loss.detach(), reduction="sum")), "grad_norm": grad_norm,
-           "clip_fraction": float((clipped * mask).sum() / count), "entropy": float((entropy.detach() * mask).sum() / count),
-           "kl_loss_term": float((kl.detach() * mask).sum() / count)}
-    if mb.old_logp is None:  # the rollout's KL (log π_old - log π_ref), which `collect` reports when it computes π_old
-        out["kl"] = float(((old_logp - mb.ref_logp) * mask).sum() / count)
-    return out
+    return {"policy_loss": float(accelerator.reduce(loss.detach(), reduction="sum")), "grad_norm": grad_norm,
+            "clip_fraction": float((clipped * mask).sum() / count), "entropy": float((entropy.detach() * mask).sum() / count),
+            "kl_loss_term": float((kl.detach() * mask).sum() / count)}
 
 
 def _critic_step(models: Models, mb: Experience, config, denominator, accelerator) -> dict[str, float]:

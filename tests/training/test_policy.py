@@ -446,31 +446,40 @@ def test_resume_gives_the_same_next_metrics(run_main, toy_dir, sft_run, rm_run, 
     assert json.loads((b / "rlhfctl.json").read_text())["results"] == json.loads((tmp_path / "a" / "rlhfctl.json").read_text())["results"]
 
 
-def test_grpo_reads_pi_old_off_the_update_forward_with_the_same_results(run_main, toy_dir, sft_run, rm_run, tmp_path, monkeypatch):
-    """One epoch, one mini-batch, KL in the loss: π_old is the update's own forward, detached (one policy
-    forward fewer per step); metrics and weights equal those of a run that computes π_old separately."""
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_one_update_reads_pi_old_off_its_own_forward_with_the_same_results(algo, run_main, toy_dir, sft_run, rm_run, tmp_path,
+                                                                             monkeypatch):
+    """One epoch, one mini-batch: π_old is the update's own forward pass, detached, and the KL penalty and
+    advantages are computed there; metrics and weights equal those of a run with a separate π_old pass."""
     from safetensors.torch import load_file
 
     import rlhfctl.training.experience as experience
 
-    calls = {"n": 0}
-    real = experience.response_logprobs
+    calls = {"policy+ref": 0, "critic": 0}
+    real_logprobs, real_values = experience.response_logprobs, experience.response_values
 
-    def counted(*args, **kwargs):
-        calls["n"] += 1
-        return real(*args, **kwargs)
+    def logprobs(*args, **kwargs):
+        calls["policy+ref"] += 1
+        return real_logprobs(*args, **kwargs)
 
-    monkeypatch.setattr(experience, "response_logprobs", counted)
-    args = ["--max-steps", "2", "--save-every", "10"]
+    def values(*args, **kwargs):
+        calls["critic"] += 1
+        return real_values(*args, **kwargs)
+
+    monkeypatch.setattr(experience, "response_logprobs", logprobs)
+    monkeypatch.setattr(experience, "response_values", values)
+    args = ["--max-steps", "2", "--save-every", "10", "--algo", algo]  # the last --algo wins
     r = run_main(*_grpo_args(toy_dir, sft_run, rm_run, tmp_path / "reused", *args))
     assert r.code == 0, r.err
-    assert calls["n"] == 2  # the reference's log-probs, once per step: no separate π_old pass
+    critic = 2 if algo == "ppo" else 0  # PPO's V_old: a no-grad pass in collect either way
+    assert calls == {"policy+ref": 2, "critic": critic}  # in collect: the reference only, once per step
     monkeypatch.setattr(experience, "reuses_update_forward", lambda *a: False)
-    calls["n"] = 0
+    calls.update({"policy+ref": 0, "critic": 0})
     r = run_main(*_grpo_args(toy_dir, sft_run, rm_run, tmp_path / "separate", *args))
     assert r.code == 0, r.err
-    assert calls["n"] == 4
+    assert calls == {"policy+ref": 4, "critic": critic}
     reused, separate = read_jsonl(tmp_path / "reused" / "metrics.jsonl"), read_jsonl(tmp_path / "separate" / "metrics.jsonl")
+    assert any(m["grad_norm"] > 0 for m in separate)
     for got, want in zip(reused, separate, strict=True):
         assert got.keys() == want.keys()
         for k, v in want.items():
@@ -480,23 +489,19 @@ def test_grpo_reads_pi_old_off_the_update_forward_with_the_same_results(run_main
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
-def test_reuses_update_forward_only_for_a_single_on_policy_grpo_update():
+def test_reuses_update_forward_only_for_one_update_on_the_batch():
     from types import SimpleNamespace
 
-    from rlhfctl.training.experience import AdvantageSettings, reuses_update_forward
+    from rlhfctl.training.experience import reuses_update_forward
 
     def cfg(**kw):
         return SimpleNamespace(**{"mini_batch_size": None, "ppo_epochs": 1, "critic_warmup_steps": 0, **kw})
 
-    def settings(algo="grpo", kl_in="loss"):
-        return AdvantageSettings(algo, 2, None, 0.04, "k3", kl_in)
-
-    assert reuses_update_forward(cfg(), settings(), rows=8, world=1)
-    assert reuses_update_forward(cfg(mini_batch_size=16), settings(), rows=8, world=2)  # 8 per rank: one mini-batch
-    assert not reuses_update_forward(cfg(mini_batch_size=8), settings(), rows=8, world=2)  # 4 per rank: two
-    assert not reuses_update_forward(cfg(ppo_epochs=2), settings(), rows=8, world=1)
-    assert not reuses_update_forward(cfg(), settings(kl_in="reward"), rows=8, world=1)  # the KL reward needs π_old first
-    assert not reuses_update_forward(cfg(), settings(algo="ppo"), rows=8, world=1)
+    assert reuses_update_forward(cfg(), rows=8, world=1)
+    assert reuses_update_forward(cfg(mini_batch_size=16), rows=8, world=2)  # 8 per rank: one mini-batch
+    assert not reuses_update_forward(cfg(mini_batch_size=8), rows=8, world=2)  # 4 per rank: two
+    assert not reuses_update_forward(cfg(ppo_epochs=2), rows=8, world=1)
+    assert not reuses_update_forward(cfg(critic_warmup_steps=3), rows=8, world=1)  # warm-up steps train the critic alone
 
 
 def test_ppo_with_the_rm_as_critic(run_main, toy_dir, sft_run, rm_run, tmp_path):
