@@ -96,9 +96,10 @@ def _decode_loop(model, rows, params: SamplingParams, pad_id: int, eos_id: int, 
 
 
 def cache_keyword(model) -> str:
-    """The forward keyword (and output field) of the KV cache: ``past_key_values`` up to
-    transformers 5.2x, ``cache`` after the rename. A wrong name is swallowed by
-    ``**kwargs`` and every step then sees one token without its past, so look it up."""
+    """The forward keyword (and output field) of the KV cache: ``past_key_values`` in earlier
+    transformers 5 releases (5.17 among them), ``cache`` after the rename (5.24). A wrong
+    name is swallowed by ``**kwargs`` and every step then sees one token without its past,
+    so look it up."""
     import dataclasses
     import inspect
 
