@@ -3,7 +3,7 @@
 Each flag runs through the real CLI on toy:tiny and is checked against the
 plain run of the session (`sft_run`) or against an independent computation:
 peft's own merge for the published LoRA weights, a fresh model for the
-weights LoRA must leave alone. train-policy with LoRA is in test_policy.py.
+weights LoRA must leave alone. train-policy with LoRA is in test_policy_lora.py.
 """
 
 from __future__ import annotations
