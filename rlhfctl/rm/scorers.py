@@ -88,10 +88,3 @@ def prm_step_scores(rollouts: list[Record], prm_dir: str, batch_size: int = 64, 
     raw = step_scores(TokenValues(model), seqs, positions, tokenizer.pad_token_id, batch_size)
     return _regroup([list(map(float, s)) for s in raw], rollouts)
 
-
-def prm_score_rollouts(rollouts: list[Record], prm_dir: str, agg: str, batch_size: int = 64, max_length: int = 512) -> list[list[float]]:
-    """PRM score of every response: its step scores aggregated by ``agg``."""
-    from rlhfctl.rm.metrics import aggregate_steps
-
-    return [[aggregate_steps(steps, agg) for steps in per_prompt]
-            for per_prompt in prm_step_scores(rollouts, prm_dir, batch_size, max_length)]

@@ -181,7 +181,7 @@ def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], confi
     width = resp_mask.shape[1]
     engine_logprobs = any(s.logprobs is not None for g in samples for s in g)
     deferred = not engine_logprobs and reuses_update_forward(config, len(response_ids), accelerator.num_processes)
-    old_logp = values = None
+    old_logp = None
     with torch.no_grad():
         if not deferred:
             old_logp, _ = response_logprobs(policy, ids, mask, width, temperature=config.temperature)
@@ -199,10 +199,16 @@ def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], confi
     stats.update({"reward_raw_mean": float(raw.mean()), "reward_raw_std": float(raw.std()) if raw.numel() > 1 else 0.0,
                   "reward_shaped_mean": float(shaped.mean()), "reward_shaped_std": float(shaped.std()) if shaped.numel() > 1 else 0.0})
     if old_logp is not None:  # otherwise the update reports it from its own forward pass
-        stats["kl"] = float(((old_logp - ref_logp) * fmask).sum() / fmask.sum())
+        stats["kl"] = rollout_kl(old_logp, ref_logp, resp_mask)
     stats.update({"response_length": float(fmask.sum(-1).mean()),
                   "truncated_fraction": sum(s.finish_reason == "length" for g in samples for s in g) / len(response_ids)})
     return exp, stats
+
+
+def rollout_kl(old_logp: torch.Tensor, ref_logp: torch.Tensor, response_mask: torch.Tensor) -> float:
+    """The logged ``kl``: mean of log π_old - log π_ref over the response tokens (the k1 estimate)."""
+    fmask = response_mask.float()
+    return float(((old_logp - ref_logp) * fmask).sum() / fmask.sum())
 
 
 def reuses_update_forward(config, rows: int, world: int) -> bool:

@@ -53,7 +53,7 @@ def update(models: Models, exp: Experience, config, accelerator, step: int, seed
 def _single_update(models: Models, exp: Experience, config, settings, accelerator) -> dict[str, float]:
     """One on-policy update: π_old is this update's forward pass of the policy, detached; the KL penalty
     and the advantages are computed from it, then the policy (and the critic, PPO) take their steps."""
-    from rlhfctl.training.experience import advantages_for
+    from rlhfctl.training.experience import advantages_for, rollout_kl
 
     models.policy.train()
     mask = exp.response_mask
@@ -65,8 +65,7 @@ def _single_update(models: Models, exp: Experience, config, settings, accelerato
     stats = _actor_step(models, exp, config, denominator, accelerator, forward=(logp, entropy))
     if models.critic is not None:
         stats.update(_critic_step(models, exp, config, denominator, accelerator))
-    fmask = mask.float()
-    stats["kl"] = float(((exp.old_logp - exp.ref_logp) * fmask).sum() / fmask.sum())  # what `collect` reports otherwise
+    stats["kl"] = rollout_kl(exp.old_logp, exp.ref_logp, mask)  # what `collect` reports otherwise
     return stats
 
 
