@@ -18,19 +18,21 @@ def toy_data(
     min_ops: Annotated[int, typer.Option("--min-ops", help="Fewest operations (solution steps) per problem.")] = 2,
     max_ops: Annotated[int, typer.Option("--max-ops", help="Most operations per problem.")] = 4,
     max_value: Annotated[int, typer.Option("--max-value", help="Running values stay in [0, max-value].")] = 99,
-    max_operand: Annotated[int, typer.Option("--max-operand", help="Largest number added or subtracted.")] = 49,
-    carry_rate: Annotated[float, typer.Option("--carry-rate", help="Chance that an operation needs a units-column carry or borrow.")] = 0.25,
-    slip_kind: Annotated[str, typer.Option("--slip-kind", help="Slip taught in the SFT demonstrations: carry (a needed carry or borrow is forgotten; a later slip can cancel an earlier one), carry-add (only carries in additions; slips never cancel), or none.")] = "carry",
+    max_operand: Annotated[int, typer.Option("--max-operand", help="Largest number added or subtracted (9: one-digit operands, which toy:small learns fully).")] = 9,
+    carry_rate: Annotated[float, typer.Option("--carry-rate", help="Chance that an operation needs a units-column carry or borrow.")] = 0.35,
+    slip_kind: Annotated[str, typer.Option("--slip-kind", help="Slip taught in the SFT demonstrations: carry-add (a carry in an addition is forgotten; slips never cancel), carry (a needed carry or borrow is forgotten; a later slip can cancel an earlier one), or none.")] = "carry-add",
     slip_rate: Annotated[float, typer.Option("--slip-rate", help="Chance that a demonstration makes the slip where it can (--task code: the program forgets int() on its input where the math demonstration would slip).")] = 0.7,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Write the built-in toy task: multi-step arithmetic with controlled slips.
 
-    Each problem (`Compute 23+58-17.`) is solved one operation per line and
+    Each problem (`Compute 23+8-5.`) is solved one operation per line and
     closed by `Answer: X`. SFT demonstrations forget a needed units-column
-    carry or borrow with probability --slip-rate and continue from the slipped value, so an SFT policy makes that slip by choice and later stages
-    have something to fix. Every record keeps the clean solution in
+    carry with probability --slip-rate and continue from the slipped value,
+    so an SFT policy makes that slip by choice and later stages have
+    something to fix (toy:small learns the clean task fully: greedy pass@1
+    0.998 after train-sft's default 1000 steps on --slip-kind none). Every record keeps the clean solution in
     `meta.clean`; test problems never appear in the SFT or train files.
 
     prefs_style.jsonl holds a second kind of preference, not about
@@ -41,7 +43,7 @@ def toy_data(
     graders, as mcq_*.jsonl and code_*.jsonl (and mcq_toy.json, code_toy.json),
     so all three forms can live in one folder: multiple choice with the
     slipped values among the options, or a program
-    (`x=int(input())`, then `x=x+58` one operation per line, `print(x)`)
+    (`x=int(input())`, then `x=x+8` one operation per line, `print(x)`)
     checked by stdin/stdout `tests`.
 
     Examples:

@@ -18,7 +18,7 @@ def train_sft(
     epochs: EpochsOpt = 1.0,
     max_steps: MaxStepsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Records per optimiser step (global, over all ranks).")] = 64,
-    lr: LrOpt = 3e-3,
+    lr: LrOpt = 1e-3,
     warmup_ratio: WarmupOpt = 0.05,
     weight_decay: WeightDecayOpt = 0.0,
     max_length: MaxLengthOpt = 512,

@@ -1,16 +1,17 @@
 """Multi-step arithmetic with controlled slips (DESIGN.md §6).
 
-A problem is a chain of additions and subtractions, ``Compute 23+58-17.``,
+A problem is a chain of additions and subtractions, ``Compute 23+8-5.``,
 solved one operation per line and closed by ``Answer: X``::
 
-    23+58=81
-    81-17=64
-    Answer: 64
+    23+8=31
+    31-5=26
+    Answer: 26
 
 The task is small enough for a toy model to learn fully. Its mistakes are
-taught on purpose: in the SFT demonstrations, where an operation needs a carry
-(or a borrow) in the units column, the demonstration forgets it with
-probability ``slip_rate`` and the later steps continue from the slipped value.
+taught on purpose: in the SFT demonstrations, where an addition needs a carry
+in the units column (with ``slip_kind="carry"``: also where a subtraction
+needs a borrow), the demonstration forgets it with probability ``slip_rate``
+and the later steps continue from the slipped value.
 A model trained on them makes the same slip by choice, not by incapacity, so
 reward models, Best-of-N and RL have something to fix, and the true
 correctness of every step stays known (`step_correctness`).
@@ -25,9 +26,9 @@ from dataclasses import dataclass
 # carry: a needed carry (addition, result 10 too low) or borrow (subtraction,
 #   10 too high) is forgotten; a later slip can cancel an earlier one, so a
 #   wrong path can still end at the right answer.
-# carry-add: only carries in additions are forgotten; slips never cancel, so
-#   a solution that slipped once cannot reach the answer. (It needs a higher
-#   --carry-rate for the same pass@1, and a longer SFT: more borrows to learn.)
+# carry-add (the default): only carries in additions are forgotten; slips
+#   never cancel, so a solution that slipped once cannot reach the answer, and
+#   an outcome reward says exactly whether the policy slipped.
 SLIP_KINDS = ("carry", "carry-add", "none")
 STEP_RE = re.compile(r"^\s*(-?\d+)\s*([+-])\s*(\d+)\s*=\s*(-?\d+)\s*$")
 PROMPT_RE = re.compile(r"Compute (\d+(?:[+-]\d+)+)\.")
@@ -40,9 +41,9 @@ class ToyTaskConfig:
     min_ops: int = 2
     max_ops: int = 4
     max_value: int = 99  # running values stay in [0, max_value]
-    max_operand: int = 49
-    carry_rate: float = 0.25  # chance that an operation needs a carry/borrow
-    slip_kind: str = "carry"
+    max_operand: int = 9  # one-digit operands: toy:small learns the clean task fully
+    carry_rate: float = 0.35  # chance that an operation needs a carry/borrow
+    slip_kind: str = "carry-add"
     slip_rate: float = 0.7  # chance that a demonstration forgets a needed carry
 
 

@@ -121,7 +121,7 @@ def test_toy_data_files(toy_dir):
     assert summary["sft_slipped"] == sum(r["meta"]["slipped"] for r in sft) / len(sft)
 
 
-def _slip_stats(records, slip_kind="carry"):
+def _slip_stats(records, slip_kind=ToyTaskConfig().slip_kind):
     chances = slips = 0
     for r in records:
         for line in r["completion"].split("\n")[:-1]:
@@ -134,15 +134,16 @@ def _slip_stats(records, slip_kind="carry"):
     return chances, slips
 
 
-def test_slip_rate_matches_the_flag(tmp_path):
-    task = ToyTaskConfig(slip_rate=0.7, carry_rate=0.25)
+@pytest.mark.parametrize("slip_kind", ["carry-add", "carry"])
+def test_slip_rate_matches_the_flag(tmp_path, slip_kind):
+    task = ToyTaskConfig(slip_rate=0.7, carry_rate=0.25, slip_kind=slip_kind)
     summary = toy_data_run(ToyDataConfig(str(tmp_path), task, n_sft=3000, n_train=0, n_test=0, seed=5))
     sft = read_records(tmp_path / "sft.jsonl", "sft")
-    chances, slips = _slip_stats(sft)
+    chances, slips = _slip_stats(sft, slip_kind)
     rate = slips / chances
     assert abs(rate - 0.7) < 4 * math.sqrt(0.7 * 0.3 / chances), (rate, chances)
     # a demonstration slips at least once with chance 1 - 0.3^(its carry chances)
-    expected = sum(1 - 0.3 ** _slip_stats([r])[0] for r in sft) / len(sft)
+    expected = sum(1 - 0.3 ** _slip_stats([r], slip_kind)[0] for r in sft) / len(sft)
     assert abs(summary["sft_slipped"] - expected) < 4 * math.sqrt(expected * (1 - expected) / len(sft))
 
 
