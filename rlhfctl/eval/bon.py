@@ -4,11 +4,15 @@ Every curve comes from one set of N_max samples per prompt with exact
 expectations over random N-subsets (`best_of_n.best_of_n_accuracy`,
 `passk.maj_at_k`). Scorer outputs are kept in ``OUT.scores.json`` keyed by
 scorer, prompt id and response index, so adding a scorer or re-plotting
-never scores twice.
+never scores twice. A scorer's key names its model folder and a fingerprint
+of the folder's files, and the cache records a digest of every response it
+scored: a model retrained in place, or a rollouts file regenerated under the
+same ids, is scored afresh instead of read from stale entries.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -65,22 +69,22 @@ def run(config: BoNConfig) -> dict[str, Any]:
     rollouts = _rollouts(config)
     n_max = _n_max(rollouts, config)
     rollouts = [{**r, "responses": r["responses"][:n_max], "correct": r["correct"][:n_max]} for r in rollouts]
-    scores = ScoreCache(config.out + ".scores.json")
+    scores = ScoreCache(config.out + ".scores.json", rollouts)
     curves: dict[str, list[float]] = {}
     ns = ks_up_to(n_max) + ([n_max] if n_max & (n_max - 1) else [])
     if config.oracle:
         curves["oracle"] = [_mean(oracle_accuracy(r["correct"], k) for r in rollouts) for k in ns]
     ranked: dict[str, list[list[float]]] = {}
     if config.rm:
-        ranked["rm"] = scores.get(f"rm:{os.path.abspath(config.rm)}", rollouts, lambda todo: _score_rm(todo, config.rm))
+        ranked["rm"] = scores.get(model_key("rm", config.rm), rollouts, lambda todo: _score_rm(todo, config.rm))
     if config.prm and config.aggs:  # the step scores are cached once; each --agg is computed from them
         from rlhfctl.rm.metrics import aggregate_steps
 
-        steps = scores.get(f"prm-steps:{os.path.abspath(config.prm)}", rollouts, lambda todo: _score_prm_steps(todo, config.prm))
+        steps = scores.get(model_key("prm-steps", config.prm), rollouts, lambda todo: _score_prm_steps(todo, config.prm))
         for agg in config.aggs:
             ranked[f"prm-{agg}"] = [[aggregate_steps(s, agg) for s in per_prompt] for per_prompt in steps]
     if config.logprob:
-        ranked["logprob"] = scores.get(f"logprob:{config.logprob}", rollouts, lambda todo: _score_logprob(todo, config.logprob))
+        ranked["logprob"] = scores.get(model_key("logprob", config.logprob), rollouts, lambda todo: _score_logprob(todo, config.logprob))
     for name, per_prompt in ranked.items():
         curves[name] = [_mean(best_of_n_accuracy(s, r["correct"], k) for s, r in zip(per_prompt, rollouts)) for k in ns]
     keys = _vote_keys(rollouts) if config.votes else []
@@ -120,17 +124,54 @@ def _n_max(rollouts: list[Record], config: BoNConfig) -> int:
     return min(n_max, config.n) if config.n else n_max
 
 
+def model_key(kind: str, model: str) -> str:
+    """The cache key of a scorer: ``kind:PATH@FINGERPRINT`` for a model folder, ``kind:SPEC`` for a
+    ``toy:`` spec (or a path that is not a folder)."""
+    if not os.path.isdir(model):
+        return f"{kind}:{os.path.abspath(model) if kind != 'logprob' else model}"
+    digest = hashlib.sha256()
+    for f in sorted(Path(model).iterdir()):
+        if f.is_file():  # retraining rewrites the weights and the manifest: new sizes or times
+            st = f.stat()
+            digest.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return f"{kind}:{os.path.abspath(model)}@{digest.hexdigest()[:16]}"
+
+
+def _response_digest(prompt: Any, response: str) -> str:
+    return hashlib.sha256(json.dumps([prompt, response]).encode()).hexdigest()[:16]
+
+
 class ScoreCache:
     """``{scorer: {prompt id: [score per response]}}`` on disk, written atomically (for a PRM,
-    ``prm-steps``, the score of a response is the list of its step logits)."""
+    ``prm-steps``, the score of a response is the list of its step logits).
 
-    def __init__(self, path: str):
+    ``RESPONSES`` maps each prompt id to digests of the responses its scores are for. Opening
+    the cache with rollouts whose responses differ drops that prompt's scores from every
+    scorer; entries of a scorer whose model folder has changed (same path, new fingerprint)
+    are dropped when that scorer is asked for."""
+
+    RESPONSES = "responses"
+
+    def __init__(self, path: str, rollouts: list[Record]):
         self.path = path
-        self.data: dict[str, dict[str, list[float]]] = {}
+        self.data: dict[str, dict[str, list[Any]]] = {}
         if os.path.exists(path):
             self.data = json.loads(Path(path).read_text())
+        seen = self.data.setdefault(self.RESPONSES, {})
+        for r in rollouts:
+            digests = [_response_digest(r["prompt"], t) for t in r["responses"]]
+            old = seen.get(r["id"])
+            if old is not None and old[: len(digests)] != digests[: len(old)]:
+                for name, per_prompt in self.data.items():
+                    if name != self.RESPONSES:
+                        per_prompt.pop(r["id"], None)
+                old = None
+            seen[r["id"]] = digests if old is None or len(digests) > len(old) else old
 
     def get(self, scorer: str, rollouts: list[Record], compute) -> list[list[float]]:
+        path, _, _ = scorer.partition("@")
+        for stale in [k for k in self.data if k != scorer and k.partition("@")[0] == path]:
+            del self.data[stale]  # the same model folder, rewritten since
         known = self.data.setdefault(scorer, {})
         todo = [r for r in rollouts if len(known.get(r["id"], [])) < len(r["responses"])]
         if todo:

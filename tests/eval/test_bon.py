@@ -146,6 +146,39 @@ def test_another_scorer_reuses_the_cache(setup, run_main):
     assert json.loads(r.out)["num_prompts"] == 4
 
 
+def test_a_model_rewritten_in_place_is_scored_afresh(setup, run_main, tmp_path):
+    src, _, out, calls = setup
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "model.safetensors").write_bytes(b"first weights")
+    for _ in range(2):
+        assert run_main("best-of-n", src, "--rm", rm, "--out", out, "--json").code == 0
+    assert calls["rm"] == [["p1", "p2", "p3"]]  # the second run read the cache
+    (rm / "model.safetensors").write_bytes(b"retrained weights")  # train-rm --out rm again
+    assert run_main("best-of-n", src, "--rm", rm, "--out", out, "--json").code == 0
+    assert calls["rm"] == [["p1", "p2", "p3"], ["p1", "p2", "p3"]]
+    cache = json.loads((tmp_path / "bon.json.scores.json").read_text())
+    assert [k for k in cache if k.startswith(f"rm:{os.path.abspath(rm)}")] == [bon.model_key("rm", str(rm))]
+
+
+def test_changed_responses_are_scored_afresh(setup, run_main):
+    src, rm, out, calls = setup
+    assert run_main("best-of-n", src, "--rm", rm, "--out", out, "--json").code == 0  # records what the scores are for
+    changed = [dict(r) for r in ROLLOUTS]
+    changed[1]["responses"] = ["Answer: 8"] + changed[1]["responses"][1:]  # p2 sampled again under the same id
+    changed[1]["correct"] = [True] + changed[1]["correct"][1:]
+    write_jsonl(src, changed)
+    r = run_main("best-of-n", src, "--rm", rm, "--out", out, "--json")
+    assert r.code == 0, r.err
+    assert calls["rm"] == [["p2"]]  # p1 and p3 still come from the cache
+    cache = json.loads((out.parent / "bon.json.scores.json").read_text())[f"rm:{os.path.abspath(rm)}"]
+    assert cache["p1"] == SCORES["p1"] and cache["p2"] == [float(len(t)) for t in changed[1]["responses"]]
+    # the same rollouts again, and the first N of them: nothing is rescored
+    assert run_main("best-of-n", src, "--rm", rm, "--out", out, "--json").code == 0
+    assert run_main("best-of-n", src, "--rm", rm, "--n", "2", "--out", out, "--json").code == 0
+    assert calls["rm"] == [["p2"]]
+
+
 def test_n_caps_the_samples(setup, run_main):
     src, rm, out, calls = setup
     r = run_main("best-of-n", src, "--rm", rm, "--n", "3", "--no-oracle", "--out", out, "--json")

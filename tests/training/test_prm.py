@@ -8,6 +8,7 @@ import re
 import pytest
 
 from conftest import read_jsonl
+from rlhfctl.eval.bon import model_key
 from rlhfctl.records import write_jsonl
 from rlhfctl.toy.task import apply_op, parse_prompt, step_correctness
 
@@ -159,7 +160,7 @@ def test_best_of_n_with_the_prm(prm_run, toy_dir, tmp_path, run_main):
     cache = json.loads((tmp_path / "bon.json.scores.json").read_text())
     records = [{"prompt": r["prompt"], "completions": t.split("\n")} for r in rollouts for t in r["responses"]]
     hf, *_ = _hf_step_logits(folder, records)
-    cached = [steps for r in rollouts for steps in cache[f"prm-steps:{os.path.abspath(folder)}"][r["id"]]]
+    cached = [steps for r in rollouts for steps in cache[model_key("prm-steps", str(folder))][r["id"]]]
     assert [len(c) for c in cached] == [len(row) for row in hf]
     assert [x for c in cached for x in c] == pytest.approx([x for row in hf for x in row], abs=1e-5)
     probs = [[_sigmoid(s) for s in row] for row in hf]
