@@ -96,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64, help="records per step, both sides (default 64)")
     p.add_argument("--data", default=None, help="a `rlhfctl toy-data` folder (default: make one in a temp dir)")
     p.add_argument("--repeats", type=int, default=3, help="rounds, each with fresh processes (default 3)")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, both sides (default 3e-3, train-sft's)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, both sides (default 1e-3, train-sft's)")
     p.add_argument("--max-length", type=int, default=512, help="max tokens per record, both sides (default 512)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in each worker (default: torch's own)")
     p.add_argument("--compile", action="store_true", help="run rlhfctl with train-sft --compile (compilation falls in the warm-up)")

@@ -28,7 +28,7 @@ resume() { [ -f "$1/run.json" ] && echo --resume || true; }
 head -n "$PROMPTS" "$W/data/train.jsonl" > "$W/rm-prompts.jsonl"
 rlhfctl rollout "$W/rm-prompts.jsonl" --model "$W/sft" --out "$W/rollouts.jsonl" --n "$N"
 [ -f "$W/prefs.jsonl" ] || rlhfctl build-prefs "$W/rollouts.jsonl" --out "$W/prefs.jsonl" --pairs-per-prompt 4 --binary-per-prompt 2
-[ -f "$W/rm/rlhfctl.json" ] || rlhfctl train-rm "$W/prefs.jsonl" "$W/data/prefs_style.jsonl" --model "$W/sft" --out "$W/rm" $(resume "$W/rm")
+[ -f "$W/rm/rlhfctl.json" ] || rlhfctl train-rm "$W/prefs.jsonl" "$W/data/prefs_style.jsonl" --model "$W/sft" --out "$W/rm" --epochs 4 $(resume "$W/rm")
 
 # 3. Math-Shepherd step labels -> process reward model
 head -n 300 "$W/rollouts.jsonl" > "$W/prm-rollouts.jsonl"

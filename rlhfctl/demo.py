@@ -39,9 +39,9 @@ class Budget:
     eval_every: int
 
 
-DEFAULT = Budget(sft_steps=1000, train_prompts=400, test_prompts=200, rollout_n=8, rm_epochs=2.0, label_completions=4,
+DEFAULT = Budget(sft_steps=1000, train_prompts=400, test_prompts=200, rollout_n=8, rm_epochs=4.0, label_completions=4,
                  bon_n=16, policy_steps=15, prompts_per_step=8, eval_every=5)
-FULL = Budget(sft_steps=1000, train_prompts=2000, test_prompts=500, rollout_n=8, rm_epochs=2.0, label_completions=8,
+FULL = Budget(sft_steps=1000, train_prompts=2000, test_prompts=500, rollout_n=8, rm_epochs=4.0, label_completions=8,
               bon_n=16, policy_steps=60, prompts_per_step=32, eval_every=10)
 SFT_BATCH = 64
 

@@ -3,15 +3,15 @@
 The operations of an arithmetic problem become a function of a number read
 from stdin::
 
-    Write a Python program that reads an integer x and prints x+58-17.
+    Write a Python program that reads an integer x and prints x+8-5.
 
 and a solution is a fenced program that applies one operation per line,
 as the math solutions do::
 
     ```python
     x=int(input())
-    x=x+58
-    x=x-17
+    x=x+8
+    x=x-5
     print(x)
     ```
 
@@ -26,7 +26,7 @@ string, so the program raises TypeError on every test, as a real model's
 missing conversion would. A demonstration makes it exactly when the math
 demonstration of the same problem would slip, so the math task's flags
 (``slip_kind``, ``slip_rate``, ``carry_rate``) set its rate the same way
-(about 0.38 of the demonstrations at the defaults).
+(about 0.40 of the demonstrations at the defaults).
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 
 The arithmetic problem with four lettered options::
 
-    Compute 23+58-17.
-    (A) 54
-    (B) 64
-    (C) 74
-    (D) 65
+    Compute 23+8-5.
+    (A) 16
+    (B) 26
+    (C) 36
+    (D) 27
 
 A solution works the steps as in the math task (`rlhfctl.toy.task`) and
 closes with the letter of the value it reached, ``Answer: B``. The wrong
