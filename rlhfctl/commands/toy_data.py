@@ -32,8 +32,9 @@ def toy_data(
     carry with probability --slip-rate and continue from the slipped value,
     so an SFT policy makes that slip by choice and later stages have
     something to fix (toy:small learns the clean task fully: greedy pass@1
-    0.998 after train-sft's default 1000 steps on --slip-kind none). Every record keeps the clean solution in
-    `meta.clean`; test problems never appear in the SFT or train files.
+    0.998 after train-sft's default 1000 steps on --slip-kind none). Every
+    record keeps the clean solution in `meta.clean`; test problems never
+    appear in the SFT or train files.
 
     prefs_style.jsonl holds a second kind of preference, not about
     correctness: a solution that shows every step is preferred over a correct
