@@ -125,10 +125,10 @@ def _n_max(rollouts: list[Record], config: BoNConfig) -> int:
 
 
 def model_key(kind: str, model: str) -> str:
-    """The cache key of a scorer: ``kind:PATH@FINGERPRINT`` for a model folder, ``kind:SPEC`` for a
-    ``toy:`` spec (or a path that is not a folder)."""
+    """The cache key of a scorer: ``kind:PATH@FINGERPRINT`` for a model folder, ``kind:SPEC`` for
+    anything else (a ``toy:`` spec)."""
     if not os.path.isdir(model):
-        return f"{kind}:{os.path.abspath(model) if kind != 'logprob' else model}"
+        return f"{kind}:{model}"
     digest = hashlib.sha256()
     for f in sorted(Path(model).iterdir()):
         if f.is_file():  # retraining rewrites the weights and the manifest: new sizes or times

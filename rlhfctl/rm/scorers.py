@@ -87,4 +87,3 @@ def prm_step_scores(rollouts: list[Record], prm_dir: str, batch_size: int = 64, 
             positions.append(pos)
     raw = step_scores(TokenValues(model), seqs, positions, tokenizer.pad_token_id, batch_size)
     return _regroup([list(map(float, s)) for s in raw], rollouts)
-
