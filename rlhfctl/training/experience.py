@@ -7,11 +7,12 @@ and the advantages. The PPO epochs then reuse the batch (`training/policy.py`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
+from rlhfctl.packing import Packed, attention_implementation, pack, supports_packing
 from rlhfctl.rl.advantages import gae, whiten
 from rlhfctl.rl.kl import KL_ESTIMATORS
 from rlhfctl.rl.shaping import Shaping, place_on_eos, shape_rewards, standardize
@@ -30,15 +31,48 @@ class Experience:
     values: torch.Tensor | None = None  # (B, T) V(s_t), PPO only
     returns: torch.Tensor | None = None  # (B, T) GAE returns, PPO only
     scores: torch.Tensor | None = None  # (B,) shaped scores, kept when the update computes the advantages itself
+    groups: torch.Tensor | None = None  # (B,) the prompt of each row; set, the forwards pack each prompt's rows
+    _layout: "ResponseLayout | None" = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def position_ids(self) -> torch.Tensor:
         return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
 
+    def layout(self) -> "ResponseLayout | None":
+        """The packed layout of these rows (made once), or None for padded forwards."""
+        if self.groups is not None and self._layout is None:
+            self._layout = pack_responses(self.input_ids, self.attention_mask, self.response_mask.shape[1], self.groups)
+        return self._layout
+
     def rows(self, index: torch.Tensor) -> "Experience":
         """The sub-batch of the given rows (a mini-batch)."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return Experience(*(pick(getattr(self, f)) for f in self.__dataclass_fields__))
+        return Experience(*(pick(getattr(self, f.name)) for f in fields(self) if f.init))
+
+
+@dataclass
+class ResponseLayout:
+    """Rows packed by prompt (`rlhfctl.packing`): each prompt once, then its responses, each seeing the prompt
+    and itself. ``before`` (B, T) is, for each response token, the position of the token before it."""
+
+    packed: Packed
+    before: torch.Tensor
+
+    def forward(self, model):
+        """``model``'s output on the packed rows (a causal LM's ``ModelOutput``, or a critic's (R, W) values)."""
+        p = self.packed
+        return model(input_ids=p.input_ids, attention_mask=p.attention_mask(attention_implementation(model)),
+                     position_ids=p.position_ids)
+
+
+def pack_responses(input_ids, attention_mask, response_width: int, groups) -> ResponseLayout:
+    """Pack (left-padded prompt + right-padded response) rows so that the rows of a prompt share it."""
+    real = attention_mask.bool()
+    seqs = [row[keep].tolist() for row, keep in zip(input_ids, real)]
+    prompt_lengths = real[:, :input_ids.shape[1] - response_width].sum(1)
+    packed = pack(seqs, groups.tolist(), pad_id=0).to(input_ids.device)
+    before = prompt_lengths[:, None] - 1 + torch.arange(response_width, device=input_ids.device)
+    return ResponseLayout(packed, before)
 
 
 def assemble(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int):
@@ -55,16 +89,22 @@ def assemble(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id:
 
 
 def response_logprobs(model, input_ids, attention_mask, response_width: int, with_entropy: bool = False,
-                      temperature: float = 1.0):
+                      temperature: float = 1.0, layout: ResponseLayout | None = None):
     """log π(a_t|s_t) of the response tokens, (B, T); and their entropy (B, T) if asked.
 
     π is the sampling distribution softmax(logits / temperature), so the PPO
     ratio compares the policy that sampled with the one being trained (as TRL
-    does); a temperature of 0 (greedy sampling) is read as 1.
+    does); a temperature of 0 (greedy sampling) is read as 1. With a
+    ``layout``, the forward runs on the packed rows and the same (B, T)
+    values are read off them (padding positions hold other finite values).
     """
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    logits = logits[:, -response_width - 1:-1].float() / (temperature or 1.0)  # position t predicts token t+1
+    if layout is None:
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        logits = logits[:, -response_width - 1:-1]  # position t predicts token t+1
+    else:
+        logits = layout.packed.at(layout.forward(model).logits, layout.before)
+    logits = logits.float() / (temperature or 1.0)
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, input_ids[:, -response_width:, None]).squeeze(-1)
     if not with_entropy:
@@ -73,8 +113,10 @@ def response_logprobs(model, input_ids, attention_mask, response_width: int, wit
     return logp, entropy
 
 
-def response_values(critic, input_ids, attention_mask, response_width: int):
+def response_values(critic, input_ids, attention_mask, response_width: int, layout: ResponseLayout | None = None):
     """V(s_t) for each response token: the critic's value at the position before it, (B, T)."""
+    if layout is not None:
+        return layout.packed.at(layout.forward(critic), layout.before).float()
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     values = critic(input_ids, attention_mask, position_ids).float()  # (B, L)
     return values[:, -response_width - 1:-1]
@@ -181,25 +223,28 @@ def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], confi
     width = resp_mask.shape[1]
     engine_logprobs = any(s.logprobs is not None for g in samples for s in g)
     deferred = not engine_logprobs and reuses_update_forward(config, len(response_ids), accelerator.num_processes)
-    old_logp = None
+    packs = config.packing and supports_packing(policy)
+    groups = torch.arange(len(prompts), device=ids.device).repeat_interleave(config.n) if packs else None
+    exp = Experience(ids, mask, resp_mask, None, None, None, groups=groups)
     with torch.no_grad():
         if not deferred:
-            old_logp, _ = response_logprobs(policy, ids, mask, width, temperature=config.temperature)
-        ref_logp, _ = response_logprobs(ref, ids, mask, width, temperature=config.temperature)
-        values = response_values(critic, ids, mask, width) if critic is not None else None
+            exp.old_logp, _ = response_logprobs(policy, ids, mask, width, temperature=config.temperature, layout=exp.layout())
+        exp.ref_logp, _ = response_logprobs(ref, ids, mask, width, temperature=config.temperature, layout=exp.layout())
+        if critic is not None:
+            exp.values = response_values(critic, ids, mask, width, layout=exp.layout())
+    old_logp = exp.old_logp
     raw, stats = rewards_for(prompts, samples, config, rm)
     if old_logp is not None:
         stats.update(engine_logprob_gap(samples, old_logp, resp_mask))
     raw = raw.to(accelerator.device)
-    shaped = shape_scores(raw, settings, accelerator)
-    exp = Experience(ids, mask, resp_mask, old_logp, ref_logp, None, values, scores=shaped)
+    shaped = exp.scores = shape_scores(raw, settings, accelerator)
     if not deferred:  # otherwise the update computes them from its own forward passes
         exp.advantages, exp.returns = advantages_for(shaped, exp, settings, accelerator)
     fmask = resp_mask.float()
     stats.update({"reward_raw_mean": float(raw.mean()), "reward_raw_std": float(raw.std()) if raw.numel() > 1 else 0.0,
                   "reward_shaped_mean": float(shaped.mean()), "reward_shaped_std": float(shaped.std()) if shaped.numel() > 1 else 0.0})
     if old_logp is not None:  # otherwise the update reports it from its own forward pass
-        stats["kl"] = rollout_kl(old_logp, ref_logp, resp_mask)
+        stats["kl"] = rollout_kl(old_logp, exp.ref_logp, resp_mask)
     stats.update({"response_length": float(fmask.sum(-1).mean()),
                   "truncated_fraction": sum(s.finish_reason == "length" for g in samples for s in g) / len(response_ids)})
     return exp, stats

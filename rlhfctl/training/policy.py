@@ -69,6 +69,7 @@ class PolicyConfig:
     backend: str = "auto"  # what generates the rollouts: hf (the policy module) or a colocated vLLM engine
     gpu_memory_utilization: float = 0.3  # the colocated engine's share of the GPU; the policy trains in the rest
     vllm_sync_timeout: float = 600.0  # seconds a weight update, sleep or wake-up of the engine may take
+    packing: bool = True  # forwards on rows packed by prompt, each prompt once (rlhfctl.packing)
     scale: ScaleOptions = field(default_factory=ScaleOptions)
 
     def resolved(self) -> "PolicyConfig":

@@ -58,7 +58,7 @@ def _single_update(models: Models, exp: Experience, config, settings, accelerato
     models.policy.train()
     mask = exp.response_mask
     logp, entropy = response_logprobs(models.policy, exp.input_ids, exp.attention_mask, mask.shape[1], with_entropy=True,
-                                      temperature=config.temperature)
+                                      temperature=config.temperature, layout=exp.layout())
     exp.old_logp = logp.detach()
     exp.advantages, exp.returns = advantages_for(exp.scores, exp, settings, accelerator)
     denominator = _global_count(mask, config.loss_agg, accelerator)
@@ -82,7 +82,7 @@ def _actor_step(models: Models, mb: Experience, config, denominator, accelerator
     agg = aggregation(config)
     mask = mb.response_mask.float()
     logp, entropy = forward or response_logprobs(models.policy, mb.input_ids, mb.attention_mask, mask.shape[1],
-                                                 with_entropy=True, temperature=config.temperature)
+                                                 with_entropy=True, temperature=config.temperature, layout=mb.layout())
     token_loss, clipped = clipped_policy_loss(logp, mb.old_logp, mb.advantages, config.clip_eps)
     kl = KL_ESTIMATORS[config.kl_estimator](logp, mb.ref_logp)
     if config.kl_in == "loss":
@@ -99,7 +99,7 @@ def _actor_step(models: Models, mb: Experience, config, denominator, accelerator
 def _critic_step(models: Models, mb: Experience, config, denominator, accelerator) -> dict[str, float]:
     agg = aggregation(config)
     mask = mb.response_mask.float()
-    values = response_values(models.critic, mb.input_ids, mb.attention_mask, mask.shape[1])
+    values = response_values(models.critic, mb.input_ids, mb.attention_mask, mask.shape[1], layout=mb.layout())
     loss = agg(clipped_value_loss(values, mb.values, mb.returns, config.value_clip), mask, denominator)
     accelerator.backward(loss * accelerator.num_processes)
     grad_norm = _step(models.critic, models.critic_opt, config.max_grad_norm, accelerator)

@@ -36,6 +36,7 @@ class RMConfig:
     prm: bool = False  # a process reward model on stepwise data (training/prm.py)
     step_sep: str = "\n"
     scale: ScaleOptions = ScaleOptions()
+    packing: bool = True  # a pair's chosen and rejected in one row, their shared prompt computed once (rlhfctl.packing)
 
     def check(self) -> None:
         self.schedule.check()
@@ -66,6 +67,7 @@ def open_run(config: RMConfig):
 
 def run(config: RMConfig) -> dict[str, Any]:
     from rlhfctl.models import load_tokenizer, save_model
+    from rlhfctl.packing import supports_packing
     from rlhfctl.rm.model import ORM, TokenValues, build_reward_model
 
     train, held = load_splits(config, read_preferences, split_by_prompt)
@@ -77,13 +79,14 @@ def run(config: RMConfig) -> dict[str, Any]:
     model = build_reward_model(config.model, ORM, config.schedule.seed, config.trust_remote_code)
     adapters = prepare_model(model, config.scale, heads=("score",))
     values = TokenValues(model)
+    packing = config.packing and supports_packing(model)
     total = config.schedule.total_steps(len(items))
     run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
     log(f"train-rm: {len(train.pairs)} pairs, {len(train.binary)} binary items, {total} steps of "
         f"{config.schedule.batch_size}; held out: {len(held.pairs)} pairs, {len(held.binary)} binary", accelerator.is_main_process)
 
     def step(batch: list[int]) -> dict[str, Any]:
-        return _train_step(run_, [items[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm)
+        return _train_step(run_, [items[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm, packing)
 
     last = fit(run_, [it.length for it in items], config.schedule, step, "train-rm")
     held_scores = evaluate_items(model_for_inference(accelerator, run_.model), encode_items(held, tokenizer, config.max_length),
@@ -98,14 +101,20 @@ def run(config: RMConfig) -> dict[str, Any]:
     return results
 
 
-def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float) -> dict[str, Any]:
+def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float, packing: bool = False) -> dict[str, Any]:
     """Forward every sequence of this rank's share at once, then the unified loss.
+
+    Packed, each pair is one row: the prompt (the tokens chosen and rejected
+    share) once, then each response's own tokens, which see only the prompt
+    and themselves (`rlhfctl.packing`); about a third fewer tokens than
+    padding both responses to the longer on the toy task.
 
     Each loss is a mean over the *global* batch (sum here / global count), and
     scaled by the world size because DDP averages the ranks' gradients.
     """
     import torch
 
+    from rlhfctl.packing import attention_implementation, pack
     from rlhfctl.rm.losses import binary_loss, bradley_terry_loss
     from rlhfctl.rm.model import right_pad
     from rlhfctl.rm.scoring import gather_last
@@ -117,11 +126,16 @@ def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float) -> di
     pairs = [it for it in local if it.kind == PAIR]
     binary = [it for it in local if it.kind == BINARY_ITEM]
     seqs = [s for it in pairs for s in it.seqs] + [it.seqs[0] for it in binary]  # (chosen, rejected)*P + binary
-    ids, mask = right_pad(seqs, pad_id)
-    ids, mask = ids.to(acc.device), mask.to(acc.device)
-    # No attention mask in the forward: right padding under causal attention hides every pad from the
-    # real tokens, and only the last real token is read (as train-sft; SDPA's causal path is faster).
-    scores = gather_last(run.model(ids, None), mask).float()  # (2P + B,)
+    if packing:
+        packed = pack(seqs, [i // 2 for i in range(2 * len(pairs))] + [-1 - i for i in range(len(binary))], pad_id).to(acc.device)
+        values = run.model(packed.input_ids, packed.attention_mask(attention_implementation(run.model)), packed.position_ids)
+        scores = values[packed.row, packed.last_columns()].float()  # (2P + B,)
+    else:
+        ids, mask = right_pad(seqs, pad_id)
+        ids, mask = ids.to(acc.device), mask.to(acc.device)
+        # No attention mask in the forward: right padding under causal attention hides every pad from the
+        # real tokens, and only the last real token is read (as train-sft; SDPA's causal path is faster).
+        scores = gather_last(run.model(ids, None), mask).float()  # (2P + B,)
     chosen, rejected, bin_scores = scores[0:2 * len(pairs):2], scores[1:2 * len(pairs):2], scores[2 * len(pairs):]
     parts, stats = [], {}
     if n_pairs:

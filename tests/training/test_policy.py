@@ -8,6 +8,7 @@ whitening, hand-aggregated losses and a separately built autograd graph.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ import torch
 
 from rlhfctl.rl.shaping import Shaping
 from rlhfctl.training.experience import (
-    AdvantageSettings, Experience, advantages_for, assemble, response_logprobs, response_values, shape_scores,
+    AdvantageSettings, Experience, advantages_for, assemble, pack_responses, response_logprobs, response_values, shape_scores,
 )
 from rlhfctl.training.policy import PolicyConfig
 from rlhfctl.training.policy_update import Models, _global_count, aggregation, update
@@ -98,6 +99,52 @@ def test_response_values_read_the_position_before_each_token():
         for b, (p, r) in enumerate(zip(prompts, responses)):
             alone = critic(torch.tensor([p + r]), torch.ones(1, len(p + r), dtype=torch.long))[0]
             assert values[b, :len(r)].tolist() == pytest.approx(alone[len(p) - 1:len(p) + len(r) - 1].tolist(), abs=1e-4), b
+
+
+def _shared_prompt_rows():
+    """Two prompts with three responses each (the layout of a rollout batch, n = 3), response lengths varied."""
+    prompts, responses = _rows(2, prompt_lens=(3, 3, 3, 5, 5, 5), resp_lens=(4, 1, 6, 3, 2, 5))
+    prompts = [prompts[0]] * 3 + [prompts[3]] * 3
+    responses[1] = responses[0][:1]  # a response that is a prefix of a sibling's: its own token is still its own
+    return prompts, responses, torch.tensor([0, 0, 0, 1, 1, 1])
+
+
+def test_packed_response_logprobs_match_an_unpadded_forward(tiny):
+    prompts, responses, groups = _shared_prompt_rows()
+    ids, mask, resp = assemble(prompts, responses, PAD)
+    layout = pack_responses(ids, mask, resp.shape[1], groups)
+    assert layout.packed.input_ids.shape[0] == 2  # one row per prompt
+    with torch.no_grad():
+        logp, entropy = response_logprobs(tiny, ids, mask, resp.shape[1], with_entropy=True, layout=layout)
+    assert logp.shape == entropy.shape == resp.shape and torch.isfinite(logp).all()
+    for b, (p, r) in enumerate(zip(prompts, responses)):
+        want, want_ent = _unpadded_logprobs(tiny, p, r)
+        assert logp[b, :len(r)].tolist() == pytest.approx(want, abs=1e-4), b
+        assert entropy[b, :len(r)].tolist() == pytest.approx(want_ent, abs=1e-4), b
+
+
+def test_packed_response_values_read_the_position_before_each_token():
+    from rlhfctl.rm.model import PRM, TokenValues, build_reward_model
+
+    critic = TokenValues(build_reward_model("toy:tiny", PRM, seed=0)).eval()
+    torch.nn.init.normal_(critic.model.score.weight, generator=torch.Generator().manual_seed(0))
+    prompts, responses, groups = _shared_prompt_rows()
+    ids, mask, resp = assemble(prompts, responses, PAD)
+    with torch.no_grad():
+        values = response_values(critic, ids, mask, resp.shape[1], layout=pack_responses(ids, mask, resp.shape[1], groups))
+        for b, (p, r) in enumerate(zip(prompts, responses)):
+            alone = critic(torch.tensor([p + r]), torch.ones(1, len(p + r), dtype=torch.long))[0]
+            assert values[b, :len(r)].tolist() == pytest.approx(alone[len(p) - 1:len(p) + len(r) - 1].tolist(), abs=1e-4), b
+
+
+def test_a_mini_batch_packs_its_own_rows():
+    prompts, responses, groups = _shared_prompt_rows()
+    ids, mask, resp = assemble(prompts, responses, PAD)
+    exp = Experience(ids, mask, resp, None, torch.zeros(resp.shape), None, groups=groups)
+    assert exp.layout().packed.row.tolist() == [0, 0, 0, 1, 1, 1]
+    mb = exp.rows(torch.tensor([4, 1, 3]))
+    assert mb.groups.tolist() == [1, 0, 1] and mb.layout().packed.row.tolist() == [0, 1, 0]
+    assert Experience(ids, mask, resp, None, torch.zeros(resp.shape), None).layout() is None  # no groups: padded forwards
 
 
 # --- experience: advantages -------------------------------------------------------------------------
@@ -325,7 +372,8 @@ def _trim(exp: Experience, feats):
     """A rank's own batch: its response width is its longest response, not the global one."""
     width = int(exp.response_mask.sum(-1).max())
     cut = lambda t: t[:, :width]  # noqa: E731
-    return Experience(*(cut(getattr(exp, f)) if getattr(exp, f) is not None else None for f in Experience.__dataclass_fields__)), feats[:, :width]
+    kept = [getattr(exp, f.name) for f in dataclasses.fields(Experience) if f.init]
+    return Experience(*(None if t is None else cut(t) for t in kept)), feats[:, :width]
 
 
 def _actor_loss(weight, exp, feats, agg, denominator, clip_eps=0.2, beta=0.04):

@@ -42,7 +42,7 @@ def _table_model(values):
             super().__init__()
             self.table = torch.nn.Parameter(torch.tensor(values, dtype=torch.float32))
 
-        def forward(self, ids, mask):  # (B, T) -> (B, T)
+        def forward(self, ids, mask, position_ids=None):  # (B, T) -> (B, T)
             return self.table[ids]
 
     return Table()
@@ -81,8 +81,9 @@ def _expected(pairs, binary):
     return sum(parts) / len(parts)
 
 
+@pytest.mark.parametrize("packing", [False, True])
 @pytest.mark.parametrize("which", ["mixed", "pairs", "binary"])
-def test_train_step_loss_is_half_bt_plus_cls(tmp_path, which):
+def test_train_step_loss_is_half_bt_plus_cls(tmp_path, which, packing):
     """3 pairs + 1 binary item: ½(mean BT + mean cls), not the mean over the 4 records; and the step follows its gradient."""
     import torch
 
@@ -93,7 +94,7 @@ def test_train_step_loss_is_half_bt_plus_cls(tmp_path, which):
     model = _table_model(VALUES)
     run = _fake_run(model, tmp_path)
     before = model.table.detach().clone()
-    out = _train_step(run, pairs[:2] + binary + pairs[2:], PAD, max_grad_norm=0.0)  # kinds interleaved in the batch
+    out = _train_step(run, pairs[:2] + binary + pairs[2:], PAD, max_grad_norm=0.0, packing=packing)  # kinds interleaved
     assert out["loss"] == pytest.approx(_expected(pairs, binary), rel=1e-6)
     if which == "mixed":
         per_record = (sum(_nll_sigmoid(VALUES[p.seqs[0][-1]] - VALUES[p.seqs[1][-1]] - p.margin) for p in pairs)
@@ -135,6 +136,29 @@ def test_train_steps_unmasked_right_padded_forward_reads_each_sequences_own_scor
         batched = gather_last(values(ids, None), mask)
         alone = torch.stack([values(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))[0, -1] for s in seqs])
     assert torch.allclose(batched, alone, atol=1e-5)
+
+
+def test_a_packed_step_equals_a_padded_step_on_a_real_model(tmp_path):
+    """Packing (each pair's shared prompt once) changes the layout, not the loss or the gradient."""
+    import torch
+
+    from rlhfctl.rm.data import BINARY_ITEM, PAIR, Item
+    from rlhfctl.rm.model import TokenValues, build_reward_model
+    from rlhfctl.training.rm import _train_step
+
+    batch = [Item(PAIR, ([1, 20, 21, 22, 23, 24], [1, 20, 21, 30]), 0.0), Item(PAIR, ([1, 40, 41], [1, 40, 42, 43, 44, 45, 46]), 0.5),
+             Item(BINARY_ITEM, ([1, 50, 51, 52],), label=False), Item(PAIR, ([1, 60], [1, 61, 62]), 0.0)]
+    updates, losses = [], []
+    for packing in (False, True):
+        values = TokenValues(build_reward_model("toy:tiny", "orm", seed=0))
+        torch.nn.init.normal_(values.model.score.weight, std=0.5, generator=torch.Generator().manual_seed(1))
+        before = [p.detach().clone() for p in values.parameters()]
+        out = _train_step(_fake_run(values, tmp_path), batch, PAD, max_grad_norm=0.0, packing=packing)
+        losses.append(out["loss"])
+        updates.append(torch.cat([(b - p.detach()).flatten() for b, p in zip(before, values.parameters())]))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert updates[0].abs().max() > 1e-3  # the step moved the weights
+    torch.testing.assert_close(updates[1], updates[0], atol=1e-6, rtol=1e-4)
 
 
 def test_unified_loss_agrees_with_the_step(tmp_path):
