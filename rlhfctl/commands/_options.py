@@ -76,8 +76,8 @@ LoraAlphaOpt = Annotated[Optional[float], typer.Option(
 LoraDropoutOpt = Annotated[float, typer.Option("--lora-dropout", help="Dropout on the LoRA branch's input.")]
 LoraTargetsOpt = Annotated[str, typer.Option(
     "--lora-target-modules", help="Comma-separated module names to adapt (e.g. q_proj,v_proj), or all-linear: every linear layer but the output heads.")]
-PackingOpt = Annotated[bool, typer.Option(
-    "--packing/--no-packing", help="Shared-prefix packing: sequences that share a prompt go in one row with the prompt computed once and almost no padding (models with SDPA or eager attention; others run padded batches).")]
+NoPackingOpt = Annotated[bool, typer.Option(
+    "--no-packing", help="Padded batches instead of packed rows (by default, sequences that share a prompt go in one row with the prompt computed once and almost no padding, on models with SDPA or eager attention).")]
 NOpt = Annotated[int, typer.Option("--n", "-n", help="Responses sampled per prompt.")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")]
 TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the smallest token set with this much probability.")]

@@ -6,7 +6,7 @@ import typer
 
 from rlhfctl.commands._options import (
     BackendOpt, Bf16Opt, ConfigOpt, GpuMemoryOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt,
-    LoraTargetsOpt, MaxNewTokensOpt, ModelOpt, PackingOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TemperatureOpt, TopPOpt, print_summary,
+    LoraTargetsOpt, MaxNewTokensOpt, ModelOpt, NoPackingOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TemperatureOpt, TopPOpt, print_summary,
 )
 
 _F = typer.Option
@@ -55,7 +55,7 @@ def train_policy(
     eval_max_prompts: Annotated[int, _F("--eval-max-prompts", help="Evaluate on at most this many eval prompts.")] = 200,
     seed: SeedOpt = 0,
     resume: ResumeOpt = False,
-    packing: PackingOpt = True,
+    no_packing: NoPackingOpt = False,
     bf16: Bf16Opt = False,
     gradient_checkpointing: GradCheckpointOpt = False,
     lora_r: LoraROpt = 0,
@@ -112,7 +112,7 @@ def train_policy(
         lr, critic_lr, kl_coef, kl_estimator, kl_in, shaping, gamma, lam, clip_eps, value_clip, critic_init,
         critic_warmup_steps, loss_agg, max_new_tokens, temperature, top_p, max_steps, save_every, eval_data, eval_every,
         eval_max_prompts, 1.0, seed, resume,
-        backend=backend, gpu_memory_utilization=gpu_memory_utilization, vllm_sync_timeout=vllm_sync_timeout, packing=packing,
+        backend=backend, gpu_memory_utilization=gpu_memory_utilization, vllm_sync_timeout=vllm_sync_timeout, packing=not no_packing,
         scale=ScaleOptions(bf16, gradient_checkpointing, lora_r, lora_alpha, lora_dropout, lora_target_modules),
     ))
     print_summary({**results, "out": out}, as_json, "train-policy")

@@ -6,7 +6,7 @@ import typer
 
 from rlhfctl.commands._options import (
     Bf16Opt, CompileOpt, ConfigOpt, EpochsOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt, LoraTargetsOpt,
-    LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, PackingOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TrustOpt, WarmupOpt, WeightDecayOpt,
+    LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, NoPackingOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TrustOpt, WarmupOpt, WeightDecayOpt,
     print_summary,
 )
 
@@ -30,7 +30,7 @@ def train_rm(
     save_every: SaveEveryOpt = 100,
     resume: ResumeOpt = False,
     compile_model: CompileOpt = False,
-    packing: PackingOpt = True,
+    no_packing: NoPackingOpt = False,
     bf16: Bf16Opt = False,
     gradient_checkpointing: GradCheckpointOpt = False,
     lora_r: LoraROpt = 0,
@@ -78,6 +78,6 @@ def train_rm(
                         weight_decay=weight_decay, seed=seed, save_every=save_every, compile=compile_model)
     config_ = RMConfig(tuple(data), model, out, schedule, tuple(eval_data or ()), eval_fraction, max_length, resume,
                        trust_remote_code, prm, step_sep,
-                       ScaleOptions(bf16, gradient_checkpointing, lora_r, lora_alpha, lora_dropout, lora_target_modules), packing)
+                       ScaleOptions(bf16, gradient_checkpointing, lora_r, lora_alpha, lora_dropout, lora_target_modules), not no_packing)
     results = (prm_training if prm else rm_training).run(config_)
     print_summary({**results, "out": out}, as_json, "train-rm")
