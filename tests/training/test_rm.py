@@ -216,6 +216,28 @@ def orm_run(rm_data, cli):
     return out, json.loads(proc.stdout)
 
 
+def test_two_cpu_ranks_match_one(orm_run, rm_data, tmp_path, cli_env):
+    """`accelerate launch` with two CPU processes, packed pairs on each rank: the one-process run's per-step losses."""
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "rlhfctl", "train-rm", str(rm_data / "prefs.jsonl"), "--eval-data", str(rm_data / "held.jsonl"),
+           "--out", str(out), *RM_ARGS, "--json"]
+    proc = subprocess.run(cmd, env=dict(cli_env, ACCELERATE_USE_CPU="true"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two, one = read_jsonl(out / "metrics.jsonl"), read_jsonl(orm_run[0] / "metrics.jsonl")
+    assert [m["step"] for m in two] == [m["step"] for m in one] == [1, 2, 3, 4]
+    for a, b in zip(two, one):
+        assert (a["pairs"], a["binary"]) == (b["pairs"], b["binary"])  # the global batch, not a rank's half
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4), a["step"]
+    assert json.loads(proc.stdout)["pair_accuracy"] == pytest.approx(orm_run[1]["pair_accuracy"])
+
+
 def _rollouts(toy_dir):
     out = []
     for r in _toy_records(toy_dir, "test.jsonl")[:4]:
