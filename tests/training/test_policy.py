@@ -75,32 +75,6 @@ def _unpadded_logprobs(model, prompt, response):
     return out, ent
 
 
-def test_response_logprobs_match_an_unpadded_forward(tiny):
-    prompts, responses = _rows()
-    ids, mask, resp = assemble(prompts, responses, PAD)
-    with torch.no_grad():
-        logp, entropy = response_logprobs(tiny, ids, mask, resp.shape[1], with_entropy=True)
-    assert logp.shape == entropy.shape == resp.shape
-    for b, (p, r) in enumerate(zip(prompts, responses)):
-        want, want_ent = _unpadded_logprobs(tiny, p, r)
-        assert logp[b, :len(r)].tolist() == pytest.approx(want, abs=1e-4), b
-        assert entropy[b, :len(r)].tolist() == pytest.approx(want_ent, abs=1e-4), b
-
-
-def test_response_values_read_the_position_before_each_token():
-    from rlhfctl.rm.model import PRM, TokenValues, build_reward_model
-
-    critic = TokenValues(build_reward_model("toy:tiny", PRM, seed=0)).eval()
-    torch.nn.init.normal_(critic.model.score.weight, generator=torch.Generator().manual_seed(0))  # a non-zero head
-    prompts, responses = _rows(1)
-    ids, mask, resp = assemble(prompts, responses, PAD)
-    with torch.no_grad():
-        values = response_values(critic, ids, mask, resp.shape[1])
-        for b, (p, r) in enumerate(zip(prompts, responses)):
-            alone = critic(torch.tensor([p + r]), torch.ones(1, len(p + r), dtype=torch.long))[0]
-            assert values[b, :len(r)].tolist() == pytest.approx(alone[len(p) - 1:len(p) + len(r) - 1].tolist(), abs=1e-4), b
-
-
 def _shared_prompt_rows():
     """Two prompts with three responses each (the layout of a rollout batch, n = 3), response lengths varied."""
     prompts, responses = _rows(2, prompt_lens=(3, 3, 3, 5, 5, 5), resp_lens=(4, 1, 6, 3, 2, 5))
@@ -109,11 +83,21 @@ def _shared_prompt_rows():
     return prompts, responses, torch.tensor([0, 0, 0, 1, 1, 1])
 
 
-def test_packed_response_logprobs_match_an_unpadded_forward(tiny):
+def _batch(packed: bool, seed: int):
+    """(prompts, responses, ids, mask, response mask, layout): padded rows, or rows packed by prompt."""
+    if not packed:
+        prompts, responses = _rows(seed)
+        return (prompts, responses, *assemble(prompts, responses, PAD), None)
     prompts, responses, groups = _shared_prompt_rows()
     ids, mask, resp = assemble(prompts, responses, PAD)
     layout = pack_responses(ids, mask, resp.shape[1], groups)
     assert layout.packed.input_ids.shape[0] == 2  # one row per prompt
+    return prompts, responses, ids, mask, resp, layout
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_response_logprobs_match_an_unpadded_forward(tiny, packed):
+    prompts, responses, ids, mask, resp, layout = _batch(packed, seed=0)
     with torch.no_grad():
         logp, entropy = response_logprobs(tiny, ids, mask, resp.shape[1], with_entropy=True, layout=layout)
     assert logp.shape == entropy.shape == resp.shape and torch.isfinite(logp).all()
@@ -123,15 +107,15 @@ def test_packed_response_logprobs_match_an_unpadded_forward(tiny):
         assert entropy[b, :len(r)].tolist() == pytest.approx(want_ent, abs=1e-4), b
 
 
-def test_packed_response_values_read_the_position_before_each_token():
+@pytest.mark.parametrize("packed", [False, True])
+def test_response_values_read_the_position_before_each_token(packed):
     from rlhfctl.rm.model import PRM, TokenValues, build_reward_model
 
     critic = TokenValues(build_reward_model("toy:tiny", PRM, seed=0)).eval()
-    torch.nn.init.normal_(critic.model.score.weight, generator=torch.Generator().manual_seed(0))
-    prompts, responses, groups = _shared_prompt_rows()
-    ids, mask, resp = assemble(prompts, responses, PAD)
+    torch.nn.init.normal_(critic.model.score.weight, generator=torch.Generator().manual_seed(0))  # a non-zero head
+    prompts, responses, ids, mask, resp, layout = _batch(packed, seed=1)
     with torch.no_grad():
-        values = response_values(critic, ids, mask, resp.shape[1], layout=pack_responses(ids, mask, resp.shape[1], groups))
+        values = response_values(critic, ids, mask, resp.shape[1], layout=layout)
         for b, (p, r) in enumerate(zip(prompts, responses)):
             alone = critic(torch.tensor([p + r]), torch.ones(1, len(p + r), dtype=torch.long))[0]
             assert values[b, :len(r)].tolist() == pytest.approx(alone[len(p) - 1:len(p) + len(r) - 1].tolist(), abs=1e-4), b
