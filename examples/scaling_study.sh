@@ -9,7 +9,7 @@
 # Then examples/scaling_study.py writes WORKDIR/study/scaling_study.md with, for
 # each of the paper's findings, whether it holds here and the numbers, plus figures.
 #
-#   bash examples/scaling_study.sh [WORKDIR]          # about an hour on a 2-core CPU
+#   bash examples/scaling_study.sh [WORKDIR]          # about 15 minutes on a 2-core CPU (most of it the SFT runs)
 #
 # Budget knobs (environment): STEPS (policy updates per run, 15), PPS (prompts per
 # policy step, 8), SIZES (policy sizes, "tiny small"), PAIRS (RM pairs in C, 1600),
