@@ -67,7 +67,7 @@ def open_run(config: RMConfig):
 
 def run(config: RMConfig) -> dict[str, Any]:
     from rlhfctl.models import load_tokenizer, save_model
-    from rlhfctl.packing import supports_packing
+    from rlhfctl.packing import attention_implementation, supports_packing
     from rlhfctl.rm.model import ORM, TokenValues, build_reward_model
 
     train, held = load_splits(config, read_preferences, split_by_prompt)
@@ -80,6 +80,9 @@ def run(config: RMConfig) -> dict[str, Any]:
     adapters = prepare_model(model, config.scale, heads=("score",))
     values = TokenValues(model)
     packing = config.packing and supports_packing(model)
+    if config.packing and not packing:
+        log(f"train-rm: padded batches (the {attention_implementation(model)} attention kernel takes no packing mask)",
+            accelerator.is_main_process)
     total = config.schedule.total_steps(len(items))
     run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
     log(f"train-rm: {len(train.pairs)} pairs, {len(train.binary)} binary items, {total} steps of "

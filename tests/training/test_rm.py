@@ -238,6 +238,18 @@ def test_two_cpu_ranks_match_one(orm_run, rm_data, tmp_path, cli_env):
     assert json.loads(proc.stdout)["pair_accuracy"] == pytest.approx(orm_run[1]["pair_accuracy"])
 
 
+def test_a_model_whose_attention_takes_no_mask_trains_on_padded_batches(orm_run, rm_data, tmp_path, run_main, monkeypatch):
+    """A flash-attention model cannot run packed rows: train-rm says so and trains padded, with the same losses."""
+    import rlhfctl.packing as packing
+
+    monkeypatch.setattr(packing, "attention_implementation", lambda model: "flash_attention_2")
+    r = run_main("train-rm", rm_data / "prefs.jsonl", "--eval-data", rm_data / "held.jsonl", "--out", tmp_path / "padded", *RM_ARGS)
+    assert r.code == 0, r.err
+    assert "padded batches (the flash_attention_2 attention kernel takes no packing mask)" in r.err
+    padded, packed = read_jsonl(tmp_path / "padded" / "metrics.jsonl"), read_jsonl(orm_run[0] / "metrics.jsonl")
+    assert [m["loss"] for m in padded] == pytest.approx([m["loss"] for m in packed], abs=1e-5)
+
+
 def _rollouts(toy_dir):
     out = []
     for r in _toy_records(toy_dir, "test.jsonl")[:4]:
