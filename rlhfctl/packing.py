@@ -149,3 +149,13 @@ def attention_implementation(model: Any) -> str | None:
 
 def supports_packing(model: Any) -> bool:
     return attention_implementation(model) in PACKABLE_ATTENTION
+
+
+def use_packing(requested: bool, model: Any, command: str, main: bool = True) -> bool:
+    """Whether ``command`` packs: asked for, and ``model``'s attention kernel takes the mask; says so when it cannot."""
+    if requested and not supports_packing(model):
+        from rlhfctl.console import log
+
+        log(f"{command}: padded batches (the {attention_implementation(model)} attention kernel takes no packing mask)", main)
+        return False
+    return requested

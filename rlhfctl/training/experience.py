@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from rlhfctl.packing import Packed, attention_implementation, pack, supports_packing
+from rlhfctl.packing import Packed, attention_implementation, pack
 from rlhfctl.rl.advantages import gae, whiten
 from rlhfctl.rl.kl import KL_ESTIMATORS
 from rlhfctl.rl.shaping import Shaping, place_on_eos, shape_rewards, standardize
@@ -223,8 +223,7 @@ def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], confi
     width = resp_mask.shape[1]
     engine_logprobs = any(s.logprobs is not None for g in samples for s in g)
     deferred = not engine_logprobs and reuses_update_forward(config, len(response_ids), accelerator.num_processes)
-    packs = config.packing and supports_packing(policy)
-    groups = torch.arange(len(prompts), device=ids.device).repeat_interleave(config.n) if packs else None
+    groups = torch.arange(len(prompts), device=ids.device).repeat_interleave(config.n) if config.packing else None
     exp = Experience(ids, mask, resp_mask, None, None, None, groups=groups)
     with torch.no_grad():
         if not deferred:

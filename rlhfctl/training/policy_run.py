@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from rlhfctl.artifacts import describe_inputs, latest_checkpoint, load_checkpoint, make_manifest, publish_model_folder, save_checkpoint
 from rlhfctl.console import Progress, log
 from rlhfctl.generation.base import derive_seed
-from rlhfctl.packing import attention_implementation, supports_packing
+from rlhfctl.packing import use_packing
 from rlhfctl.training.experience import AdvantageSettings, collect, load_rm_handle
 from rlhfctl.training.loop import METRICS, MetricsLog, adamw, batch_stream, rng_state, seed_global_rngs, set_rng_state, shard
 from rlhfctl.training.policy_engine import policy_generator
@@ -69,8 +70,7 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
 
     main = accelerator.is_main_process
     models, ref, tokenizer, adapters = build_models(config, accelerator)
-    if config.packing and not supports_packing(models.policy):
-        log(f"train-policy: padded batches (the {attention_implementation(models.policy)} attention kernel takes no packing mask)", main)
+    config = dataclasses.replace(config, packing=use_packing(config.packing, models.policy, "train-policy", main))  # decided once
     rm = load_rm_handle(config.rm, accelerator.device) if config.rm and config.rm_weight else None
     settings = AdvantageSettings(config.algo, config.n, config.shaping, config.kl_coef, config.kl_estimator, config.kl_in,
                                  gamma=config.gamma, lam=config.lam, whiten_advantages=config.algo == "ppo")

@@ -67,7 +67,7 @@ def open_run(config: RMConfig):
 
 def run(config: RMConfig) -> dict[str, Any]:
     from rlhfctl.models import load_tokenizer, save_model
-    from rlhfctl.packing import attention_implementation, supports_packing
+    from rlhfctl.packing import use_packing
     from rlhfctl.rm.model import ORM, TokenValues, build_reward_model
 
     train, held = load_splits(config, read_preferences, split_by_prompt)
@@ -79,10 +79,7 @@ def run(config: RMConfig) -> dict[str, Any]:
     model = build_reward_model(config.model, ORM, config.schedule.seed, config.trust_remote_code)
     adapters = prepare_model(model, config.scale, heads=("score",))
     values = TokenValues(model)
-    packing = config.packing and supports_packing(model)
-    if config.packing and not packing:
-        log(f"train-rm: padded batches (the {attention_implementation(model)} attention kernel takes no packing mask)",
-            accelerator.is_main_process)
+    packing = use_packing(config.packing, model, "train-rm", accelerator.is_main_process)
     total = config.schedule.total_steps(len(items))
     run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
     log(f"train-rm: {len(train.pairs)} pairs, {len(train.binary)} binary items, {total} steps of "
