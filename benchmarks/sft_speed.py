@@ -23,7 +23,10 @@ What it measures
     for prompt-completion data; checked). rlhfctl runs with its defaults
     (length-bucketed batches, fused AdamW, per-step metrics and progress bar),
     and with ``--compile`` also compiles its model (``train-sft --compile``;
-    the one-off compilation falls in the untimed warm-up steps).
+    the one-off compilation falls in the untimed warm-up steps). With
+    ``--trl-compile`` TRL compiles its model too (``torch_compile=True``):
+    compare compiled with compiled. TRL's random batches change shape every
+    step, so it may recompile after the warm-up; those steps count.
 
 How it is timed
     Each side runs in its own subprocess, so imports, model load, dataset
@@ -60,6 +63,7 @@ How to run
     python benchmarks/sft_speed.py --data data/toy --steps 40 --warmup 5 --repeats 3
     python benchmarks/sft_speed.py --threads 1         # compute-bound comparison on a busy machine
     python benchmarks/sft_speed.py --compile           # rlhfctl with train-sft --compile
+    python benchmarks/sft_speed.py --compile --trl-compile  # both sides compiled
     python benchmarks/sft_speed.py --only rlhfctl      # one side, e.g. under a profiler
 
 The last line of output is one JSON object with all the numbers.
@@ -100,6 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=512, help="max tokens per record, both sides (default 512)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in each worker (default: torch's own)")
     p.add_argument("--compile", action="store_true", help="run rlhfctl with train-sft --compile (compilation falls in the warm-up)")
+    p.add_argument("--trl-compile", action="store_true",
+                   help="run TRL with torch_compile=True (its model compiled by the Trainer; compare with --compile)")
     p.add_argument("--only", choices=SIDES, default=None, help="run one side only (no ratio)")
     p.add_argument("--worker", choices=SIDES, default=None, help=argparse.SUPPRESS)
     p.add_argument("--gate", default=None, help=argparse.SUPPRESS)
@@ -173,6 +179,7 @@ def worker_trl(args: argparse.Namespace, gate: Gate) -> dict:
             use_cpu=True, bf16=False, fp16=False, report_to=[], save_strategy="no", logging_steps=1,
             disable_tqdm=True, dataloader_num_workers=0,
             gradient_checkpointing=False,  # TRL's default is True; rlhfctl does not recompute activations
+            torch_compile=args.trl_compile,
         )
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timer()])
         if not trainer.completion_only_loss:
@@ -213,7 +220,7 @@ def worker_cmd(side: str, args: argparse.Namespace) -> list[str]:
     return [sys.executable, os.path.abspath(__file__), "--worker", side, "--data", args.data, "--steps", str(args.steps),
             "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
             "--max-length", str(args.max_length)] + (["--threads", str(args.threads)] if args.threads else []) + (
-               ["--compile"] if args.compile else [])
+               ["--compile"] if args.compile else []) + (["--trl-compile"] if args.trl_compile else [])
 
 
 def make_data(folder: str) -> None:
@@ -249,7 +256,7 @@ def main(argv=None) -> None:
                   f"final loss {res['final_loss']:.4f}", flush=True)
     summary: dict = {"benchmark": "sft_speed", "baseline": "trl.SFTTrainer", "model": MODEL, "batch_size": args.batch_size,
                      "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "target_ratio": TARGET,
-                     "rlhfctl_compile": args.compile}
+                     "rlhfctl_compile": args.compile, "trl_compile": args.trl_compile}
     for side in sides:
         rs = runs[side]
         summary[side] = {

@@ -26,6 +26,9 @@ def train_sft(
     save_every: SaveEveryOpt = 100,
     resume: ResumeOpt = False,
     compile_model: CompileOpt = False,
+    no_packing: Annotated[bool, typer.Option(
+        "--no-packing", help="Run every record whole (by default, the tokens that begin every record of a batch, "
+                             "such as a system prompt, run once and the rest of each record continues from them).")] = False,
     bf16: Bf16Opt = False,
     gradient_checkpointing: GradCheckpointOpt = False,
     lora_r: LoraROpt = 0,
@@ -59,5 +62,5 @@ def train_sft(
     schedule = Schedule(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
                         weight_decay=weight_decay, seed=seed, save_every=save_every, compile=compile_model)
     scale = ScaleOptions(bf16, gradient_checkpointing, lora_r, lora_alpha, lora_dropout, lora_target_modules)
-    results = run(SFTConfig(data, model, out, schedule, max_length, resume, trust_remote_code, scale))
+    results = run(SFTConfig(data, model, out, schedule, max_length, resume, not no_packing, trust_remote_code, scale))
     print_summary({**results, "out": out}, as_json, "train-sft")

@@ -3,6 +3,14 @@
 ``L = -(1/T) Σ_t log π(y_t | x, y_<t)`` over the T completion tokens of the
 global batch (prompt and padding tokens carry no loss), AdamW with linear
 warmup and cosine decay.
+
+Shared prefix. The records of a batch often begin alike (a system prompt, a
+chat template's header, the toy task's ``<bos>Compute ``). With ``packing``
+on, a step runs that common prefix once, as a batch of one, and the rest of
+every record with the prefix's keys and values as its past: the same
+logits, loss and gradients as the full forward (up to float rounding) for
+fewer token passes. The prefix stops before the shortest prompt ends, so no
+loss term reads a prefix logit.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ class SFTConfig:
     schedule: Schedule
     max_length: int = 512
     resume: bool = False
+    packing: bool = True  # run the batch's common prefix once (`--no-packing`: every record whole)
     trust_remote_code: bool = False
     scale: ScaleOptions = ScaleOptions()
 
@@ -58,9 +67,11 @@ def run(config: SFTConfig) -> dict[str, Any]:
     run_ = start_training(accelerator, model, config.schedule, total, out, config.resume)
     log(f"train-sft: {len(examples)} records, {parameters:,} parameters, {total} steps of {config.schedule.batch_size}",
         accelerator.is_main_process)
+    share_prefix = config.packing and prefix_sharing_applies(accelerator, config.scale, accelerator.is_main_process)
 
     def step(batch: list[int]) -> dict[str, Any]:
-        return _train_step(run_, [examples[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm)
+        return _train_step(run_, [examples[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm,
+                           share_prefix)
 
     last = fit(run_, [len(e.input_ids) for e in examples], config.schedule, step, "train-sft")
     results = {"final_loss": last.get("loss"), "steps": total, "parameters": parameters, **adapters}
@@ -73,7 +84,7 @@ def run(config: SFTConfig) -> dict[str, Any]:
     return results
 
 
-def _train_step(run, batch: list[Example], pad_id: int, max_grad_norm: float) -> dict[str, Any]:
+def _train_step(run, batch: list[Example], pad_id: int, max_grad_norm: float, share_prefix: bool = False) -> dict[str, Any]:
     """One optimiser step on the global batch: the token-mean loss over its completions."""
     import torch
 
@@ -81,19 +92,81 @@ def _train_step(run, batch: list[Example], pad_id: int, max_grad_norm: float) ->
     local, weight = shard(batch, acc.process_index, acc.num_processes)
     global_tokens = sum(len(e.input_ids) - e.prompt_len for e in batch) or 1  # = labels != -100 after the shift
     input_ids, _, labels = collate(local, pad_id)
-    # No attention mask: the batch is right-padded and attention is causal, so no real token can see
-    # a pad, and the pads' own outputs carry no loss. Without a mask the model skips building one and
-    # SDPA takes its causal path (about 4% of a toy:small step on a CPU; flash kernels on a GPU).
-    logits = run.model(input_ids=input_ids.to(acc.device)).logits
-    # Sum over this rank's tokens / the global count, times world: DDP averages
-    # the ranks' gradients, so the result is the token mean of the global batch.
+    shared = shared_prefix_length(local) if share_prefix else 0
+    logits = forward_after_prefix(run.model, acc.unwrap_model(run.model), input_ids.to(acc.device), shared)
+    # logits[:, j] is at position shared + j and predicts the token at shared + j + 1. Sum over this
+    # rank's tokens / the global count, times world: DDP averages the ranks' gradients, so the
+    # result is the token mean of the global batch.
     loss_sum = weight * torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(acc.device), ignore_index=-100, reduction="sum"
+        logits[:, :-1].flatten(0, 1).float(), labels[:, shared + 1:].flatten().to(acc.device), ignore_index=-100,
+        reduction="sum",
     )
     acc.backward(loss_sum * acc.num_processes / global_tokens)
     grad_norm = optimizer_step(run, max_grad_norm)
     total = acc.reduce(loss_sum.detach(), reduction="sum")
     return {"loss": float(total) / global_tokens, "tokens": global_tokens, "grad_norm": grad_norm}
+
+
+def prefix_sharing_applies(accelerator, scale: ScaleOptions, main: bool = True) -> bool:
+    """Whether train-sft can run a batch's common prefix once; says why not when it cannot.
+
+    The prefix runs outside the wrapper that DDP puts round the model, which
+    is sound there (every weight still gets one summed gradient per step) but
+    not under FSDP or DeepSpeed, whose wrappers gather or partition weights
+    and gradients. Gradient checkpointing drops the key/value cache that
+    carries the prefix over.
+    """
+    from accelerate.utils import DistributedType
+
+    reason = None
+    if scale.gradient_checkpointing:
+        reason = "--gradient-checkpointing keeps no key/value cache"
+    elif accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        reason = f"{accelerator.distributed_type.value} wraps every forward pass"
+    if reason:
+        log(f"train-sft: every record runs whole, no shared prefix ({reason})", main)
+    return reason is None
+
+
+def shared_prefix_length(examples: list[Example]) -> int:
+    """Tokens that every record of ``examples`` begins with, stopping before the shortest prompt's last token.
+
+    Past that point a token may carry a loss, and the logit that predicts it
+    would sit inside the prefix; short of it, none does. 0 for a single record.
+    """
+    from rlhfctl.packing import common_prefix
+
+    if len(examples) < 2:
+        return 0
+    limit = min(e.prompt_len for e in examples) - 1
+    return min(common_prefix([e.input_ids for e in examples]), max(limit, 0))
+
+
+def forward_after_prefix(model, module, input_ids, shared: int):
+    """Logits of ``input_ids`` (B, T) at positions ``shared``.. T-1, running its first ``shared`` columns once.
+
+    Those columns must be the same in every row. ``module`` is the bare model
+    (it runs the prefix, a batch of one); ``model`` the one to train, maybe
+    wrapped (it runs the rest, with the prefix's keys and values repeated
+    for each row as its past, and each token at its own position). No
+    attention mask: the batch is right-padded and attention is causal, so no
+    real token can see a pad, and the pads' outputs carry no loss. Without a
+    mask, a plain forward takes SDPA's causal path.
+    """
+    import torch
+
+    from rlhfctl.generation.hf import cache_keyword
+
+    if shared == 0:
+        return model(input_ids=input_ids).logits
+    rows, width = input_ids.shape
+    keyword = cache_keyword(module)
+    past = getattr(module(input_ids=input_ids[:1, :shared], use_cache=True), keyword, None)
+    if not hasattr(past, "batch_repeat_interleave"):  # a model that returns no transformers cache: run it whole
+        return model(input_ids=input_ids).logits[:, shared:]
+    past.batch_repeat_interleave(rows)
+    positions = torch.arange(shared, width, device=input_ids.device).expand(rows, -1)
+    return model(input_ids=input_ids[:, shared:], position_ids=positions, **{keyword: past}).logits
 
 
 def collate(examples: list[Example], pad_id: int):

@@ -132,6 +132,119 @@ def test_encode_example_chat_and_truncation(tok):
     assert tiny.prompt_len == len(tiny.input_ids) == 5  # all prompt: nothing to learn, nothing out of range
 
 
+# --- shared prefix ---------------------------------------------------------------------------------
+
+def test_shared_prefix_stops_before_the_shortest_prompts_last_token(tok):
+    from rlhfctl.training.sft import shared_prefix_length
+
+    a = encode_example(tok, "Compute 2+3.\n", "2+3=5\nAnswer: 5", 512)
+    b = encode_example(tok, "Compute 21+3.\n", "21+3=24\nAnswer: 24", 512)
+    same_prompt = encode_example(tok, "Compute 2+3.\n", "2+3=6\nAnswer: 6", 512)
+    other = encode_example(tok, "Add 2 and 3.\n", "Answer: 5", 512)
+    assert tok.decode(a.input_ids[:shared_prefix_length([a, b])]) == "<bos>Compute 2"
+    # the records agree well into the completion, but the token after the prefix carries a loss
+    # only past the prompt: the prefix ends one token short of the prompt's end
+    assert tok.decode(a.input_ids[:shared_prefix_length([a, same_prompt])]) == "<bos>Compute 2+3."
+    assert shared_prefix_length([a, b, other]) == 1  # <bos>
+    assert shared_prefix_length([a]) == 0  # nothing to share
+
+
+def test_forward_after_prefix_gives_the_full_forwards_logits_and_gradients(tok):
+    """Against the plain forward of the whole right-padded batch: every real position's logits, and the loss's gradients."""
+    import torch
+
+    from rlhfctl.models import load_causal_lm
+    from rlhfctl.training.sft import collate, forward_after_prefix, shared_prefix_length
+
+    examples = [encode_example(tok, p, c, 512) for p, c in [
+        ("Compute 2+3.\n", "2+3=5\nAnswer: 5"), ("Compute 21+3-4.\n", "21+3=24\n24-4=20\nAnswer: 20"),
+        ("Compute 2+30.\n", "2+30=32\nAnswer: 32")]]
+    ids, _, labels = collate(examples, tok.pad_token_id)
+    n = shared_prefix_length(examples)
+    assert n == len(tok("Compute 2", add_special_tokens=False).input_ids) + 1
+    model = load_causal_lm("toy:tiny", seed=0)
+    ce = torch.nn.functional.cross_entropy
+
+    full = model(input_ids=ids).logits
+    full_loss = ce(full[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+    want = torch.autograd.grad(full_loss, list(model.parameters()))
+    part = forward_after_prefix(model, model, ids, n)
+    assert part.shape[:2] == (3, ids.shape[1] - n)
+    for i, e in enumerate(examples):
+        length = len(e.input_ids)
+        torch.testing.assert_close(part[i, :length - n], full[i, n:length], rtol=1e-4, atol=1e-5)
+    part_loss = ce(part[:, :-1].flatten(0, 1), labels[:, n + 1:].flatten(), ignore_index=-100, reduction="sum")
+    torch.testing.assert_close(part_loss, full_loss, rtol=1e-5, atol=1e-4)
+    for g, w in zip(torch.autograd.grad(part_loss, list(model.parameters())), want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_forward_after_prefix_runs_a_model_without_a_cache_whole(tok):
+    """A model whose output carries no key/value cache gets the whole rows, and the logits past the prefix."""
+    import types
+
+    import torch
+
+    from rlhfctl.models import load_causal_lm
+    from rlhfctl.training.sft import forward_after_prefix
+
+    inner = load_causal_lm("toy:tiny", seed=0)
+    calls = []
+
+    class NoCache(torch.nn.Module):
+        def forward(self, input_ids, **kwargs):
+            calls.append(tuple(input_ids.shape))
+            return types.SimpleNamespace(logits=inner(input_ids=input_ids).logits)
+
+    no_cache = NoCache()
+    ids = torch.tensor([[1, 5, 6, 7, 8], [1, 5, 6, 9, 10]])
+    got = forward_after_prefix(no_cache, no_cache, ids, 3)
+    torch.testing.assert_close(got, inner(input_ids=ids).logits[:, 3:])
+    assert calls == [(1, 3), (2, 5)]  # the prefix's try, then the whole rows
+
+
+def _spy_on_shared_prefixes(monkeypatch) -> list[int]:
+    from rlhfctl.training import sft
+
+    seen: list[int] = []
+    forward = sft.forward_after_prefix
+
+    def spy(model, module, input_ids, shared):
+        seen.append(shared)
+        return forward(model, module, input_ids, shared)
+
+    monkeypatch.setattr(sft, "forward_after_prefix", spy)
+    return seen
+
+
+def test_no_packing_runs_records_whole_with_the_same_losses(sft_run, toy_dir, tmp_path, run_main, monkeypatch, tok):
+    seen = _spy_on_shared_prefixes(monkeypatch)
+    shared = run_main("train-sft", toy_dir / "sft.jsonl", "--out", tmp_path / "shared", *SFT_ARGS, "--json")
+    assert shared.code == 0, shared.err
+    common_start = 1 + len(tok("Compute ", add_special_tokens=False).input_ids)  # <bos>Compute: every toy prompt's start
+    assert seen == [common_start] * 6
+    seen.clear()
+    whole = run_main("train-sft", toy_dir / "sft.jsonl", "--out", tmp_path / "whole", *SFT_ARGS, "--no-packing", "--json")
+    assert whole.code == 0, whole.err
+    assert seen == [0] * 6
+    for a, b, want in zip(read_jsonl(tmp_path / "shared" / "metrics.jsonl"), read_jsonl(tmp_path / "whole" / "metrics.jsonl"),
+                          sft_run.metrics):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["loss"] == pytest.approx(want["loss"], rel=1e-5)
+        assert a["tokens"] == b["tokens"]
+    _assert_close_on_average(tmp_path / "shared", tmp_path / "whole", mean_atol=1e-5)
+    options = json.loads((tmp_path / "whole" / "rlhfctl.json").read_text())["options"]
+    assert options["packing"] is False
+
+
+def test_gradient_checkpointing_runs_records_whole_and_says_so(toy_dir, tmp_path, run_main, monkeypatch):
+    seen = _spy_on_shared_prefixes(monkeypatch)
+    r = run_main("train-sft", toy_dir / "sft.jsonl", "--out", tmp_path / "gc", *SFT_ARGS, "--max-steps", "2",
+                 "--gradient-checkpointing", "--json")
+    assert r.code == 0, r.err
+    assert seen == [0, 0]
+    assert "train-sft: every record runs whole, no shared prefix (--gradient-checkpointing keeps no key/value cache)" in r.err
+
+
 def test_logged_loss_is_the_token_mean_over_completion_tokens(sft_run, toy_dir, tok):
     """Step 1's loss is -(1/T) Σ log π(y_t | ...) over the T completion tokens (with eos) of the first batch,
     computed here one example at a time, unpadded, with the seed's initial weights."""
