@@ -11,7 +11,7 @@ from rlhfctl.commands._options import ConfigOpt, JsonOpt, SeedOpt, print_summary
 
 def demo(
     workdir: Annotated[str, typer.Option("--workdir", "-w", help="Folder for every artifact of the demo; rerunning with the same folder resumes.")] = "runs/demo",
-    full: Annotated[bool, typer.Option("--full", help="Larger budgets: 2,000 training prompts, 500 test prompts, 60 policy updates of 32 prompts (27 minutes on a 2-core CPU; the default pass over every stage takes 9).")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Larger budgets: 2,000 training prompts, 500 test prompts, 60 policy updates of 32 prompts (about 20 minutes on a 2-core CPU; the default pass over every stage takes about 7).")] = False,
     sft_steps: Annotated[int | None, typer.Option("--sft-steps", help="Override the budget: train-sft steps.", show_default=False)] = None,
     policy_steps: Annotated[int | None, typer.Option("--policy-steps", help="Override the budget: PPO and GRPO updates each.", show_default=False)] = None,
     train_prompts: Annotated[int | None, typer.Option("--train-prompts", help="Override the budget: training prompts (RM rollouts and RL).", show_default=False)] = None,
