@@ -84,7 +84,7 @@ def run(config: SFTConfig) -> dict[str, Any]:
     return results
 
 
-def _train_step(run, batch: list[Example], pad_id: int, max_grad_norm: float, share_prefix: bool = False) -> dict[str, Any]:
+def _train_step(run, batch: list[Example], pad_id: int, max_grad_norm: float, share_prefix: bool) -> dict[str, Any]:
     """One optimiser step on the global batch: the token-mean loss over its completions."""
     import torch
 
