@@ -20,7 +20,10 @@ What it measures
     recomputing the forward would handicap the baseline); otherwise TRL keeps
     its defaults: its optimiser (fused AdamW), random batches padded to their
     longest record, its fused LM-head loss, completion-only loss (its default
-    for prompt-completion data; checked). rlhfctl runs with its defaults
+    for prompt-completion data; checked). With ``--trl-checkpointing`` TRL
+    keeps its shipped gradient checkpointing on (``SFTConfig``'s default), as a
+    user who changes nothing gets it: that measures rlhfctl against TRL as
+    shipped, at equal precision, not like for like. rlhfctl runs with its defaults
     (length-bucketed batches, fused AdamW, per-step metrics and progress bar),
     and with ``--compile`` also compiles its model (``train-sft --compile``;
     the one-off compilation falls in the untimed warm-up steps). With
@@ -64,6 +67,7 @@ How to run
     python benchmarks/sft_speed.py --threads 1         # compute-bound comparison on a busy machine
     python benchmarks/sft_speed.py --compile           # rlhfctl with train-sft --compile
     python benchmarks/sft_speed.py --compile --trl-compile  # both sides compiled
+    python benchmarks/sft_speed.py --trl-checkpointing  # TRL as shipped: its gradient checkpointing on
     python benchmarks/sft_speed.py --only rlhfctl      # one side, e.g. under a profiler
 
 The last line of output is one JSON object with all the numbers.
@@ -106,6 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="run rlhfctl with train-sft --compile (compilation falls in the warm-up)")
     p.add_argument("--trl-compile", action="store_true",
                    help="run TRL with torch_compile=True (its model compiled by the Trainer; compare with --compile)")
+    p.add_argument("--trl-checkpointing", action="store_true",
+                   help="keep TRL's default gradient checkpointing on (TRL as shipped; not like for like)")
     p.add_argument("--only", choices=SIDES, default=None, help="run one side only (no ratio)")
     p.add_argument("--worker", choices=SIDES, default=None, help=argparse.SUPPRESS)
     p.add_argument("--gate", default=None, help=argparse.SUPPRESS)
@@ -178,7 +184,8 @@ def worker_trl(args: argparse.Namespace, gate: Gate) -> dict:
             weight_decay=0.0, max_grad_norm=1.0, max_length=args.max_length, seed=0,
             use_cpu=True, bf16=False, fp16=False, report_to=[], save_strategy="no", logging_steps=1,
             disable_tqdm=True, dataloader_num_workers=0,
-            gradient_checkpointing=False,  # TRL's default is True; rlhfctl does not recompute activations
+            # TRL's default is True; rlhfctl does not recompute activations, so off unless --trl-checkpointing
+            gradient_checkpointing=args.trl_checkpointing,
             torch_compile=args.trl_compile,
         )
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timer()])
@@ -220,7 +227,8 @@ def worker_cmd(side: str, args: argparse.Namespace) -> list[str]:
     return [sys.executable, os.path.abspath(__file__), "--worker", side, "--data", args.data, "--steps", str(args.steps),
             "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
             "--max-length", str(args.max_length)] + (["--threads", str(args.threads)] if args.threads else []) + (
-               ["--compile"] if args.compile else []) + (["--trl-compile"] if args.trl_compile else [])
+               ["--compile"] if args.compile else []) + (["--trl-compile"] if args.trl_compile else []) + (
+               ["--trl-checkpointing"] if args.trl_checkpointing else [])
 
 
 def make_data(folder: str) -> None:
@@ -256,7 +264,8 @@ def main(argv=None) -> None:
                   f"final loss {res['final_loss']:.4f}", flush=True)
     summary: dict = {"benchmark": "sft_speed", "baseline": "trl.SFTTrainer", "model": MODEL, "batch_size": args.batch_size,
                      "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "target_ratio": TARGET,
-                     "rlhfctl_compile": args.compile, "trl_compile": args.trl_compile}
+                     "rlhfctl_compile": args.compile, "trl_compile": args.trl_compile,
+                     "trl_gradient_checkpointing": args.trl_checkpointing}
     for side in sides:
         rs = runs[side]
         summary[side] = {
