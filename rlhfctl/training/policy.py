@@ -130,21 +130,23 @@ class PolicyConfig:
 def check_parallelism(accelerator, config: PolicyConfig) -> None:
     """Refuse the sharded set-ups that train-policy cannot run (examples/accelerate/README.md).
 
-    FSDP gathers each layer's weights inside its forward pass, so every rank
-    must make the same number of passes; HF decoding stops when a rank's own
-    responses end, so ranks would wait on each other for ever. Accelerate
-    gives DeepSpeed one model per engine, and PPO trains two.
+    Generation needs whole weights on every rank while ranks decode for
+    different numbers of steps (`scale.full_weights`). FSDP version 2 can
+    keep its units gathered for that; version 1 gathers inside every forward
+    pass, so ranks would wait on each other for ever. Accelerate gives
+    DeepSpeed one model per engine, and PPO trains two.
     """
     from accelerate.utils import DistributedType
 
     from rlhfctl.training.scale import check_resumable
 
     kind = accelerator.distributed_type
-    if kind == DistributedType.FSDP:
-        raise ConfigError("train-policy does not run under FSDP (generation would deadlock the ranks): use DDP or DeepSpeed ZeRO-3")
+    if kind == DistributedType.FSDP and not getattr(accelerator, "is_fsdp2", False):
+        raise ConfigError("train-policy does not run under FSDP version 1 (generation would deadlock the ranks): "
+                          "set fsdp_version: 2 in the accelerate config (examples/accelerate/fsdp.yaml), or use DDP")
     if kind == DistributedType.DEEPSPEED and config.algo == "ppo":
         raise ConfigError("--algo ppo does not run under DeepSpeed (accelerate prepares one model per engine; PPO trains a critic too): "
-                          "use DDP, or --algo grpo")
+                          "use DDP or FSDP, or --algo grpo")
     check_resumable(accelerator, config.resume)
 
 

@@ -50,7 +50,8 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]
     prepare_model(critic_model, config.scale, heads=("score",))
     critic = TokenValues(critic_model)
     critic_opt = adamw(trainable_parameters(critic), lr=config.critic_lr)
-    policy, policy_opt, critic, critic_opt = accelerator.prepare(policy, policy_opt, critic, critic_opt)
+    policy, policy_opt = accelerator.prepare(policy, policy_opt)
+    critic, critic_opt = accelerator.prepare(critic, critic_opt)  # one model per call: FSDP version 2 takes no more
     return Models(policy, policy_opt, critic, critic_opt), reference_model(config, policy, accelerator), tokenizer, adapters
 
 
@@ -90,7 +91,7 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
             epoch, batch = next(stream)
             mine, _ = shard(batch, accelerator.process_index, accelerator.num_processes)
             seed = derive_seed(config.seed, step, accelerator.process_index)
-            with full_weights(accelerator, models.policy):
+            with full_weights(accelerator, models.policy, models.critic):
                 exp, stats = collect(models.policy, ref, models.critic, generator, [records[i] for i in mine], config, settings,
                                      rm, accelerator, seed)
             generator.sleep()  # a vLLM engine releases its GPU memory while the policy trains...
@@ -118,7 +119,7 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
 def evaluate(generator, policy, records, config, accelerator) -> float | None:
     """Greedy pass@1 on the eval prompts (main process; the others wait)."""
     value = None
-    with full_weights(accelerator, policy):  # under ZeRO-3 every rank gathers; rank 0 generates
+    with full_weights(accelerator, policy):  # where weights are sharded every rank gathers; rank 0 generates
         if accelerator.is_main_process:
             value = _greedy_pass_at_1(generator, records, config)
     accelerator.wait_for_everyone()

@@ -176,22 +176,53 @@ def model_for_inference(accelerator, model):
 
 
 @contextmanager
-def full_weights(accelerator, model):
-    """Every weight of ``model`` present on every rank for the duration (HF generation).
+def full_weights(accelerator, *models):
+    """Every weight of ``models`` present on every rank for the duration (HF generation, scoring).
 
-    ZeRO-3 gathers them (all ranks must enter); elsewhere they already are.
-    FSDP is refused earlier: its layers gather per forward pass, so ranks
-    that stop decoding at different steps would wait on each other for ever.
+    Inside, forward passes make no collective calls, so ranks may make
+    different numbers of them (each stops decoding when its own responses
+    end). Every rank must enter and leave together. ZeRO-3 gathers the
+    parameters; FSDP version 2 all-gathers each unit once and keeps it whole
+    until the end (no resharding after each forward pass). Under DDP, or one
+    process, every rank already holds them. ``None`` entries are skipped.
     """
     from accelerate.utils import DistributedType
 
+    models = [m for m in models if m is not None]
     if accelerator.distributed_type == DistributedType.DEEPSPEED and is_sharded(accelerator):
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        with deepspeed.zero.GatheredParameters([p for m in models for p in m.parameters()]):
+            yield
+    elif accelerator.distributed_type == DistributedType.FSDP:
+        with _fsdp2_unsharded(accelerator, models):
             yield
     else:
         yield
+
+
+@contextmanager
+def _fsdp2_unsharded(accelerator, models):
+    """FSDP2 units of ``models`` unsharded, not resharded by forward passes, until the end; then as before.
+
+    Accelerate shards every unit, the root too, with the plugin's
+    ``reshard_after_forward``; on leaving, each unit gets it back.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if not getattr(accelerator, "is_fsdp2", False):  # check_parallelism refuses FSDP version 1 first
+        raise ConfigError("this needs FSDP version 2 (fsdp_version: 2 in the accelerate config)")
+    units = [[u for u in m.modules() if isinstance(u, FSDPModule)] for m in models]
+    for unit in (u for group in units for u in group):
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()  # an all-gather: every rank, same units, same order
+    try:
+        yield
+    finally:
+        after_forward = bool(accelerator.state.fsdp_plugin.reshard_after_forward)
+        for unit in (u for group in units for u in group):
+            unit.reshard()  # local: frees the gathered copies
+            unit.set_reshard_after_forward(after_forward, recurse=False)
 
 
 # --- weights on disk --------------------------------------------------------------

@@ -117,3 +117,26 @@ def test_train_policy_on_the_gpu(algo, cli, sft_run, toy_dir, tmp_path):
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if "step" in r and r["step"] > 0]
     assert len(rows) == 3
     assert all(math.isfinite(v) for r in rows for v in r.values() if isinstance(v, float))
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_train_policy_under_fsdp_yaml_on_one_gpu(algo, cli_env, sft_run, toy_dir, tmp_path):
+    """examples/accelerate/fsdp.yaml (FSDP version 2) on one GPU: the units gathered for generation, then trained.
+    (tests/training/test_fsdp.py runs the same code path on two CPU ranks.)"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port
+
+    config = Path(__file__).resolve().parents[2] / "examples" / "accelerate" / "fsdp.yaml"
+    out = tmp_path / algo
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "1",
+           "--main_process_port", str(free_port()), "-m", "rlhfctl", "train-policy", str(toy_dir / "train.jsonl"),
+           "--model", str(sft_run.path), "--out", str(out), "--algo", algo, "--verifier", "math", "--n", "4",
+           "--prompts-per-step", "4", "--max-new-tokens", "32", "--max-steps", "2", "--bf16", "--json"]
+    proc = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("step", 0) > 0]
+    assert len(rows) == 2 and all(math.isfinite(v) for r in rows for v in r.values() if isinstance(v, float))
+    assert (out / "model.safetensors").is_file()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import read_jsonl
-from test_policy_runs import _grpo_args, crash_after_checkpoint, rm_run  # noqa: F401  (rm_run is a fixture)
+from test_policy_runs import _grpo_args, crash_after_checkpoint
 
 
 def test_lora_grpo_resume_gives_the_same_next_metrics(run_main, toy_dir, sft_run, rm_run, tmp_path):

@@ -14,21 +14,6 @@ import torch
 
 from conftest import read_jsonl
 
-@pytest.fixture(scope="module")
-def rm_run(cli, toy_dir, sft_run, tmp_path_factory):
-    """A tiny ORM (2 steps on 32 pairs) so that rewards vary and every step updates the policy."""
-    folder = tmp_path_factory.mktemp("policy-rm")
-    pairs = []
-    for r in read_jsonl(toy_dir / "sft.jsonl")[:32]:
-        body, answer = r["completion"].rsplit("Answer: ", 1)
-        pairs.append({"prompt": r["prompt"], "chosen": r["completion"], "rejected": f"{body}Answer: {int(answer) + 7}"})
-    (folder / "prefs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    proc = cli("train-rm", folder / "prefs.jsonl", "--model", sft_run.path, "--out", folder / "rm", "--max-steps", "2",
-               "--batch-size", "8", "--seed", "0")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return folder / "rm"
-
-
 def crash_after_checkpoint(run, lost_step: int) -> None:
     """What a kill after the previous checkpoint leaves: no step-``lost_step`` checkpoint, no final model."""
     shutil.rmtree(run / "checkpoints" / f"step-{lost_step}")

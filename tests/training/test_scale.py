@@ -305,10 +305,10 @@ def test_the_reference_of_a_lora_policy_is_its_base_model():
 
 # --- refusals under sharding ------------------------------------------------------------------------------
 
-def _accelerator(kind, zero_stage=3):
+def _accelerator(kind, zero_stage=3, fsdp2=False):
     from accelerate.utils import DistributedType
 
-    return SimpleNamespace(distributed_type=DistributedType[kind], is_fsdp2=False,
+    return SimpleNamespace(distributed_type=DistributedType[kind], is_fsdp2=fsdp2,
                            state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=zero_stage)))
 
 
@@ -318,8 +318,10 @@ def test_sharded_setups_that_are_refused():
     from rlhfctl.training.scale import ScaleOptions, check_frozen_outer_weights, check_resumable, is_sharded
 
     grpo, ppo = PolicyConfig("p", "m", "o", algo="grpo"), PolicyConfig("p", "m", "o", algo="ppo")
-    with pytest.raises(ConfigError, match="does not run under FSDP"):
-        check_parallelism(_accelerator("FSDP"), grpo)
+    for algo in (grpo, ppo):
+        with pytest.raises(ConfigError, match="does not run under FSDP version 1.*fsdp_version: 2"):
+            check_parallelism(_accelerator("FSDP"), algo)
+        check_parallelism(_accelerator("FSDP", fsdp2=True), algo)  # tests/training/test_fsdp.py runs both
     with pytest.raises(ConfigError, match="--algo ppo does not run under DeepSpeed"):
         check_parallelism(_accelerator("DEEPSPEED"), ppo)
     check_parallelism(_accelerator("DEEPSPEED"), grpo)
@@ -352,9 +354,9 @@ def test_accelerate_configs_load_with_the_settings_rlhfctl_needs():
     fsdp = _cluster_config("fsdp.yaml")
     assert fsdp.distributed_type == DistributedType.FSDP
     f = fsdp.fsdp_config
-    assert (f["fsdp_reshard_after_forward"], f["fsdp_auto_wrap_policy"], f["fsdp_transformer_layer_cls_to_wrap"]) == (
-        "FULL_SHARD", "TRANSFORMER_BASED_WRAP", "LlamaDecoderLayer")
-    assert f["fsdp_use_orig_params"] is True and f["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    assert (f["fsdp_version"], f["fsdp_reshard_after_forward"], f["fsdp_auto_wrap_policy"], f["fsdp_transformer_layer_cls_to_wrap"]) == (
+        2, True, "TRANSFORMER_BASED_WRAP", "LlamaDecoderLayer")  # version 2: train-policy needs it (test_fsdp.py runs the file)
+    assert f["fsdp_state_dict_type"] == "FULL_STATE_DICT"
     assert f["fsdp_activation_checkpointing"] is False  # rlhfctl's --gradient-checkpointing instead
     zero3 = _cluster_config("zero3.yaml")
     assert zero3.distributed_type == DistributedType.DEEPSPEED and zero3.mixed_precision == "bf16"

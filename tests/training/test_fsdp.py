@@ -1,0 +1,165 @@
+"""train-sft, train-rm and train-policy under accelerate's FSDP version 2, on two CPU ranks.
+
+accelerate picks FSDP only where there is an accelerator, so these runs go
+through `tests/fsdp_on_cpu.py`, which sets accelerate's state to FSDP with
+the plugin of `examples/accelerate/fsdp.yaml` (version 2) and then runs the
+CLI: the code path of a GPU run under that file, bar the device. Each run is compared with
+an independent one: one process for train-sft and train-rm, two DDP ranks
+(the same samples, rank by rank) for train-policy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SFT_ARGS, free_port, read_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+HARNESS = ROOT / "tests" / "fsdp_on_cpu.py"
+FSDP_CONFIG = ROOT / "examples" / "accelerate" / "fsdp.yaml"
+
+
+def _launch(cli_env, launcher: list[str], entry: list[str], *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Two CPU ranks under `accelerate launch`; ``entry`` is the harness (FSDP) or ``-m rlhfctl`` (DDP)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *entry, *map(str, args)]
+    # A rank that waits on a collective the other never makes hangs: the timeout turns that into a failure.
+    return subprocess.run(cmd, env=dict(cli_env, ACCELERATE_USE_CPU="true", **(env or {})), capture_output=True, text=True,
+                          timeout=240)
+
+
+def _fsdp(cli_env, *args) -> subprocess.CompletedProcess:
+    """Under examples/accelerate/fsdp.yaml (FSDP version 2), as a GPU user would launch it."""
+    return _launch(cli_env, ["--config_file", str(FSDP_CONFIG)], [str(HARNESS)], *args)
+
+
+def _ddp(cli_env, *args) -> subprocess.CompletedProcess:
+    return _launch(cli_env, ["--multi_gpu"], ["-m", "rlhfctl"], *args)
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def _assert_close_weights(a, b, mean_atol: float) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert float((wa[k] - wb[k]).abs().mean()) < mean_atol, k
+
+
+FULL_WEIGHTS_CHECK = """
+import sys
+import torch
+sys.path.insert(0, {tests!r})
+import fsdp_on_cpu  # noqa: F401 (points accelerate at FSDP)
+from torch.distributed.tensor import DTensor
+from rlhfctl.models import load_causal_lm
+from rlhfctl.training.scale import full_weights, make_accelerator
+
+acc = make_accelerator(False)
+model = load_causal_lm("toy:tiny", seed=0)
+model, _ = acc.prepare(model, torch.optim.AdamW(model.parameters()))
+layer = model.model.layers[0].self_attn.q_proj  # inside a non-root unit
+ids = torch.tensor([[1, 5, 6, 7]])
+seen = {{}}
+model(input_ids=ids)
+seen["sharded after a forward pass"] = isinstance(layer.weight, DTensor)
+with full_weights(acc, model):
+    seen["whole inside"] = not isinstance(layer.weight, DTensor)
+    with torch.no_grad():
+        for _ in range(1 + 3 * acc.process_index):  # rank 1 makes more passes than rank 0
+            model(input_ids=ids)
+    seen["still whole after the passes"] = not isinstance(layer.weight, DTensor)
+seen["sharded on leaving"] = isinstance(layer.weight, DTensor)
+model(input_ids=ids)
+seen["sharded after a forward pass again"] = isinstance(layer.weight, DTensor)
+print("SEEN", sorted(k for k, v in seen.items() if v), flush=True)
+"""
+
+
+def test_full_weights_keeps_units_whole_then_restores_resharding(cli_env, tmp_path):
+    script = tmp_path / "check.py"
+    script.write_text(FULL_WEIGHTS_CHECK.format(tests=str(ROOT / "tests")))
+    proc = _launch(cli_env, ["--config_file", str(FSDP_CONFIG)], [str(script)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("SEEN")]
+    assert len(lines) == 2  # one per rank
+    want = sorted(["sharded after a forward pass", "whole inside", "still whole after the passes", "sharded on leaving",
+                   "sharded after a forward pass again"])
+    assert all(line == f"SEEN {want}" for line in lines), lines
+
+
+def test_train_sft_matches_one_process(cli_env, toy_dir, sft_run, tmp_path):
+    out = tmp_path / "fsdp"
+    proc = _fsdp(cli_env, "train-sft", toy_dir / "sft.jsonl", "--out", out, *SFT_ARGS, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no shared prefix (FSDP wraps every forward pass)" in proc.stderr  # proof that FSDP, not DDP, ran
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    for two, one in zip(metrics, sft_run.metrics):
+        assert two["loss"] == pytest.approx(one["loss"], abs=1e-4), two["step"]
+        assert two["tokens"] == one["tokens"]
+        assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4), two["step"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-4", "step-6"]
+    _assert_close_weights(out, sft_run.path, mean_atol=1e-4)  # the full state dict, gathered on rank 0
+
+
+def test_train_rm_matches_one_process(cli, cli_env, rm_run, sft_run, tmp_path):
+    prefs = rm_run.parent / "prefs.jsonl"
+    args = ["--model", sft_run.path, "--max-steps", "3", "--batch-size", "8", "--seed", "0", "--json"]
+    one = cli("train-rm", prefs, "--out", tmp_path / "one", *args)
+    assert one.returncode == 0, one.stderr[-3000:]
+    proc = _fsdp(cli_env, "train-rm", prefs, "--out", tmp_path / "fsdp", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, want = read_jsonl(tmp_path / "fsdp" / "metrics.jsonl"), read_jsonl(tmp_path / "one" / "metrics.jsonl")
+    assert [m["step"] for m in got] == [1, 2, 3]
+    for g, w in zip(got, want):
+        assert g["loss"] == pytest.approx(w["loss"], abs=1e-5), g["step"]
+    results = [json.loads((tmp_path / d / "rlhfctl.json").read_text())["results"] for d in ("fsdp", "one")]
+    assert results[0]["pair_accuracy"] == results[1]["pair_accuracy"]  # held-out scoring through the sharded model
+    assert results[0]["reward_mean"] == pytest.approx(results[1]["reward_mean"], abs=1e-5)
+    _assert_close_weights(tmp_path / "fsdp", tmp_path / "one", mean_atol=1e-5)
+
+
+@pytest.mark.parametrize("algo, extra", [
+    ("grpo", []),
+    ("ppo", ["--ppo-epochs", "2", "--mini-batch-size", "4"]),
+    ("grpo", ["--lora-r", "4"]),  # the reference is the policy with its adapters off, inside the gathered weights
+], ids=["grpo", "ppo", "grpo-lora"])
+def test_train_policy_matches_ddp(cli_env, toy_dir, sft_run, rm_run, tmp_path, algo, extra):
+    """Ranks decode for different numbers of steps; with FSDP's units kept gathered meanwhile, nothing waits for ever,
+    and every step equals the DDP run's (same seeds, so the same samples on each rank)."""
+    args = ["train-policy", toy_dir / "train.jsonl", "--model", sft_run.path, "--algo", algo, "--verifier", "math",
+            "--rm", rm_run, "--rm-weight", "0.5", "--n", "2", "--prompts-per-step", "4", "--max-new-tokens", "12",
+            "--max-steps", "2", "--eval-data", toy_dir / "test.jsonl", "--eval-every", "1", "--eval-max-prompts", "4",
+            "--json", *extra]
+    fsdp = _fsdp(cli_env, *args, "--out", tmp_path / "fsdp")
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    ddp = _ddp(cli_env, *args, "--out", tmp_path / "ddp")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    got, want = read_jsonl(tmp_path / "fsdp" / "metrics.jsonl"), read_jsonl(tmp_path / "ddp" / "metrics.jsonl")
+    assert [m["step"] for m in got] == [0, 1, 2]
+    assert all(m["reward_raw_std"] > 0 for m in got[1:])  # rewards vary, so every step updates the policy
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for key in ("reward_raw_mean", "response_length", "eval_pass@1", "kl", "policy_loss", "grad_norm", "value_loss"):
+            if key in w:
+                assert g[key] == pytest.approx(w[key], abs=1e-5), (g["step"], key)
+    _assert_close_weights(tmp_path / "fsdp", tmp_path / "ddp", mean_atol=1e-6)
+
+
+def test_train_policy_refuses_fsdp_version_1(cli_env, toy_dir, sft_run, tmp_path):
+    proc = _launch(cli_env, ["--multi_gpu"], [str(HARNESS)], "train-policy", toy_dir / "train.jsonl", "--model", sft_run.path,
+                   "--out", tmp_path / "v1", "--verifier", "math", "--max-steps", "1", env={"FSDP_ON_CPU_VERSION": "1"})
+    assert proc.returncode != 0  # each rank exits with 2; the launcher reports the failed ranks
+    assert "error: train-policy does not run under FSDP version 1" in proc.stderr and "fsdp_version: 2" in proc.stderr
+    assert "rlhfctl/training" not in proc.stderr  # a one-line error, no stack trace from the ranks
+    assert not (tmp_path / "v1" / "rlhfctl.json").exists()
