@@ -208,11 +208,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_training_state(run_dir: Path, step: int, accelerator, model, optimizer, scheduler, extra: dict[str, Any], keep: int) -> None:
     """All ranks call this (sharded weights are gathered); rank 0 writes. Frozen weights are left out."""
-    from rlhfctl.training.scale import checkpoint_weights
+    from rlhfctl.training.scale import checkpoint_weights, optimizer_state
 
     weights = checkpoint_weights(accelerator, model)
+    optimizer_saved = optimizer_state(accelerator, model, optimizer)
     if accelerator.is_main_process:
-        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(), **extra}
+        state = {"step": step, "optimizer": optimizer_saved, "scheduler": scheduler.state_dict(), "rng": rng_state(), **extra}
         save_checkpoint(run_dir, step, weights, state, keep=keep)
     accelerator.wait_for_everyone()
 
@@ -222,12 +223,12 @@ def restore_training_state(run_dir: Path, accelerator, model, optimizer, schedul
     found = latest_checkpoint(run_dir)
     if found is None:
         return 0, {}
-    from rlhfctl.training.scale import load_weights
+    from rlhfctl.training.scale import restore_optimizer, restore_weights
 
     _, path = found
     weights, state = load_checkpoint(path)
-    load_weights(accelerator.unwrap_model(model), weights, str(path))
-    optimizer.load_state_dict(state["optimizer"])
+    restore_weights(accelerator, model, weights, str(path))
+    restore_optimizer(accelerator, model, optimizer, state["optimizer"], str(path))
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return int(state["step"]), state

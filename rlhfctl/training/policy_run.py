@@ -18,7 +18,8 @@ from rlhfctl.training.loop import METRICS, MetricsLog, adamw, batch_stream, rng_
 from rlhfctl.training.policy_engine import policy_generator
 from rlhfctl.training.policy_update import Models, update
 from rlhfctl.training.scale import (
-    checkpoint_weights, final_state_dict, full_weights, load_weights, prepare_model, trainable_parameters,
+    checkpoint_weights, final_state_dict, full_weights, optimizer_state, prepare_model, restore_optimizer, restore_weights,
+    trainable_parameters,
 )
 
 
@@ -141,12 +142,11 @@ def _greedy_pass_at_1(generator, records, config) -> float:
 def save(out: Path, step: int, models: Models, accelerator) -> None:
     """Policy and critic weights in one safetensors file, optimizers and RNG in state.pt."""
     weights = dict(checkpoint_weights(accelerator, models.policy))
+    state = {"step": step, "optimizer": optimizer_state(accelerator, models.policy, models.policy_opt), "rng": rng_state()}
     if models.critic is not None:
         weights.update({f"critic::{k}": v for k, v in checkpoint_weights(accelerator, models.critic).items()})
+        state["critic_optimizer"] = optimizer_state(accelerator, models.critic, models.critic_opt)
     if accelerator.is_main_process:
-        state = {"step": step, "optimizer": models.policy_opt.state_dict(), "rng": rng_state()}
-        if models.critic_opt is not None:
-            state["critic_optimizer"] = models.critic_opt.state_dict()
         save_checkpoint(out, step, weights, state, keep=2)
     accelerator.wait_for_everyone()
 
@@ -155,14 +155,15 @@ def restore(out: Path, models: Models, accelerator) -> int:
     found = latest_checkpoint(out)
     if found is None:
         return 0
+    where = str(found[1])
     weights, state = load_checkpoint(found[1])
     policy_w = {k: v for k, v in weights.items() if not k.startswith("critic::")}
-    load_weights(accelerator.unwrap_model(models.policy), policy_w, str(found[1]))
-    models.policy_opt.load_state_dict(state["optimizer"])
+    restore_weights(accelerator, models.policy, policy_w, where)
+    restore_optimizer(accelerator, models.policy, models.policy_opt, state["optimizer"], where)
     if models.critic is not None:
         critic_w = {k[len("critic::"):]: v for k, v in weights.items() if k.startswith("critic::")}
-        load_weights(accelerator.unwrap_model(models.critic), critic_w, str(found[1]))
-        models.critic_opt.load_state_dict(state["critic_optimizer"])
+        restore_weights(accelerator, models.critic, critic_w, where)
+        restore_optimizer(accelerator, models.critic, models.critic_opt, state["critic_optimizer"], where)
     set_rng_state(state["rng"])
     log(f"resuming from step {state['step']}", accelerator.is_main_process)
     return int(state["step"])

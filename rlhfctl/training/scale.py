@@ -141,12 +141,21 @@ def is_sharded(accelerator) -> bool:
 
 
 def check_resumable(accelerator, resume: bool) -> None:
-    """Checkpoints hold rank 0's optimizer state, which under FSDP and DeepSpeed is only its shard."""
+    """Refuse --resume where checkpoints would hold only rank 0's shard of the optimizer state.
+
+    Under FSDP version 2 the state is gathered whole (`optimizer_state`);
+    under FSDP version 1 and DeepSpeed it is not.
+    """
     from accelerate.utils import DistributedType
 
-    if resume and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise ConfigError(f"--resume is not supported under {accelerator.distributed_type.value}: the optimizer state is "
-                          "sharded and checkpoints keep rank 0's part only; use DDP to resume")
+    if resume and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED) and not is_fsdp2(accelerator):
+        what = "FSDP version 1" if accelerator.distributed_type == DistributedType.FSDP else accelerator.distributed_type.value
+        raise ConfigError(f"--resume is not supported under {what}: the optimizer state is sharded and checkpoints keep "
+                          "rank 0's part only; use DDP, or FSDP version 2 (examples/accelerate/fsdp.yaml), to resume")
+
+
+def is_fsdp2(accelerator) -> bool:
+    return bool(getattr(accelerator, "is_fsdp2", False))
 
 
 def check_frozen_outer_weights(accelerator, scale: ScaleOptions, command: str) -> None:
@@ -160,7 +169,7 @@ def check_frozen_outer_weights(accelerator, scale: ScaleOptions, command: str) -
     """
     from accelerate.utils import DistributedType
 
-    if scale.lora and accelerator.distributed_type == DistributedType.FSDP and not getattr(accelerator, "is_fsdp2", False):
+    if scale.lora and accelerator.distributed_type == DistributedType.FSDP and not is_fsdp2(accelerator):
         raise ConfigError(f"{command} --lora-r does not run under FSDP version 1 (torch loses the frozen embeddings and lm_head "
                           "from the state dict): use DDP, where the adapters' optimizer state is small")
 
@@ -210,7 +219,7 @@ def _fsdp2_unsharded(accelerator, models):
     """
     from torch.distributed.fsdp import FSDPModule
 
-    if not getattr(accelerator, "is_fsdp2", False):  # check_parallelism refuses FSDP version 1 first
+    if not is_fsdp2(accelerator):  # check_parallelism refuses FSDP version 1 first
         raise ConfigError("this needs FSDP version 2 (fsdp_version: 2 in the accelerate config)")
     units = [[u for u in m.modules() if isinstance(u, FSDPModule)] for m in models]
     for unit in (u for group in units for u in group):
@@ -250,9 +259,58 @@ def checkpoint_weights(accelerator, model) -> dict[str, Any]:
     return {k: v for k, v in state.items() if k not in frozen}
 
 
+def restore_weights(accelerator, model, weights: dict[str, Any], where: str) -> None:
+    """Load a checkpoint's (full) weights into ``model`` as prepared by accelerate; every rank calls this.
+
+    Under FSDP version 2 torch keeps each rank's shard of every tensor;
+    elsewhere the bare module takes them whole.
+    """
+    if not is_fsdp2(accelerator):
+        return load_weights(accelerator.unwrap_model(model), weights, where)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    missing, unexpected = set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+    _check_loaded(model, missing, unexpected, where)
+
+
+def optimizer_state(accelerator, model, optimizer) -> dict[str, Any]:
+    """What a checkpoint keeps of ``optimizer``; every rank calls this and rank 0's answer is written.
+
+    Under FSDP version 2 each rank holds a shard of the AdamW state: torch
+    gathers it whole on rank 0, in CPU memory, keyed by parameter name
+    (``{"by_name": ...}``), so a resumed run may shard it afresh. Elsewhere
+    it is the optimizer's own state dict.
+    """
+    if not is_fsdp2(accelerator):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return {"by_name": get_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), options=options)}
+
+
+def restore_optimizer(accelerator, model, optimizer, saved: dict[str, Any], where: str) -> None:
+    """Load what `optimizer_state` wrote; every rank calls this."""
+    if "by_name" in saved:
+        if not is_fsdp2(accelerator):
+            raise ModelError(f"{where}: this checkpoint was written under FSDP version 2; resume it under the same launcher")
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), saved["by_name"],
+                                 options=StateDictOptions(full_state_dict=True))
+    elif is_fsdp2(accelerator):
+        raise ModelError(f"{where}: this checkpoint was written without FSDP; resume it under the launcher that wrote it")
+    else:
+        optimizer.load_state_dict(saved)
+
+
 def load_weights(model, weights: dict[str, Any], where: str) -> None:
     """Load a checkpoint's weights; the parameters it leaves out must be frozen ones."""
     missing, unexpected = model.load_state_dict(weights, strict=False)
+    _check_loaded(model, missing, unexpected, where)
+
+
+def _check_loaded(model, missing, unexpected, where: str) -> None:
     frozen = frozen_parameter_names(model)
     absent = [k for k in missing if k not in frozen]
     if absent or unexpected:

@@ -11,6 +11,7 @@ an independent one: one process for train-sft and train-rm, two DDP ranks
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SFT_ARGS, free_port, read_jsonl
+from test_policy_runs import crash_after_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = ROOT / "tests" / "fsdp_on_cpu.py"
@@ -56,6 +58,7 @@ def _assert_close_weights(a, b, mean_atol: float) -> None:
 
 
 FULL_WEIGHTS_CHECK = """
+import json
 import sys
 import torch
 sys.path.insert(0, {tests!r})
@@ -81,23 +84,23 @@ with full_weights(acc, model):
 seen["sharded on leaving"] = isinstance(layer.weight, DTensor)
 model(input_ids=ids)
 seen["sharded after a forward pass again"] = isinstance(layer.weight, DTensor)
-print("SEEN", sorted(k for k, v in seen.items() if v), flush=True)
+with open({out!r} + f"/seen-{{acc.process_index}}.json", "w") as f:  # the ranks share stdout: a file each
+    json.dump(sorted(k for k, v in seen.items() if v), f)
 """
 
 
 def test_full_weights_keeps_units_whole_then_restores_resharding(cli_env, tmp_path):
     script = tmp_path / "check.py"
-    script.write_text(FULL_WEIGHTS_CHECK.format(tests=str(ROOT / "tests")))
+    script.write_text(FULL_WEIGHTS_CHECK.format(tests=str(ROOT / "tests"), out=str(tmp_path)))
     proc = _launch(cli_env, ["--config_file", str(FSDP_CONFIG)], [str(script)])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("SEEN")]
-    assert len(lines) == 2  # one per rank
     want = sorted(["sharded after a forward pass", "whole inside", "still whole after the passes", "sharded on leaving",
                    "sharded after a forward pass again"])
-    assert all(line == f"SEEN {want}" for line in lines), lines
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"seen-{rank}.json").read_text()) == want, rank
 
 
-def test_train_sft_matches_one_process(cli_env, toy_dir, sft_run, tmp_path):
+def test_train_sft_matches_one_process_and_resumes(cli_env, toy_dir, sft_run, tmp_path):
     out = tmp_path / "fsdp"
     proc = _fsdp(cli_env, "train-sft", toy_dir / "sft.jsonl", "--out", out, *SFT_ARGS, "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -110,6 +113,18 @@ def test_train_sft_matches_one_process(cli_env, toy_dir, sft_run, tmp_path):
         assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4), two["step"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-4", "step-6"]
     _assert_close_weights(out, sft_run.path, mean_atol=1e-4)  # the full state dict, gathered on rank 0
+    # Killed after the step-4 checkpoint: --resume loads its weights and the gathered AdamW state into the shards.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    crash_after_checkpoint(resumed, 6)
+    proc = _fsdp(cli_env, "train-sft", toy_dir / "sft.jsonl", "--out", resumed, *SFT_ARGS, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from step 4" in proc.stderr
+    again = read_jsonl(resumed / "metrics.jsonl")
+    assert [m["step"] for m in again] == [1, 2, 3, 4, 5, 6]
+    for g, w in zip(again, metrics):  # step 6 follows an AdamW update made from the restored moments
+        assert g["loss"] == pytest.approx(w["loss"], abs=1e-6) and g["grad_norm"] == pytest.approx(w["grad_norm"], rel=1e-5)
+    _assert_close_weights(resumed, out, mean_atol=1e-7)
 
 
 def test_train_rm_matches_one_process(cli, cli_env, rm_run, sft_run, tmp_path):
@@ -154,6 +169,25 @@ def test_train_policy_matches_ddp(cli_env, toy_dir, sft_run, rm_run, tmp_path, a
             if key in w:
                 assert g[key] == pytest.approx(w[key], abs=1e-5), (g["step"], key)
     _assert_close_weights(tmp_path / "fsdp", tmp_path / "ddp", mean_atol=1e-6)
+
+
+def test_ppo_resumes_under_fsdp(cli_env, toy_dir, sft_run, rm_run, tmp_path):
+    """Both optimizers (policy and critic) come back from the gathered state, sharded afresh."""
+    args = ["train-policy", toy_dir / "train.jsonl", "--model", sft_run.path, "--algo", "ppo", "--verifier", "math",
+            "--rm", rm_run, "--rm-weight", "0.5", "--n", "2", "--prompts-per-step", "4", "--max-new-tokens", "12",
+            "--max-steps", "3", "--save-every", "1", "--json"]
+    whole = _fsdp(cli_env, *args, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+    crash_after_checkpoint(tmp_path / "resumed", 3)
+    resumed = _fsdp(cli_env, *args, "--out", tmp_path / "resumed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step 2" in resumed.stderr
+    got, want = read_jsonl(tmp_path / "resumed" / "metrics.jsonl"), read_jsonl(tmp_path / "whole" / "metrics.jsonl")
+    assert [m["step"] for m in got] == [1, 2, 3]
+    for key in ("reward_raw_mean", "policy_loss", "value_loss", "grad_norm", "critic_grad_norm", "kl"):
+        assert got[2][key] == pytest.approx(want[2][key], abs=1e-6), key
+    _assert_close_weights(tmp_path / "resumed", tmp_path / "whole", mean_atol=1e-7)
 
 
 def test_train_policy_refuses_fsdp_version_1(cli_env, toy_dir, sft_run, tmp_path):

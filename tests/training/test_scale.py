@@ -329,6 +329,7 @@ def test_sharded_setups_that_are_refused():
     for kind in ("FSDP", "DEEPSPEED"):
         with pytest.raises(ConfigError, match="--resume is not supported under"):
             check_resumable(_accelerator(kind), resume=True)
+    check_resumable(_accelerator("FSDP", fsdp2=True), resume=True)  # the optimizer state is gathered whole
     check_resumable(_accelerator("MULTI_GPU"), resume=True)
     with pytest.raises(ConfigError, match="train-sft --lora-r does not run under FSDP version 1"):
         check_frozen_outer_weights(_accelerator("FSDP"), ScaleOptions(lora_r=4), "train-sft")
