@@ -138,10 +138,10 @@ def check_parallelism(accelerator, config: PolicyConfig) -> None:
     """
     from accelerate.utils import DistributedType
 
-    from rlhfctl.training.scale import check_resumable
+    from rlhfctl.training.scale import check_resumable, is_fsdp2
 
     kind = accelerator.distributed_type
-    if kind == DistributedType.FSDP and not getattr(accelerator, "is_fsdp2", False):
+    if kind == DistributedType.FSDP and not is_fsdp2(accelerator):
         raise ConfigError("train-policy does not run under FSDP version 1 (generation would deadlock the ranks): "
                           "set fsdp_version: 2 in the accelerate config (examples/accelerate/fsdp.yaml), or use DDP")
     if kind == DistributedType.DEEPSPEED and config.algo == "ppo":

@@ -221,15 +221,15 @@ def _fsdp2_unsharded(accelerator, models):
 
     if not is_fsdp2(accelerator):  # check_parallelism refuses FSDP version 1 first
         raise ConfigError("this needs FSDP version 2 (fsdp_version: 2 in the accelerate config)")
-    units = [[u for u in m.modules() if isinstance(u, FSDPModule)] for m in models]
-    for unit in (u for group in units for u in group):
+    units = [u for m in models for u in m.modules() if isinstance(u, FSDPModule)]
+    for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()  # an all-gather: every rank, same units, same order
     try:
         yield
     finally:
         after_forward = bool(accelerator.state.fsdp_plugin.reshard_after_forward)
-        for unit in (u for group in units for u in group):
+        for unit in units:
             unit.reshard()  # local: frees the gathered copies
             unit.set_reshard_after_forward(after_forward, recurse=False)
 
