@@ -3,9 +3,9 @@
 accelerate picks FSDP only where there is an accelerator, so these runs go
 through `tests/fsdp_on_cpu.py`, which sets accelerate's state to FSDP with
 the plugin of `examples/accelerate/fsdp.yaml` (version 2) and then runs the
-CLI: the code path of a GPU run under that file, bar the device. Each run is compared with
-an independent one: one process for train-sft and train-rm, two DDP ranks
-(the same samples, rank by rank) for train-policy.
+CLI: the code path of a GPU run under that file, bar the device. Each run is
+compared with an independent one: one process for train-sft and train-rm,
+two DDP ranks (the same samples, rank by rank) for train-policy.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 
 from conftest import SFT_ARGS, free_port, read_jsonl
 from test_policy_runs import crash_after_checkpoint
+from test_sft import _assert_close_on_average
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = ROOT / "tests" / "fsdp_on_cpu.py"
@@ -42,19 +43,6 @@ def _fsdp(cli_env, *args) -> subprocess.CompletedProcess:
 
 def _ddp(cli_env, *args) -> subprocess.CompletedProcess:
     return _launch(cli_env, ["--multi_gpu"], ["-m", "rlhfctl"], *args)
-
-
-def _weights(folder):
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(folder) / "model.safetensors"))
-
-
-def _assert_close_weights(a, b, mean_atol: float) -> None:
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert float((wa[k] - wb[k]).abs().mean()) < mean_atol, k
 
 
 FULL_WEIGHTS_CHECK = """
@@ -112,7 +100,7 @@ def test_train_sft_matches_one_process_and_resumes(cli_env, toy_dir, sft_run, tm
         assert two["tokens"] == one["tokens"]
         assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4), two["step"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-4", "step-6"]
-    _assert_close_weights(out, sft_run.path, mean_atol=1e-4)  # the full state dict, gathered on rank 0
+    _assert_close_on_average(out, sft_run.path, mean_atol=1e-4)  # the full state dict, gathered on rank 0
     # Killed after the step-4 checkpoint: --resume loads its weights and the gathered AdamW state into the shards.
     resumed = tmp_path / "resumed"
     shutil.copytree(out, resumed)
@@ -124,7 +112,7 @@ def test_train_sft_matches_one_process_and_resumes(cli_env, toy_dir, sft_run, tm
     assert [m["step"] for m in again] == [1, 2, 3, 4, 5, 6]
     for g, w in zip(again, metrics):  # step 6 follows an AdamW update made from the restored moments
         assert g["loss"] == pytest.approx(w["loss"], abs=1e-6) and g["grad_norm"] == pytest.approx(w["grad_norm"], rel=1e-5)
-    _assert_close_weights(resumed, out, mean_atol=1e-7)
+    _assert_close_on_average(resumed, out, mean_atol=1e-7)
 
 
 def test_train_rm_matches_one_process(cli, cli_env, rm_run, sft_run, tmp_path):
@@ -141,7 +129,7 @@ def test_train_rm_matches_one_process(cli, cli_env, rm_run, sft_run, tmp_path):
     results = [json.loads((tmp_path / d / "rlhfctl.json").read_text())["results"] for d in ("fsdp", "one")]
     assert results[0]["pair_accuracy"] == results[1]["pair_accuracy"]  # held-out scoring through the sharded model
     assert results[0]["reward_mean"] == pytest.approx(results[1]["reward_mean"], abs=1e-5)
-    _assert_close_weights(tmp_path / "fsdp", tmp_path / "one", mean_atol=1e-5)
+    _assert_close_on_average(tmp_path / "fsdp", tmp_path / "one", mean_atol=1e-5)
 
 
 @pytest.mark.parametrize("algo, extra", [
@@ -168,7 +156,7 @@ def test_train_policy_matches_ddp(cli_env, toy_dir, sft_run, rm_run, tmp_path, a
         for key in ("reward_raw_mean", "response_length", "eval_pass@1", "kl", "policy_loss", "grad_norm", "value_loss"):
             if key in w:
                 assert g[key] == pytest.approx(w[key], abs=1e-5), (g["step"], key)
-    _assert_close_weights(tmp_path / "fsdp", tmp_path / "ddp", mean_atol=1e-6)
+    _assert_close_on_average(tmp_path / "fsdp", tmp_path / "ddp", mean_atol=1e-6)
 
 
 def test_ppo_resumes_under_fsdp(cli_env, toy_dir, sft_run, rm_run, tmp_path):
@@ -187,7 +175,7 @@ def test_ppo_resumes_under_fsdp(cli_env, toy_dir, sft_run, rm_run, tmp_path):
     assert [m["step"] for m in got] == [1, 2, 3]
     for key in ("reward_raw_mean", "policy_loss", "value_loss", "grad_norm", "critic_grad_norm", "kl"):
         assert got[2][key] == pytest.approx(want[2][key], abs=1e-6), key
-    _assert_close_weights(tmp_path / "resumed", tmp_path / "whole", mean_atol=1e-7)
+    _assert_close_on_average(tmp_path / "resumed", tmp_path / "whole", mean_atol=1e-7)
 
 
 def test_train_policy_refuses_fsdp_version_1(cli_env, toy_dir, sft_run, tmp_path):
