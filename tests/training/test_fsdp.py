@@ -74,6 +74,8 @@ model(input_ids=ids)
 seen["sharded after a forward pass again"] = isinstance(layer.weight, DTensor)
 with open({out!r} + f"/seen-{{acc.process_index}}.json", "w") as f:  # the ranks share stdout: a file each
     json.dump(sorted(k for k, v in seen.items() if v), f)
+acc.wait_for_everyone()
+torch.distributed.destroy_process_group()  # a rank that exits while gloo still runs in the other may abort it
 """
 
 
