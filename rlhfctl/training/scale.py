@@ -214,24 +214,31 @@ def full_weights(accelerator, *models):
 def _fsdp2_unsharded(accelerator, models):
     """FSDP2 units of ``models`` unsharded, not resharded by forward passes, until the end; then as before.
 
-    Accelerate shards every unit, the root too, with the plugin's
-    ``reshard_after_forward``; on leaving, each unit gets it back.
+    Accelerate sets resharding after forward unit by unit (off for the root
+    and the final norm/lm_head unit, the plugin's value elsewhere), and FSDP2
+    has no public getter for it, so each unit's own setting (its param
+    groups' post-forward mesh, its state's "auto" flag) is kept and put back.
     """
     from torch.distributed.fsdp import FSDPModule
 
     if not is_fsdp2(accelerator):  # check_parallelism refuses FSDP version 1 first
         raise ConfigError("this needs FSDP version 2 (fsdp_version: 2 in the accelerate config)")
-    units = [u for m in models for u in m.modules() if isinstance(u, FSDPModule)]
+    units = list(dict.fromkeys(u for m in models for u in m.modules() if isinstance(u, FSDPModule)))
+    states = [u._get_fsdp_state() for u in units]
+    saved = [(state, state._auto_reshard_after_forward, [(g, g.post_forward_mesh_info) for g in state._fsdp_param_groups])
+             for state in states]
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()  # an all-gather: every rank, same units, same order
     try:
         yield
     finally:
-        after_forward = bool(accelerator.state.fsdp_plugin.reshard_after_forward)
         for unit in units:
             unit.reshard()  # local: frees the gathered copies
-            unit.set_reshard_after_forward(after_forward, recurse=False)
+        for state, auto, groups in saved:
+            state._auto_reshard_after_forward = auto
+            for group, mesh_info in groups:
+                group.post_forward_mesh_info = mesh_info
 
 
 # --- weights on disk --------------------------------------------------------------
