@@ -339,6 +339,27 @@ def test_sharded_setups_that_are_refused():
         True, True, False, False]
 
 
+def test_a_checkpoint_resumes_under_the_launcher_that_wrote_it():
+    """FSDP version 2 checkpoints keep the optimizer state by parameter name, the others the optimizer's own dict."""
+    import torch
+
+    from rlhfctl.errors import ModelError
+    from rlhfctl.training.scale import restore_optimizer
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(ModelError, match="ck: this checkpoint was written under FSDP version 2"):
+        restore_optimizer(_accelerator("MULTI_GPU"), model, optimizer, {"by_name": {}}, "ck")
+    with pytest.raises(ModelError, match="ck: this checkpoint was written without FSDP"):
+        restore_optimizer(_accelerator("FSDP", fsdp2=True), model, optimizer, optimizer.state_dict(), "ck")
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    saved = optimizer.state_dict()
+    fresh = torch.optim.AdamW(model.parameters())
+    restore_optimizer(_accelerator("MULTI_GPU"), model, fresh, saved, "ck")
+    assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], saved["state"][0]["exp_avg"])
+
+
 # --- examples/accelerate ----------------------------------------------------------------------------------
 
 def _cluster_config(name):
