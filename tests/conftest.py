@@ -108,6 +108,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch_two_cpu_ranks(cli_env: dict[str, str], *args, launcher: tuple[str, ...] = ("--multi_gpu",),
+                         entry: tuple[str, ...] = ("-m", "rlhfctl"), env: dict[str, str] | None = None,
+                         timeout: float = 300) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with two real CPU ranks (gloo; ``ACCELERATE_USE_CPU=true``) running ``entry ARGS``.
+
+    ``launcher`` picks the parallelism (``--multi_gpu``: DDP; ``--config_file F``: that file's). A rank that
+    waits on a collective the other never makes hangs: the timeout turns that into a failure.
+    """
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *entry, *map(str, args)]
+    return subprocess.run(cmd, env=dict(cli_env, ACCELERATE_USE_CPU="true", **(env or {})), capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def write_prompts(path: Path, count: int, seed: int = 0) -> list[dict]:
     """``count`` distinct toy prompts with answers, written as prompts JSONL."""
     import random

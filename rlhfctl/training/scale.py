@@ -224,9 +224,8 @@ def _fsdp2_unsharded(accelerator, models):
     if not is_fsdp2(accelerator):  # check_parallelism refuses FSDP version 1 first
         raise ConfigError("this needs FSDP version 2 (fsdp_version: 2 in the accelerate config)")
     units = list(dict.fromkeys(u for m in models for u in m.modules() if isinstance(u, FSDPModule)))
-    states = [u._get_fsdp_state() for u in units]
     saved = [(state, state._auto_reshard_after_forward, [(g, g.post_forward_mesh_info) for g in state._fsdp_param_groups])
-             for state in states]
+             for state in (u._get_fsdp_state() for u in units)]
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()  # an all-gather: every rank, same units, same order

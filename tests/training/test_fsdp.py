@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import SFT_ARGS, free_port, read_jsonl
+from conftest import SFT_ARGS, launch_two_cpu_ranks, read_jsonl
 from test_policy_runs import crash_after_checkpoint
 from test_sft import _assert_close_on_average
 
@@ -27,22 +26,13 @@ HARNESS = ROOT / "tests" / "fsdp_on_cpu.py"
 FSDP_CONFIG = ROOT / "examples" / "accelerate" / "fsdp.yaml"
 
 
-def _launch(cli_env, launcher: list[str], entry: list[str], *args, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Two CPU ranks under `accelerate launch`; ``entry`` is the harness (FSDP) or ``-m rlhfctl`` (DDP)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *entry, *map(str, args)]
-    # A rank that waits on a collective the other never makes hangs: the timeout turns that into a failure.
-    return subprocess.run(cmd, env=dict(cli_env, ACCELERATE_USE_CPU="true", **(env or {})), capture_output=True, text=True,
-                          timeout=240)
-
-
 def _fsdp(cli_env, *args) -> subprocess.CompletedProcess:
     """Under examples/accelerate/fsdp.yaml (FSDP version 2), as a GPU user would launch it."""
-    return _launch(cli_env, ["--config_file", str(FSDP_CONFIG)], [str(HARNESS)], *args)
+    return launch_two_cpu_ranks(cli_env, *args, launcher=("--config_file", str(FSDP_CONFIG)), entry=(str(HARNESS),), timeout=240)
 
 
 def _ddp(cli_env, *args) -> subprocess.CompletedProcess:
-    return _launch(cli_env, ["--multi_gpu"], ["-m", "rlhfctl"], *args)
+    return launch_two_cpu_ranks(cli_env, *args, timeout=240)
 
 
 FULL_WEIGHTS_CHECK = """
@@ -89,7 +79,7 @@ torch.distributed.destroy_process_group()  # a rank that exits while gloo still 
 def test_full_weights_keeps_units_whole_then_restores_resharding(cli_env, tmp_path):
     script = tmp_path / "check.py"
     script.write_text(FULL_WEIGHTS_CHECK.format(tests=str(ROOT / "tests"), out=str(tmp_path)))
-    proc = _launch(cli_env, ["--config_file", str(FSDP_CONFIG)], [str(script)])
+    proc = launch_two_cpu_ranks(cli_env, launcher=("--config_file", str(FSDP_CONFIG)), entry=(str(script),), timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         seen = json.loads((tmp_path / f"seen-{rank}.json").read_text())
@@ -191,8 +181,9 @@ def test_ppo_resumes_under_fsdp(cli_env, toy_dir, sft_run, rm_run, tmp_path):
 
 
 def test_train_policy_refuses_fsdp_version_1(cli_env, toy_dir, sft_run, tmp_path):
-    proc = _launch(cli_env, ["--multi_gpu"], [str(HARNESS)], "train-policy", toy_dir / "train.jsonl", "--model", sft_run.path,
-                   "--out", tmp_path / "v1", "--verifier", "math", "--max-steps", "1", env={"FSDP_ON_CPU_VERSION": "1"})
+    proc = launch_two_cpu_ranks(cli_env, "train-policy", toy_dir / "train.jsonl", "--model", sft_run.path, "--out", tmp_path / "v1",
+                                "--verifier", "math", "--max-steps", "1", entry=(str(HARNESS),), env={"FSDP_ON_CPU_VERSION": "1"},
+                                timeout=240)
     assert proc.returncode != 0  # each rank exits with 2; the launcher reports the failed ranks
     assert "error: train-policy does not run under FSDP version 1" in proc.stderr and "fsdp_version: 2" in proc.stderr
     assert "rlhfctl/training" not in proc.stderr  # a one-line error, no stack trace from the ranks

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -133,15 +131,12 @@ def test_ppo_with_the_rm_as_critic(run_main, toy_dir, sft_run, rm_run, tmp_path)
 @pytest.mark.slow
 def test_two_cpu_ranks_finish(toy_dir, sft_run, tmp_path, cli_env):
     """`accelerate launch` with two CPU processes, one GRPO step: exit 0, one metrics line, one summary."""
-    from conftest import free_port
+    from conftest import launch_two_cpu_ranks
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "rlhfctl", "train-policy", str(toy_dir / "train.jsonl"), "--model", str(sft_run.path), "--out", str(out),
-           "--algo", "grpo", "--verifier", "math", "--n", "2", "--prompts-per-step", "2", "--max-new-tokens", "8",
-           "--max-steps", "1", "--json"]
-    proc = subprocess.run(cmd, env=dict(cli_env, ACCELERATE_USE_CPU="true"), capture_output=True, text=True, timeout=300)
+    proc = launch_two_cpu_ranks(cli_env, "train-policy", toy_dir / "train.jsonl", "--model", sft_run.path, "--out", out,
+                                "--algo", "grpo", "--verifier", "math", "--n", "2", "--prompts-per-step", "2",
+                                "--max-new-tokens", "8", "--max-steps", "1", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)  # only rank 0 prints
     assert summary["algo"] == "grpo" and summary["steps"] == 1

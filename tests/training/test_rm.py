@@ -218,17 +218,11 @@ def orm_run(rm_data, cli):
 
 def test_two_cpu_ranks_match_one(orm_run, rm_data, tmp_path, cli_env):
     """`accelerate launch` with two CPU processes, packed pairs on each rank: the one-process run's per-step losses."""
-    import subprocess
-    import sys
-
-    from conftest import free_port
+    from conftest import launch_two_cpu_ranks
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "rlhfctl", "train-rm", str(rm_data / "prefs.jsonl"), "--eval-data", str(rm_data / "held.jsonl"),
-           "--out", str(out), *RM_ARGS, "--json"]
-    proc = subprocess.run(cmd, env=dict(cli_env, ACCELERATE_USE_CPU="true"), capture_output=True, text=True, timeout=300)
+    proc = launch_two_cpu_ranks(cli_env, "train-rm", rm_data / "prefs.jsonl", "--eval-data", rm_data / "held.jsonl",
+                                "--out", out, *RM_ARGS, "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     two, one = read_jsonl(out / "metrics.jsonl"), read_jsonl(orm_run[0] / "metrics.jsonl")
     assert [m["step"] for m in two] == [m["step"] for m in one] == [1, 2, 3, 4]

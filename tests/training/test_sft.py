@@ -367,13 +367,10 @@ def test_resume_after_sigkill_matches_an_unbroken_run(toy_dir, tmp_path, cli, cl
 
 def test_two_cpu_ranks_match_one(sft_run, toy_dir, tmp_path, cli_env):
     """`accelerate launch` with two CPU processes: the same per-step losses as one process (global token mean)."""
-    from conftest import free_port
+    from conftest import launch_two_cpu_ranks
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "rlhfctl", "train-sft", str(toy_dir / "sft.jsonl"), "--out", str(out), *SFT_ARGS, "--json"]
-    proc = subprocess.run(cmd, env=dict(cli_env, ACCELERATE_USE_CPU="true"), capture_output=True, text=True, timeout=300)
+    proc = launch_two_cpu_ranks(cli_env, "train-sft", toy_dir / "sft.jsonl", "--out", out, *SFT_ARGS, "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)  # one summary: only rank 0 prints
     metrics = read_jsonl(out / "metrics.jsonl")
