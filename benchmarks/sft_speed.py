@@ -6,38 +6,40 @@ What it measures
     loss), for
 
     * rlhfctl: ``rlhfctl.training.sft.run(SFTConfig(...))``, the code path of
-      ``rlhfctl train-sft``, and
-    * the baseline: ``trl.SFTTrainer`` with ``trl.SFTConfig``,
+      ``rlhfctl train-sft``, with its defaults (length-bucketed batches, the
+      batch's shared start run once, fused AdamW, per-step metrics and
+      progress bar);
+    * ``trl``, the baseline of the target: ``trl.SFTTrainer`` with
+      ``trl.SFTConfig`` at its defaults, as a user who changes nothing gets
+      them: fused AdamW, random batches padded to their longest record, its
+      fused LM-head loss, completion-only loss (its default for
+      prompt-completion data; checked), and gradient checkpointing on;
+    * ``trl-no-ckpt``: the same with gradient checkpointing off, which
+      recomputes nothing, like rlhfctl: the like-for-like comparison.
 
-    both on a fresh ``toy:small`` (``load_causal_lm("toy:small", seed=0)``,
-    tokenizer ``load_tokenizer("toy:small")``), with the same batch size,
-    peak learning rate, linear-warmup + cosine schedule (same warmup steps),
-    grad clipping (1.0), no weight decay, ``max_length`` and number of steps.
-    TRL runs on the CPU (``use_cpu=True``, no bf16/fp16) with ``report_to=[]``,
-    no checkpoint saving, ``logging_steps=1`` (rlhfctl also logs every step, to
-    metrics.jsonl), ``dataloader_num_workers=0``, and no gradient
-    checkpointing (TRL turns it on by default; rlhfctl has none, and
-    recomputing the forward would handicap the baseline); otherwise TRL keeps
-    its defaults: its optimiser (fused AdamW), random batches padded to their
-    longest record, its fused LM-head loss, completion-only loss (its default
-    for prompt-completion data; checked). With ``--trl-checkpointing`` TRL
-    keeps its shipped gradient checkpointing on (``SFTConfig``'s default), as a
-    user who changes nothing gets it: that measures rlhfctl against TRL as
-    shipped, at equal precision, not like for like. rlhfctl runs with its defaults
-    (length-bucketed batches, fused AdamW, per-step metrics and progress bar),
-    and with ``--compile`` also compiles its model (``train-sft --compile``;
-    the one-off compilation falls in the untimed warm-up steps). With
-    ``--trl-compile`` TRL compiles its model too (``torch_compile=True``):
-    compare compiled with compiled. TRL's random batches change shape every
-    step, so it may recompile after the warm-up; those steps count.
+    All three train a fresh ``toy:small`` (``load_causal_lm("toy:small",
+    seed=0)``, tokenizer ``load_tokenizer("toy:small")``) with the same batch
+    size, peak learning rate, linear-warmup + cosine schedule (same warmup
+    steps), grad clipping (1.0), no weight decay, ``max_length`` and number
+    of steps, at the same precision: fp32, or bf16 autocast with ``--bf16``
+    (``train-sft --bf16``; TRL's own default on a CPU is bf16, which the
+    default run turns off to match rlhfctl's fp32). TRL runs on the CPU
+    (``use_cpu=True``) with ``report_to=[]``, no checkpoint saving,
+    ``logging_steps=1`` (rlhfctl also logs every step, to metrics.jsonl) and
+    ``dataloader_num_workers=0``. With ``--compile`` rlhfctl compiles its
+    model (``train-sft --compile``; the one-off compilation falls in the
+    untimed warm-up steps); with ``--trl-compile`` both TRL sides do
+    (``torch_compile=True``): compare compiled with compiled. TRL's random
+    batches change shape every step, so it may recompile after the warm-up;
+    those steps count.
 
 How it is timed
     Each side runs in its own subprocess, so imports, model load, dataset
     tokenisation and start-up are outside the timing, and the peak RSS
-    (``ru_maxrss`` at exit) is that side's alone. The two subprocesses run in
+    (``ru_maxrss`` at exit) is that side's alone. The subprocesses run in
     lock-step (``_lockstep.py``): after each optimiser step a side blocks until
-    the driver releases it, and the driver alternates the sides step by step,
-    so adjacent steps of the two see the same background load on a noisy
+    the driver releases it, and the driver takes the sides in turn step by step,
+    so adjacent steps of the sides see the same background load on a noisy
     machine. A step is timed from its release to the end of the step (rlhfctl:
     its metrics.jsonl write, by wrapping ``MetricsLog.write``; TRL: the
     ``on_step_end`` callback), so everything the loop does between steps (data
@@ -45,11 +47,20 @@ How it is timed
     The first ``--warmup`` steps are not timed. A round's throughput is
     ``steps * batch_size / sum(step times)``; the script runs ``--repeats``
     rounds (fresh processes) and reports, per side, the median over rounds,
-    the ratio as the median of the per-round ratios, and, as a check, the
+    each ratio as the median of the per-round ratios, and, as a check, the
     median of the step-by-step ratios (adjacent steps).
 
+Where the ratio comes from
+    Each side also counts the token columns its training forward passes
+    compute per step (rows x sequence length, padding included), by wrapping
+    ``LlamaModel.forward`` (recomputation by gradient checkpointing is not
+    counted). Each ratio splits into TRL's columns / rlhfctl's (how much less
+    work rlhfctl's batches hold) times the time per column (how fast each
+    side computes one; gradient checkpointing makes TRL's slower): both are
+    printed.
+
 Threads
-    Both workers use the same torch thread count (``--threads``, default
+    All workers use the same torch thread count (``--threads``, default
     torch's own: one per core). On a shared CPU whose cores other jobs also
     use, the default can be many times slower than one thread, because every
     parallel op waits for a descheduled thread: on a 2-core box running one
@@ -58,7 +69,8 @@ Threads
     ``--threads 1`` gives the compute-bound comparison. Report which you ran.
 
 Target
-    rlhfctl / TRL >= 1.5x samples/s.
+    rlhfctl / TRL (as shipped, same precision) >= 1.5x samples/s. The
+    like-for-like ratio is printed with it.
 
 How to run
     pip install -e '.[bench]'          # TRL
@@ -67,7 +79,7 @@ How to run
     python benchmarks/sft_speed.py --threads 1         # compute-bound comparison on a busy machine
     python benchmarks/sft_speed.py --compile           # rlhfctl with train-sft --compile
     python benchmarks/sft_speed.py --compile --trl-compile  # both sides compiled
-    python benchmarks/sft_speed.py --trl-checkpointing  # TRL as shipped: its gradient checkpointing on
+    python benchmarks/sft_speed.py --bf16              # every side in bf16 autocast (TRL's CPU default)
     python benchmarks/sft_speed.py --only rlhfctl      # one side, e.g. under a profiler
 
 The last line of output is one JSON object with all the numbers.
@@ -90,13 +102,14 @@ from _lockstep import Gate, Worker, lockstep  # noqa: E402
 
 TARGET = 1.5
 MODEL = "toy:small"
-SIDES = ("rlhfctl", "trl")
+SIDES = ("rlhfctl", "trl", "trl-no-ckpt")  # the target is rlhfctl / trl; trl-no-ckpt is like for like
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="train-sft samples/s: rlhfctl vs TRL's SFTTrainer on toy:small and the toy sft.jsonl, "
-                    "run in lock-step (alternating steps) in two subprocesses.",
+                    "run in lock-step (alternating steps) in three subprocesses: rlhfctl, TRL as shipped (its "
+                    "gradient checkpointing on) and TRL without gradient checkpointing (like for like).",
         epilog=f"Target: rlhfctl/TRL >= {TARGET}x samples/s. The last output line is JSON.",
     )
     p.add_argument("--steps", type=int, default=40, help="timed optimiser steps per round (default 40)")
@@ -110,8 +123,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="run rlhfctl with train-sft --compile (compilation falls in the warm-up)")
     p.add_argument("--trl-compile", action="store_true",
                    help="run TRL with torch_compile=True (its model compiled by the Trainer; compare with --compile)")
-    p.add_argument("--trl-checkpointing", action="store_true",
-                   help="keep TRL's default gradient checkpointing on (TRL as shipped; not like for like)")
+    p.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast on every side (rlhfctl train-sft --bf16; TRL's own CPU default); default fp32")
     p.add_argument("--only", choices=SIDES, default=None, help="run one side only (no ratio)")
     p.add_argument("--worker", choices=SIDES, default=None, help=argparse.SUPPRESS)
     p.add_argument("--gate", default=None, help=argparse.SUPPRESS)
@@ -127,6 +140,7 @@ def worker_rlhfctl(args: argparse.Namespace, gate: Gate) -> dict:
     import rlhfctl.training.sft as sft
     from rlhfctl.training import loop
     from rlhfctl.training.loop import Schedule, read_metrics
+    from rlhfctl.training.scale import ScaleOptions
 
     write = loop.MetricsLog.write  # metrics.jsonl gets one line per step, right after the step
 
@@ -139,12 +153,15 @@ def worker_rlhfctl(args: argparse.Namespace, gate: Gate) -> dict:
     with tempfile.TemporaryDirectory() as out:
         schedule = Schedule(max_steps=total, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.05,
                             weight_decay=0.0, max_grad_norm=1.0, seed=0, save_every=10**9, compile=args.compile)
-        sft.run(sft.SFTConfig(str(Path(args.data) / "sft.jsonl"), MODEL, os.path.join(out, "run"), schedule, args.max_length))
+        with count_token_columns(gate) as columns:
+            sft.run(sft.SFTConfig(str(Path(args.data) / "sft.jsonl"), MODEL, os.path.join(out, "run"), schedule,
+                                  args.max_length, scale=ScaleOptions(bf16=args.bf16)))
         metrics = read_metrics(os.path.join(out, "run"))
     return {
         "in_step_samples_per_s": statistics.median(m["samples_per_s"] for m in metrics[args.warmup:]),
         "final_loss": metrics[-1]["loss"],
         "threads": torch.get_num_threads(),
+        "token_columns_per_step": columns.per_step(args.warmup),
     }
 
 
@@ -182,16 +199,17 @@ def worker_trl(args: argparse.Namespace, gate: Gate) -> dict:
             max_steps=total, learning_rate=args.lr, lr_scheduler_type="cosine",
             warmup_steps=int(0.05 * total),  # rlhfctl's warmup: int(warmup_ratio * total) steps
             weight_decay=0.0, max_grad_norm=1.0, max_length=args.max_length, seed=0,
-            use_cpu=True, bf16=False, fp16=False, report_to=[], save_strategy="no", logging_steps=1,
-            disable_tqdm=True, dataloader_num_workers=0,
-            # TRL's default is True; rlhfctl does not recompute activations, so off unless --trl-checkpointing
-            gradient_checkpointing=args.trl_checkpointing,
-            torch_compile=args.trl_compile,
+            use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
+            disable_tqdm=True, dataloader_num_workers=0, torch_compile=args.trl_compile,
+            bf16=args.bf16,  # TRL's default on a CPU is True; the precision follows rlhfctl's (fp32 unless --bf16)
+            # TRL's default (True) as shipped; off for the like-for-like side (rlhfctl recomputes nothing)
+            **({"gradient_checkpointing": False} if args.worker == "trl-no-ckpt" else {}),
         )
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timer()])
         if not trainer.completion_only_loss:
             raise SystemExit("expected TRL to default to completion-only loss for prompt-completion data")
-        trainer.train()
+        with count_token_columns(gate) as columns:
+            trainer.train()
         optim = str(getattr(config.optim, "value", config.optim))
     in_step = [args.batch_size / (e - b) for b, e in zip(begins[args.warmup:], ends[args.warmup:])]
     return {
@@ -200,7 +218,52 @@ def worker_trl(args: argparse.Namespace, gate: Gate) -> dict:
         "threads": torch.get_num_threads(),
         "optim": optim,
         "gradient_checkpointing": bool(config.gradient_checkpointing),
+        "bf16": bool(config.bf16),
+        "token_columns_per_step": columns.per_step(args.warmup),
     }
+
+
+class count_token_columns:
+    """Counts the token columns (rows x sequence length, padding included) that each step's
+    training forward passes compute, by wrapping ``LlamaModel.forward`` (both sides train a
+    ``LlamaForCausalLM``, whose own ``forward`` the Trainer may wrap per instance). A step's columns add up until the gate's next unit. Forward
+    passes without grad, and gradient checkpointing's recomputation inside the layers, are not
+    counted: this is the work of one forward and one backward pass over the step's batch."""
+
+    def __init__(self, gate: Gate):
+        self.gate, self.counts, self.current = gate, [], 0
+
+    def __enter__(self) -> "count_token_columns":
+        import functools
+
+        import torch
+        from transformers import LlamaModel
+
+        self.cls, self.forward, self.unit_done = LlamaModel, LlamaModel.forward, self.gate.unit_done
+        original = self.forward
+
+        @functools.wraps(original)
+        def forward(model, *args, **kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if torch.is_tensor(ids) and torch.is_grad_enabled():
+                self.current += ids.numel()
+            return original(model, *args, **kwargs)
+
+        def unit_done():
+            self.counts.append(self.current)
+            self.current = 0
+            self.unit_done()
+
+        self.cls.forward, self.gate.unit_done = forward, unit_done
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cls.forward = self.forward
+        del self.gate.unit_done  # the instance attribute set above; the class's method shows again
+
+    def per_step(self, warmup: int) -> float:
+        timed = self.counts[warmup:]
+        return statistics.mean(timed) if timed else 0.0
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -228,7 +291,23 @@ def worker_cmd(side: str, args: argparse.Namespace) -> list[str]:
             "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
             "--max-length", str(args.max_length)] + (["--threads", str(args.threads)] if args.threads else []) + (
                ["--compile"] if args.compile else []) + (["--trl-compile"] if args.trl_compile else []) + (
-               ["--trl-checkpointing"] if args.trl_checkpointing else [])
+               ["--bf16"] if args.bf16 else [])
+
+
+def compare(ours: list[dict], theirs: list[dict], summary: dict, baseline: str) -> dict:
+    """rlhfctl / ``baseline`` samples/s over the rounds, printed, and split into token columns x time per column."""
+    round_ratios = [x["samples_per_s"] / y["samples_per_s"] for x, y in zip(ours, theirs)]
+    step_ratios = [ty / tx for x, y in zip(ours, theirs) for tx, ty in zip(x["step_seconds"], y["step_seconds"])]
+    ratio = statistics.median(round_ratios)
+    columns = summary[baseline]["token_columns_per_step"] / summary["rlhfctl"]["token_columns_per_step"]
+    what = ("TRL as shipped (target >= {:.1f}x: {})".format(TARGET, "met" if ratio >= TARGET else "NOT met")
+            if baseline == "trl" else "TRL without gradient checkpointing (like for like)")
+    print(f"rlhfctl/{baseline}: {ratio:.2f}x (median of rounds {', '.join(f'{x:.2f}' for x in round_ratios)}; median "
+          f"step-by-step {statistics.median(step_ratios):.2f}x) against {what}\n"
+          f"    = token columns a step {columns:.2f}x  x  time per column {ratio / columns:.2f}x")
+    return {"ratio": ratio, "round_ratios": [round(x, 3) for x in round_ratios],
+            "step_ratio_median": statistics.median(step_ratios), "column_ratio": columns,
+            "time_per_column_ratio": ratio / columns}
 
 
 def make_data(folder: str) -> None:
@@ -259,13 +338,13 @@ def main(argv=None) -> None:
         for w in workers:
             res = w.result()
             runs[w.name].append(res)
-            print(f"round {r + 1}/{args.repeats} {w.name:8s} {res['samples_per_s']:8.1f} samples/s   "
+            print(f"round {r + 1}/{args.repeats} {w.name:11s} {res['samples_per_s']:8.1f} samples/s   "
                   f"(in-step median {res['in_step_samples_per_s']:7.1f})   peak RSS {res['peak_rss_mb']:7.1f} MB   "
                   f"final loss {res['final_loss']:.4f}", flush=True)
     summary: dict = {"benchmark": "sft_speed", "baseline": "trl.SFTTrainer", "model": MODEL, "batch_size": args.batch_size,
                      "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "target_ratio": TARGET,
                      "rlhfctl_compile": args.compile, "trl_compile": args.trl_compile,
-                     "trl_gradient_checkpointing": args.trl_checkpointing}
+                     "bf16": args.bf16}
     for side in sides:
         rs = runs[side]
         summary[side] = {
@@ -275,22 +354,19 @@ def main(argv=None) -> None:
             "peak_rss_mb": max(x["peak_rss_mb"] for x in rs),
             "final_loss": statistics.median(x["final_loss"] for x in rs if x["final_loss"] is not None),
             "threads": rs[0]["threads"],
-            **{k: rs[0][k] for k in ("optim", "gradient_checkpointing") if k in rs[0]},
+            "token_columns_per_step": statistics.median(x["token_columns_per_step"] for x in rs),
+            **{k: rs[0][k] for k in ("optim", "gradient_checkpointing", "bf16") if k in rs[0]},
         }
     print()
     for side in sides:
         s = summary[side]
-        print(f"{side:8s} {s['samples_per_s']:8.1f} samples/s (median of {args.repeats} rounds)   peak RSS {s['peak_rss_mb']:.1f} MB")
-    if len(sides) == 2:
-        a, b = runs["rlhfctl"], runs["trl"]
-        round_ratios = [x["samples_per_s"] / y["samples_per_s"] for x, y in zip(a, b)]
-        step_ratios = [ty / tx for x, y in zip(a, b) for tx, ty in zip(x["step_seconds"], y["step_seconds"])]
-        ratio = statistics.median(round_ratios)
-        summary.update(ratio=ratio, round_ratios=[round(x, 3) for x in round_ratios],
-                       step_ratio_median=statistics.median(step_ratios), meets_target=ratio >= TARGET)
-        print(f"ratio rlhfctl/TRL: {ratio:.2f}x (median of rounds {', '.join(f'{x:.2f}' for x in round_ratios)}; "
-              f"median step-by-step {summary['step_ratio_median']:.2f}x); "
-              f"target >= {TARGET}x: {'met' if ratio >= TARGET else 'NOT met'}")
+        print(f"{side:11s} {s['samples_per_s']:8.1f} samples/s (median of {args.repeats} rounds)   "
+              f"peak RSS {s['peak_rss_mb']:.1f} MB   {s['token_columns_per_step']:.0f} token columns a step")
+    if "rlhfctl" in sides:
+        for baseline in [side for side in sides if side != "rlhfctl"]:
+            summary[f"vs_{baseline}"] = compare(runs["rlhfctl"], runs[baseline], summary, baseline)
+        if "trl" in sides:
+            summary.update(ratio=summary["vs_trl"]["ratio"], meets_target=summary["vs_trl"]["ratio"] >= TARGET)
     for side in sides:
         for x in runs[side]:
             x.pop("step_seconds")
