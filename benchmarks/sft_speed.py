@@ -22,8 +22,9 @@ What it measures
     size, peak learning rate, linear-warmup + cosine schedule (same warmup
     steps), grad clipping (1.0), no weight decay, ``max_length`` and number
     of steps, at the same precision: fp32, or bf16 autocast with ``--bf16``
-    (``train-sft --bf16``; TRL's own default on a CPU is bf16, which the
-    default run turns off to match rlhfctl's fp32). TRL runs on the CPU
+    (``train-sft --bf16``, which on a CPU trains with eager attention; TRL's
+    own default on a CPU is bf16, which the default run turns off to match
+    rlhfctl's fp32). TRL runs on the CPU
     (``use_cpu=True``) with ``report_to=[]``, no checkpoint saving,
     ``logging_steps=1`` (rlhfctl also logs every step, to metrics.jsonl) and
     ``dataloader_num_workers=0``. With ``--compile`` rlhfctl compiles its

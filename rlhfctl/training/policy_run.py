@@ -35,7 +35,7 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]
     tokenizer = load_tokenizer(config.model)
     seed_global_rngs(config.seed)
     policy = load_causal_lm(config.model, seed=config.seed)
-    adapters = prepare_model(policy, config.scale)
+    adapters = prepare_model(accelerator, policy, config.scale)
     policy_opt = adamw(trainable_parameters(policy), lr=config.lr)
     if config.algo != "ppo":
         policy, policy_opt = accelerator.prepare(policy, policy_opt)
@@ -48,7 +48,7 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]
         critic_model = AutoModelForTokenClassification.from_pretrained(config.rm, num_labels=1)
     else:  # the SFT backbone with a zero value head
         critic_model = build_reward_model(config.model, PRM, config.seed)
-    prepare_model(critic_model, config.scale, heads=("score",))
+    prepare_model(accelerator, critic_model, config.scale, heads=("score",))
     critic = TokenValues(critic_model)
     critic_opt = adamw(trainable_parameters(critic), lr=config.critic_lr)
     policy, policy_opt = accelerator.prepare(policy, policy_opt)

@@ -30,7 +30,7 @@ def run(config: RMConfig) -> dict[str, Any]:
     items = encode_step_items(train, tokenizer, config.max_length, config.step_sep)
     seed_global_rngs(config.schedule.seed)
     model = build_reward_model(config.model, PRM, config.schedule.seed, config.trust_remote_code)
-    adapters = prepare_model(model, config.scale, heads=("score",))
+    adapters = prepare_model(accelerator, model, config.scale, heads=("score",))
     values = TokenValues(model)
     total = config.schedule.total_steps(len(items))
     run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)

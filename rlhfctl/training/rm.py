@@ -77,7 +77,7 @@ def run(config: RMConfig) -> dict[str, Any]:
     items = encode_items(train, tokenizer, config.max_length)
     seed_global_rngs(config.schedule.seed)
     model = build_reward_model(config.model, ORM, config.schedule.seed, config.trust_remote_code)
-    adapters = prepare_model(model, config.scale, heads=("score",))
+    adapters = prepare_model(accelerator, model, config.scale, heads=("score",))
     values = TokenValues(model)
     packing = use_packing(config.packing, model, "train-rm", accelerator.is_main_process)
     total = config.schedule.total_steps(len(items))

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from rlhfctl.console import log
 from rlhfctl.errors import ConfigError, ModelError
 
 # Wrappers that FSDP and activation checkpointing put into parameter names;
@@ -96,21 +97,49 @@ def _set_deepspeed_micro_batch(accelerator) -> None:
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
 
 
-def prepare_model(model, scale: ScaleOptions, heads: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Gradient checkpointing and LoRA adapters, in place, before accelerate wraps the model.
+def prepare_model(accelerator, model, scale: ScaleOptions, heads: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The attention kernel, gradient checkpointing and LoRA adapters, in place, before accelerate wraps the model.
 
     ``heads`` are modules that train in full next to the adapters (a reward
     model's ``score``). Returns what the manifest should record of it.
     """
+    recorded: dict[str, Any] = {}
+    if use_eager_attention(accelerator, model):
+        recorded["attention"] = "eager"
     if scale.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if not scale.lora:
-        return {}
+        return recorded
     from rlhfctl.training.lora import add_adapters
 
     targets = add_adapters(model, scale, heads)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"lora": {"target_modules": targets, "trainable_parameters": trainable}}
+    return {**recorded, "lora": {"target_modules": targets, "trainable_parameters": trainable}}
+
+
+def use_eager_attention(accelerator, model) -> bool:
+    """On a CPU in bf16 mixed precision, switch ``model`` from SDPA to eager attention; True if it did.
+
+    torch's CPU SDPA kernel is slow in bf16, its backward above all: on a
+    toy:small train-sft step it took ~40% of the time in bf16 against ~15% in
+    fp32, so bf16 gained nothing. Eager attention does the same arithmetic as
+    bf16 matmuls (under autocast) with the softmax in fp32: the bf16 step got
+    1.46x faster with 2 threads and 1.59x with 1. GPUs keep SDPA, and so does a
+    model whose eager attention transformers refuses.
+    """
+    from rlhfctl.packing import attention_implementation
+
+    if accelerator.device.type != "cpu" or accelerator.mixed_precision != "bf16":
+        return False
+    if attention_implementation(model) != "sdpa":
+        return False
+    try:
+        model.set_attn_implementation("eager")
+    except (ValueError, ImportError, AttributeError):
+        return False
+    log(f"bf16 on a CPU: {type(model).__name__} runs eager attention (torch's CPU SDPA kernel is slow in bf16)",
+        accelerator.is_main_process)
+    return True
 
 
 def enable_gradient_checkpointing(model) -> None:

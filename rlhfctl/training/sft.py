@@ -62,7 +62,7 @@ def run(config: SFTConfig) -> dict[str, Any]:
     seed_global_rngs(config.schedule.seed)
     model = load_causal_lm(config.model, seed=config.schedule.seed, trust_remote_code=config.trust_remote_code)
     parameters = count_parameters(model)
-    adapters = prepare_model(model, config.scale)
+    adapters = prepare_model(accelerator, model, config.scale)
     total = config.schedule.total_steps(len(examples))
     run_ = start_training(accelerator, model, config.schedule, total, out, config.resume)
     log(f"train-sft: {len(examples)} records, {parameters:,} parameters, {total} steps of {config.schedule.batch_size}",

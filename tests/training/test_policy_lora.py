@@ -57,6 +57,7 @@ def test_ppo_with_a_lora_critic_gradient_checkpointing_and_bf16(run_main, toy_di
     assert critic and {k for k in critic if ".lora_" not in k} == {"critic::model.score.weight", "critic::model.score.bias"}
     options = json.loads((out / "rlhfctl.json").read_text())["options"]
     assert (options["lora_r"], options["gradient_checkpointing"], options["bf16"]) == (4, True, True)
+    assert r.err.count("runs eager attention") == 2  # bf16 on a CPU: the policy and the critic
 
 
 def load_checkpoint_weights(path):

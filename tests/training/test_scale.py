@@ -23,6 +23,7 @@ from conftest import SFT_ARGS, read_jsonl
 from rlhfctl.records import write_jsonl
 
 LORA = ["--lora-r", "4"]
+FP32_ON_CPU = SimpleNamespace(device=torch.device("cpu"), mixed_precision="no", is_main_process=True)  # an Accelerator's view
 ALPHA = 8.0  # the default, 2 × r
 RM_ARGS = ["--model", "toy:tiny", "--max-steps", "4", "--save-every", "2", "--batch-size", "8", "--lr", "5e-3", "--seed", "0"]
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
@@ -60,7 +61,45 @@ def test_bf16_sft_logs_finite_losses_close_to_fp32(sft_run, toy_dir, tmp_path, r
     for got, want in zip(metrics, sft_run.metrics):
         assert math.isfinite(got["loss"]) and got["loss"] == pytest.approx(want["loss"], rel=1e-2)
     assert all(w.dtype == torch.float32 for w in _weights(out / "model.safetensors").values())
-    assert json.loads((out / "rlhfctl.json").read_text())["options"]["bf16"] is True
+    manifest = json.loads((out / "rlhfctl.json").read_text())
+    assert manifest["options"]["bf16"] is True
+    assert manifest["results"]["attention"] == "eager" and "eager attention" in r.err  # CPU SDPA is slow in bf16
+    assert "attn_implementation" not in (out / "config.json").read_text()  # the folder loads with the default kernel
+
+
+@pytest.mark.parametrize("device, precision, before, switched", [
+    ("cpu", "bf16", "sdpa", True),
+    ("cpu", "no", "sdpa", False),  # fp32: SDPA is the faster kernel
+    ("cuda", "bf16", "sdpa", False),  # GPUs keep SDPA
+    ("cpu", "bf16", "eager", False),  # already eager: nothing to say
+])
+def test_bf16_on_a_cpu_switches_sdpa_to_eager_attention(device, precision, before, switched):
+    from rlhfctl.models import load_causal_lm
+    from rlhfctl.packing import attention_implementation
+    from rlhfctl.training.scale import ScaleOptions, prepare_model
+
+    model = load_causal_lm("toy:tiny", seed=0)
+    model.set_attn_implementation(before)
+    accelerator = SimpleNamespace(device=torch.device(device), mixed_precision=precision, is_main_process=True)
+    recorded = prepare_model(accelerator, model, ScaleOptions())
+    assert attention_implementation(model) == ("eager" if switched else before)
+    assert recorded == ({"attention": "eager"} if switched else {})
+
+
+def test_bf16_rm_packs_pairs_under_eager_attention_close_to_fp32(toy_dir, tmp_path, run_main):
+    """train-rm's packed pairs take an eager-attention mask under --bf16 on a CPU: losses within bf16 rounding."""
+    records = [{"prompt": r["prompt"], "chosen": r["meta"]["clean"], "rejected": "Answer: -1"}
+               for r in read_jsonl(toy_dir / "train.jsonl")[:48]]
+    write_jsonl(tmp_path / "prefs.jsonl", records)
+    runs = {}
+    for name, flags in (("fp32", []), ("bf16", ["--bf16"])):
+        r = run_main("train-rm", tmp_path / "prefs.jsonl", "--out", tmp_path / name, *RM_ARGS, *flags, "--json")
+        assert r.code == 0, r.err
+        runs[name] = read_jsonl(tmp_path / name / "metrics.jsonl"), r.err
+    (fp32, _), (bf16, err) = runs["fp32"], runs["bf16"]
+    assert "eager attention" in err and len(bf16) == len(fp32) == 4
+    for got, want in zip(bf16, fp32):
+        assert got["loss"] == pytest.approx(want["loss"], rel=2e-2)
 
 
 def test_gradient_checkpointing_gives_the_same_losses_and_gradients(sft_run, toy_dir, tmp_path, run_main):
@@ -85,7 +124,7 @@ def test_gradient_checkpointing_on_a_value_head_model_gives_the_same_gradients()
     for checkpointing in (False, True):
         model = build_reward_model("toy:tiny", PRM, seed=0)
         torch.nn.init.normal_(model.score.weight, generator=torch.Generator().manual_seed(1))  # a non-zero head
-        prepare_model(model, ScaleOptions(gradient_checkpointing=checkpointing))
+        prepare_model(FP32_ON_CPU, model, ScaleOptions(gradient_checkpointing=checkpointing))
         values = TokenValues(model).train()
         assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules()) == checkpointing
         out = values(ids, mask)
@@ -250,7 +289,7 @@ def test_lora_rm_folder_scores_like_the_adapted_model(lora_rm, toy_dir, monkeypa
 
     out, _ = lora_rm
     adapted = build_reward_model("toy:tiny", ORM, seed=0)
-    prepare_model(adapted, ScaleOptions(lora_r=4), heads=("score",))
+    prepare_model(FP32_ON_CPU, adapted, ScaleOptions(lora_r=4), heads=("score",))
     values = TokenValues(adapted).eval()
     load_weights(values, _weights(out / "checkpoints" / "step-4" / "model.safetensors"), "step-4")
     tok = load_tokenizer("toy:tiny")
@@ -287,7 +326,7 @@ def test_the_reference_of_a_lora_policy_is_its_base_model():
 
     pytest.importorskip("peft")
     policy = _fresh_policy()
-    prepare_model(policy, ScaleOptions(lora_r=4))
+    prepare_model(FP32_ON_CPU, policy, ScaleOptions(lora_r=4))
     g = torch.Generator().manual_seed(0)
     for name, p in policy.named_parameters():
         if ".lora_B." in name:

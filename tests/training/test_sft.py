@@ -149,7 +149,8 @@ def test_shared_prefix_stops_before_the_shortest_prompts_last_token(tok):
     assert shared_prefix_length([a]) == 0  # nothing to share
 
 
-def test_forward_after_prefix_gives_the_full_forwards_logits_and_gradients(tok):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager: what --bf16 runs on a CPU
+def test_forward_after_prefix_gives_the_full_forwards_logits_and_gradients(tok, attention):
     """Against the plain forward of the whole right-padded batch: every real position's logits, and the loss's gradients."""
     import torch
 
@@ -163,6 +164,7 @@ def test_forward_after_prefix_gives_the_full_forwards_logits_and_gradients(tok):
     n = shared_prefix_length(examples)
     assert n == len(tok("Compute 2", add_special_tokens=False).input_ids) + 1
     model = load_causal_lm("toy:tiny", seed=0)
+    model.set_attn_implementation(attention)
     ce = torch.nn.functional.cross_entropy
 
     full = model(input_ids=ids).logits
