@@ -226,10 +226,11 @@ def worker_trl(args: argparse.Namespace, gate: Gate) -> dict:
 
 class count_token_columns:
     """Counts the token columns (rows x sequence length, padding included) that each step's
-    training forward passes compute, by wrapping ``LlamaModel.forward`` (both sides train a
-    ``LlamaForCausalLM``, whose own ``forward`` the Trainer may wrap per instance). A step's columns add up until the gate's next unit. Forward
-    passes without grad, and gradient checkpointing's recomputation inside the layers, are not
-    counted: this is the work of one forward and one backward pass over the step's batch."""
+    training forward passes compute, by wrapping ``LlamaModel.forward``: both sides train a
+    ``LlamaForCausalLM``, whose own ``forward`` the Trainer may wrap per instance. A step's
+    columns add up until the gate's next unit. Forward passes without grad, and gradient
+    checkpointing's recomputation inside the layers, are not counted: this is the work of one
+    forward and one backward pass over the step's batch."""
 
     def __init__(self, gate: Gate):
         self.gate, self.counts, self.current = gate, [], 0

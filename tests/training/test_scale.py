@@ -23,9 +23,9 @@ from conftest import SFT_ARGS, read_jsonl
 from rlhfctl.records import write_jsonl
 
 LORA = ["--lora-r", "4"]
-FP32_ON_CPU = SimpleNamespace(device=torch.device("cpu"), mixed_precision="no", is_main_process=True)  # an Accelerator's view
 ALPHA = 8.0  # the default, 2 × r
 RM_ARGS = ["--model", "toy:tiny", "--max-steps", "4", "--save-every", "2", "--batch-size", "8", "--lr", "5e-3", "--seed", "0"]
+FP32_ON_CPU = SimpleNamespace(device=torch.device("cpu"), mixed_precision="no", is_main_process=True)  # what prepare_model reads
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
 
 
