@@ -120,7 +120,9 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, weights: dict[str, An
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+    tensors, aliases = untie(weights)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "model.safetensors"),
+              metadata={"aliases": json.dumps(aliases)})
     torch.save(state, tmp / "state.pt")
     if final.exists():
         shutil.rmtree(final)
@@ -136,10 +138,33 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     import torch
     from safetensors.torch import load_file
 
+    from safetensors import safe_open
+
     path = Path(path)
     weights = load_file(str(path / "model.safetensors"))
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    weights.update({alias: weights[name] for alias, name in aliases.items()})
     state = torch.load(path / "state.pt", weights_only=True)
     return weights, state
+
+
+def untie(weights: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(tensors, aliases): each shared tensor kept once; ``aliases`` maps a dropped name to the kept one.
+
+    Tied embeddings (``lm_head.weight`` is ``model.embed_tokens.weight``) are
+    one tensor under two names, which safetensors refuses to write twice.
+    """
+    kept: dict[tuple, str] = {}
+    tensors, aliases = {}, {}
+    for name, value in weights.items():
+        key = (value.device, value.data_ptr(), value.dtype, tuple(value.shape), tuple(value.stride()))
+        if value.numel() and key in kept:
+            aliases[name] = kept[key]
+        else:
+            kept.setdefault(key, name)
+            tensors[name] = value
+    return tensors, aliases
 
 
 def publish_model_folder(out: str | os.PathLike, write_files, manifest: dict[str, Any]) -> None:

@@ -1,13 +1,18 @@
-"""Loading and saving models: a folder, or a ``toy:SIZE`` spec built from config.
+"""Loading and saving models: a folder, a Hub id, or a ``toy:SIZE`` spec built from config.
 
-Everywhere a command takes a model, it takes either a Hugging Face folder or
+Everywhere a command takes a model, it takes a Hugging Face folder, a Hub
+id (``org/name`` or ``org/name@revision``, resolved through huggingface_hub:
+downloaded when online, read from the cache under ``HF_HUB_OFFLINE=1``), or
 ``toy:tiny|small|base``. A toy spec builds a fresh, seeded Llama-style model
 with the toy tokenizer, so the whole pipeline runs with nothing downloaded.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +26,78 @@ def is_toy_spec(spec: str) -> bool:
     return spec.startswith(TOY_PREFIX)
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
 def check_model_spec(spec: str) -> str:
-    """Fail early, with one line, on a spec that cannot be loaded."""
+    """The local folder of a spec (a Hub id is resolved), or the toy spec; one line on one that cannot be loaded."""
     if is_toy_spec(spec):
         size = spec[len(TOY_PREFIX):]
         if size not in TOY_SIZES:
             raise ModelError(f"unknown toy size {size!r} in {spec!r}: choose one of {', '.join('toy:' + s for s in TOY_SIZES)}")
         return spec
+    if not os.path.exists(spec) and _HUB_ID.match(spec):
+        return _hub_snapshot(spec)
     if not os.path.exists(spec):
-        raise ModelError(f"{spec}: no such model folder (give a Hugging Face folder or toy:SIZE)")
+        raise ModelError(f"{spec}: no such model folder (give a Hugging Face folder, a Hub id org/name, or toy:SIZE)")
     if not (Path(spec) / "config.json").is_file():
         raise ModelError(f"{spec}: not a model folder (no config.json)")
     return spec
+
+
+model_path = check_model_spec  # what loaders read: the folder behind a spec
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_snapshot(spec: str) -> str:
+    """The local snapshot of a Hub model ``org/name[@revision]`` (weights, config, tokenizer)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    repo, _, revision = spec.partition("@")
+    patterns = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
+    try:
+        folder = snapshot_download(repo, revision=revision or None, allow_patterns=patterns)
+    except LocalEntryNotFoundError:
+        raise ModelError(f"{spec}: not in the Hugging Face cache, and downloads are off (HF_HUB_OFFLINE=1 or no "
+                         "network): download it once online, or give a local folder") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise ModelError(f"{spec}: {str(e).splitlines()[0]}") from None
+    except OSError as e:
+        raise ModelError(f"{spec}: cannot download: {str(e).splitlines()[0]}") from None
+    if not (Path(folder) / "config.json").is_file():
+        raise ModelError(f"{spec}: the Hub snapshot has no config.json (not a transformers model)")
+    return folder
+
+
+def saved_dtype(spec: str, choice: str = "auto") -> str:
+    """The dtype an output folder's weights are written in: ``choice``, or for ``auto`` the input
+    model's (its config's ``dtype``/``torch_dtype``; float32 for toy models and configs without one)."""
+    if choice != "auto":
+        _dtype(choice)
+        return choice
+    if is_toy_spec(spec):
+        return "float32"
+    try:
+        config = json.loads((Path(model_path(spec)) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return "float32"
+    name = str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
+    return name if name in ("float32", "bfloat16", "float16") else "float32"
+
+
+def eos_token_ids(tokenizer: Any, spec: str | None = None) -> frozenset[int]:
+    """Every id that ends a response: the tokenizer's eos and the model's ``generation_config.json``'s eos ids
+    (Llama 3 Instruct lists three)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    if spec is not None and not is_toy_spec(spec):
+        path = Path(model_path(spec)) / "generation_config.json"
+        try:
+            eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id") if path.is_file() else None
+        except json.JSONDecodeError:
+            raise ModelError(f"{path}: invalid JSON") from None
+        ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    return frozenset(int(i) for i in ids)
 
 
 def quiet_transformers() -> None:
@@ -53,10 +118,9 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
         return build_toy_tokenizer()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(model_path(spec), trust_remote_code=trust_remote_code, padding_side="left")
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # pad == eos: readers use attention masks
-    tokenizer.padding_side = "left"
+        tokenizer.pad_token = tokenizer.eos_token  # pad == eos, as TRL does: readers use attention masks
     return tokenizer
 
 
@@ -75,17 +139,53 @@ def load_causal_lm(spec: str, seed: int = 0, dtype: str = "float32", trust_remot
             model = AutoModelForCausalLM.from_config(toy_config(spec[len(TOY_PREFIX):]), dtype=torch_dtype)
         return model
     try:
-        return AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(model_path(spec), dtype=torch_dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ModelError(f"{spec}: cannot load as a causal LM: {str(e).splitlines()[0]}") from None
 
 
-def save_model(model: Any, tokenizer: Any, folder: str | os.PathLike, state_dict: dict | None = None) -> None:
-    """Save weights (safetensors), config and tokenizer as a Hugging Face folder."""
+def save_model(model: Any, tokenizer: Any, folder: str | os.PathLike, state_dict: dict | None = None,
+               dtype: str = "float32") -> None:
+    """Save weights (safetensors, in ``dtype``), config and tokenizer as a Hugging Face folder.
+
+    Tied weights stay tied: transformers writes a tied pair once. The
+    tokenizer keeps its padding side and pad token, so a reader batches
+    the way rlhfctl does.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    state_dict = _retied(model, model.state_dict() if state_dict is None else state_dict, _dtype(dtype))
     model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+    config_path = folder / "config.json"  # transformers records the live model's dtype, not the weights'
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["dtype"] = dtype
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tokenizer.save_pretrained(folder)
+
+
+def _retied(model: Any, state_dict: dict, dtype) -> dict:
+    """``state_dict`` in ``dtype``, tied tensors still one tensor (transformers then writes them once).
+
+    Gathered state dicts (FSDP, LoRA merges) hold copies, so the output
+    embedding is pointed back at the input one when the config ties them.
+    """
+    import torch
+
+    converted: dict[tuple, Any] = {}
+    out = {}
+    for name, value in state_dict.items():
+        if torch.is_floating_point(value):
+            key = (value.data_ptr(), tuple(value.shape), value.dtype)
+            value = converted.setdefault(key, value.to(dtype))
+        out[name] = value
+    tied = getattr(model.config.get_text_config(), "tie_word_embeddings", False)
+    names = {id(m): n for n, m in model.named_modules()}
+    inp, outp = model.get_input_embeddings(), model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if tied and outp is not None and id(inp) in names and id(outp) in names:
+        src, dst = f"{names[id(inp)]}.weight", f"{names[id(outp)]}.weight"
+        if src in out and dst in out:
+            out[dst] = out[src]
+    return out
 
 
 def inference_device() -> str:

@@ -149,11 +149,10 @@ class LLM:
         from rlhfctl.generation.base import SamplingParams as Ours
         from rlhfctl.generation.hf import _decode_loop
 
-        stop = set(params.stop_token_ids or ())  # without a tokenizer, vLLM knows no eos of its own
-        eos = next(iter(stop)) if stop else -1
+        stop = frozenset(params.stop_token_ids or ())  # without a tokenizer, vLLM knows no eos of its own
         ours = Ours(n=1, temperature=params.temperature, top_p=params.top_p, max_new_tokens=params.max_tokens)
         generator = torch.Generator().manual_seed(seed if seed is not None else 12345)
-        (tokens, reason), = _decode_loop(self.model.hf, [prompt_ids], ours, 0, eos, generator, "cpu")
+        (tokens, reason), = _decode_loop(self.model.hf, [prompt_ids], ours, 0, stop, generator, "cpu")
         logprobs = None
         if params.logprobs is not None:
             logprobs = [{t: Logprob(lp, 1)} for t, lp in zip(tokens, self._logprobs(prompt_ids, tokens, params.temperature))]

@@ -62,6 +62,10 @@ LrOpt = Annotated[float, typer.Option("--lr", help="Peak learning rate (linear w
 WarmupOpt = Annotated[float, typer.Option("--warmup-ratio", help="Fraction of steps spent warming the learning rate up.")]
 WeightDecayOpt = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")]
 MaxLengthOpt = Annotated[int, typer.Option("--max-length", help="Longest sequence in tokens; longer ones are cut.")]
+RMMaxLengthOpt = Annotated[Optional[int], typer.Option(
+    "--rm-max-length", help="Tokens the reward model reads of each response (default: the --max-length it was trained with); longer ones are counted in the summary and scored on their first tokens.", show_default=False)]
+SaveDtypeOpt = Annotated[str, typer.Option(
+    "--save-dtype", help="dtype of the saved weights: auto (the input model's; float32 for toy models), float32, bfloat16 or float16.")]
 SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Write a checkpoint every this many steps.")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the model (TorchInductor): faster steps after a one-off compilation of tens of seconds; on a CPU it needs a C++ compiler.")]

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, SeedOpt, TemperatureOpt, TopPOpt, TpOpt,
+    BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, RMMaxLengthOpt, SeedOpt, TemperatureOpt, TopPOpt, TpOpt,
 )
 
 
@@ -14,6 +14,7 @@ def best_of_n(
     out: Annotated[str, typer.Option("--out", "-o", help="Result JSON: {n, curves: {scorer: [accuracy per N]}, num_prompts}.")],
     rm: Annotated[Optional[str], typer.Option("--rm", help="Select by this reward model (train-rm folder).", show_default=False)] = None,
     prm: Annotated[Optional[str], typer.Option("--prm", help="Select by this process reward model (train-rm --prm folder).", show_default=False)] = None,
+    rm_max_length: RMMaxLengthOpt = None,
     agg: Annotated[Optional[list[str]], typer.Option("--agg", help="How a PRM's step scores make one score: min (default), last, prod, mean. Repeatable.", show_default=False)] = None,
     vote: Annotated[Optional[list[str]], typer.Option("--vote", help="Voting curves: majority, weighted (σ(reward)-weighted, needs --rm). Repeatable.", show_default=False)] = None,
     logprob: Annotated[Optional[str], typer.Option("--logprob", help="Select by mean token log-probability under this model.", show_default=False)] = None,
@@ -56,8 +57,10 @@ def best_of_n(
 
     params = SamplingParams(n=n or 16, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)
-    result = run(BoNConfig(source, out, rm, prm, tuple(agg or ("min",)), tuple(vote or ()), logprob, oracle, n, picks, plot,
-                           policy, params, backend, EngineOptions(tp, gpu_memory_utilization)))
+    result = run(BoNConfig(source=source, out=out, rm=rm, prm=prm, aggs=tuple(agg or ("min",)), votes=tuple(vote or ()),
+                           logprob=logprob, oracle=oracle, n=n, picks=picks, plot=plot, policy=policy, params=params,
+                           backend=backend, engine=EngineOptions(tp=tp, gpu_memory_utilization=gpu_memory_utilization),
+                           rm_max_length=rm_max_length))
     if as_json:
         import json
         import sys

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, NOpt, SeedOpt, TopPOpt, TpOpt, TrustOpt,
+    BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, NOpt, RMMaxLengthOpt, SeedOpt, TopPOpt, TpOpt, TrustOpt,
     print_summary,
 )
 
@@ -15,6 +15,7 @@ def evaluate(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="The policy to measure: a model folder or toy:SIZE.", show_default=False)] = None,
     rm: Annotated[Optional[str], typer.Option("--rm", help="A reward model folder (train-rm) to measure instead of a policy.", show_default=False)] = None,
     prm: Annotated[bool, typer.Option("--prm", help="With --rm: the folder is a process reward model and --data is stepwise.")] = False,
+    rm_max_length: RMMaxLengthOpt = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Write the results as JSON here.", show_default=False)] = None,
     n: NOpt = 1,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature; default 0 (greedy) when --n is 1, else 1.", show_default=False)] = None,
@@ -61,7 +62,9 @@ def evaluate(
     if rm is not None:
         from rlhfctl.eval.rm_eval import RMEvalConfig, run as run_rm
 
-        print_summary(run_rm(RMEvalConfig(rm, (data,), out, batch_size, trust_remote_code=trust_remote_code, prm=prm)), as_json, "eval --rm")
+        rm_config = RMEvalConfig(rm=rm, data=(data,), out=out, batch_size=batch_size, max_length=rm_max_length,
+                                 trust_remote_code=trust_remote_code, prm=prm)
+        print_summary(run_rm(rm_config), as_json, "eval --rm")
         return
     from rlhfctl.eval.benchmark import BenchmarkConfig, run
     from rlhfctl.generation.base import EngineOptions, SamplingParams

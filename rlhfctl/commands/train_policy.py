@@ -6,7 +6,7 @@ import typer
 
 from rlhfctl.commands._options import (
     BackendOpt, Bf16Opt, ConfigOpt, GpuMemoryOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt,
-    LoraTargetsOpt, MaxNewTokensOpt, ModelOpt, NoPackingOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TemperatureOpt, TopPOpt, print_summary,
+    LoraTargetsOpt, MaxNewTokensOpt, ModelOpt, NoPackingOpt, ResumeOpt, RMMaxLengthOpt, SaveDtypeOpt, SaveEveryOpt, SeedOpt, TemperatureOpt, TopPOpt, print_summary,
 )
 
 _F = typer.Option
@@ -19,6 +19,7 @@ def train_policy(
     algo: Annotated[str, _F("--algo", help="ppo (with a critic, GAE) or grpo (critic-free, group-normalised).")] = "grpo",
     rm: Annotated[Optional[str], _F("--rm", help="Outcome reward model folder (train-rm); its score is standardised with the μ/σ in its manifest.", show_default=False)] = None,
     rm_weight: Annotated[float, _F("--rm-weight", help="Weight of the RM score in the reward.")] = 1.0,
+    rm_max_length: RMMaxLengthOpt = None,
     verifier: Annotated[Optional[str], _F("--verifier", help="Rule reward: 1 if the grader (math, mcq, code, or auto: each prompt's task) accepts the answer, else 0.", show_default=False)] = None,
     verifier_weight: Annotated[float, _F("--verifier-weight", help="Weight of the verifier in the reward.")] = 1.0,
     n: Annotated[int, _F("--n", "-n", help="Responses sampled per prompt.")] = 8,
@@ -58,6 +59,7 @@ def train_policy(
     no_packing: NoPackingOpt = False,
     bf16: Bf16Opt = False,
     gradient_checkpointing: GradCheckpointOpt = False,
+    save_dtype: SaveDtypeOpt = "auto",
     lora_r: LoraROpt = 0,
     lora_alpha: LoraAlphaOpt = None,
     lora_dropout: LoraDropoutOpt = 0.0,
@@ -106,13 +108,19 @@ def train_policy(
         except ValueError:
             raise ConfigError(f"--reward-clip-range takes LO,HI (two numbers), got {reward_clip_range!r}") from None
         clip_range = (lo, hi)
-    shaping = Shaping(reward_norm, reward_std_floor, 1e-6, reward_clip or None, neg_reward_scale, clip_range)
+    shaping = Shaping(norm=reward_norm, std_floor=reward_std_floor, clip=reward_clip or None, neg_scale=neg_reward_scale,
+                      clip_range=clip_range)
     results = run(PolicyConfig(
-        prompts, model, out, algo, rm, rm_weight, verifier, verifier_weight, n, prompts_per_step, ppo_epochs, mini_batch_size,
-        lr, critic_lr, kl_coef, kl_estimator, kl_in, shaping, gamma, lam, clip_eps, value_clip, critic_init,
-        critic_warmup_steps, loss_agg, max_new_tokens, temperature, top_p, max_steps, save_every, eval_data, eval_every,
-        eval_max_prompts, 1.0, seed, resume,
-        backend=backend, gpu_memory_utilization=gpu_memory_utilization, vllm_sync_timeout=vllm_sync_timeout, packing=not no_packing,
-        scale=ScaleOptions(bf16, gradient_checkpointing, lora_r, lora_alpha, lora_dropout, lora_target_modules),
+        prompts=prompts, model=model, out=out, algo=algo, rm=rm, rm_weight=rm_weight, rm_max_length=rm_max_length,
+        verifier=verifier, verifier_weight=verifier_weight, n=n, prompts_per_step=prompts_per_step, ppo_epochs=ppo_epochs,
+        mini_batch_size=mini_batch_size, lr=lr, critic_lr=critic_lr, kl_coef=kl_coef, kl_estimator=kl_estimator,
+        kl_in=kl_in, shaping=shaping, gamma=gamma, lam=lam, clip_eps=clip_eps, value_clip=value_clip,
+        critic_init=critic_init, critic_warmup_steps=critic_warmup_steps, loss_agg=loss_agg,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, max_steps=max_steps, save_every=save_every,
+        eval_data=eval_data, eval_every=eval_every, eval_max_prompts=eval_max_prompts, seed=seed, resume=resume,
+        backend=backend, gpu_memory_utilization=gpu_memory_utilization, vllm_sync_timeout=vllm_sync_timeout,
+        packing=not no_packing,
+        scale=ScaleOptions(bf16=bf16, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, lora_alpha=lora_alpha,
+                           lora_dropout=lora_dropout, lora_target_modules=lora_target_modules, save_dtype=save_dtype),
     ))
     print_summary({**results, "out": out}, as_json, "train-policy")

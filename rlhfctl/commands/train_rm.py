@@ -6,7 +6,7 @@ import typer
 
 from rlhfctl.commands._options import (
     Bf16Opt, CompileOpt, ConfigOpt, EpochsOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt, LoraTargetsOpt,
-    LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, NoPackingOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TrustOpt, WarmupOpt, WeightDecayOpt,
+    LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, NoPackingOpt, ResumeOpt, SaveDtypeOpt, SaveEveryOpt, SeedOpt, TrustOpt, WarmupOpt, WeightDecayOpt,
     print_summary,
 )
 
@@ -33,6 +33,7 @@ def train_rm(
     no_packing: NoPackingOpt = False,
     bf16: Bf16Opt = False,
     gradient_checkpointing: GradCheckpointOpt = False,
+    save_dtype: SaveDtypeOpt = "auto",
     lora_r: LoraROpt = 0,
     lora_alpha: LoraAlphaOpt = None,
     lora_dropout: LoraDropoutOpt = 0.0,
@@ -45,14 +46,16 @@ def train_rm(
 
     Pairs use the Bradley-Terry loss -log σ(r+ - r- - margin); binary items
     the logistic loss -log σ(±r); a batch holding both averages the two. The
-    score is a scalar head read at the last real token. The folder is an
-    AutoModelForSequenceClassification (num_labels=1); its rlhfctl.json holds
+    folder is an AutoModelForSequenceClassification (num_labels=1) that scores
+    a response in plain transformers as it does here: chat records as
+    apply_chat_template(prompt + response), string records as
+    prompt + response + eos (docs/design.md). Its rlhfctl.json holds
     held-out accuracy and the reward's mean and std (`reward_mean`,
     `reward_std`) for standardising scores. The backbone comes from a policy
     folder (e.g. the SFT model) or a toy: spec.
 
     With --prm: a process reward model (AutoModelForTokenClassification,
-    num_labels=1) scored at the last token of each step, trained with per-step
+    num_labels=1) scored at the separator after each step, trained with per-step
     binary cross-entropy on hard or soft labels; its manifest holds held-out
     `step_accuracy` and `first_error_accuracy`.
 
@@ -76,8 +79,10 @@ def train_rm(
 
     schedule = Schedule(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
                         weight_decay=weight_decay, seed=seed, save_every=save_every, compile=compile_model)
-    config_ = RMConfig(tuple(data), model, out, schedule, tuple(eval_data or ()), eval_fraction, max_length, resume,
-                       trust_remote_code, prm, step_sep,
-                       ScaleOptions(bf16, gradient_checkpointing, lora_r, lora_alpha, lora_dropout, lora_target_modules), not no_packing)
+    scale = ScaleOptions(bf16=bf16, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, lora_alpha=lora_alpha,
+                         lora_dropout=lora_dropout, lora_target_modules=lora_target_modules, save_dtype=save_dtype)
+    config_ = RMConfig(data=tuple(data), model=model, out=out, schedule=schedule, eval_data=tuple(eval_data or ()),
+                       eval_fraction=eval_fraction, max_length=max_length, resume=resume, trust_remote_code=trust_remote_code,
+                       prm=prm, step_sep=step_sep, scale=scale, packing=not no_packing)
     results = (prm_training if prm else rm_training).run(config_)
     print_summary({**results, "out": out}, as_json, "train-rm")

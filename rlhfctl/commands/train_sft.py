@@ -6,7 +6,7 @@ import typer
 
 from rlhfctl.commands._options import (
     Bf16Opt, CompileOpt, ConfigOpt, EpochsOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt, LoraTargetsOpt,
-    LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, ResumeOpt, SaveEveryOpt, SeedOpt, TrustOpt, WarmupOpt, WeightDecayOpt,
+    LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, ResumeOpt, SaveDtypeOpt, SaveEveryOpt, SeedOpt, TrustOpt, WarmupOpt, WeightDecayOpt,
     print_summary,
 )
 
@@ -31,6 +31,7 @@ def train_sft(
                              "such as a system prompt, run once and the rest of each record continues from them).")] = False,
     bf16: Bf16Opt = False,
     gradient_checkpointing: GradCheckpointOpt = False,
+    save_dtype: SaveDtypeOpt = "auto",
     lora_r: LoraROpt = 0,
     lora_alpha: LoraAlphaOpt = None,
     lora_dropout: LoraDropoutOpt = 0.0,
@@ -61,6 +62,8 @@ def train_sft(
 
     schedule = Schedule(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
                         weight_decay=weight_decay, seed=seed, save_every=save_every, compile=compile_model)
-    scale = ScaleOptions(bf16, gradient_checkpointing, lora_r, lora_alpha, lora_dropout, lora_target_modules)
-    results = run(SFTConfig(data, model, out, schedule, max_length, resume, not no_packing, trust_remote_code, scale))
+    scale = ScaleOptions(bf16=bf16, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, lora_alpha=lora_alpha,
+                         lora_dropout=lora_dropout, lora_target_modules=lora_target_modules, save_dtype=save_dtype)
+    results = run(SFTConfig(data=data, model=model, out=out, schedule=schedule, max_length=max_length, resume=resume,
+                            packing=not no_packing, trust_remote_code=trust_remote_code, scale=scale))
     print_summary({**results, "out": out}, as_json, "train-sft")

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class BoNConfig:
     params: SamplingParams = SamplingParams(n=16)
     backend: str = "auto"
     engine: EngineOptions = EngineOptions()
+    rm_max_length: int | None = None  # tokens a reward model reads; None: its trained --max-length
 
     def check(self) -> None:
         for v in self.votes:
@@ -75,12 +77,14 @@ def run(config: BoNConfig) -> dict[str, Any]:
     if config.oracle:
         curves["oracle"] = [_mean(oracle_accuracy(r["correct"], k) for r in rollouts) for k in ns]
     ranked: dict[str, list[list[float]]] = {}
+    counts: Counter = Counter()
     if config.rm:
-        ranked["rm"] = scores.get(model_key("rm", config.rm), rollouts, lambda todo: _score_rm(todo, config.rm))
+        ranked["rm"] = scores.get(model_key("rm", config.rm), rollouts,
+                                  lambda todo: _score_rm(todo, config.rm, config.rm_max_length, counts))
     if config.prm and config.aggs:  # the step scores are cached once; each --agg is computed from them
         from rlhfctl.rm.metrics import aggregate_steps
 
-        steps = scores.get(model_key("prm-steps", config.prm), rollouts, lambda todo: _score_prm_steps(todo, config.prm))
+        steps = scores.get(model_key("prm-steps", config.prm), rollouts, lambda todo: _score_prm_steps(todo, config.prm, config.rm_max_length, counts))
         for agg in config.aggs:
             ranked[f"prm-{agg}"] = [[aggregate_steps(s, agg) for s in per_prompt] for per_prompt in steps]
     if config.logprob:
@@ -93,6 +97,8 @@ def run(config: BoNConfig) -> dict[str, Any]:
         curves[vote] = [_mean(maj_at_k(kk, r["correct"], k, weights=w) for kk, r, w in zip(keys, rollouts, weights)) for k in ns]
     scores.save()
     result = {"n": ns, "curves": curves, "num_prompts": len(rollouts), "source": config.source}
+    if counts:
+        result["overlong"] = dict(counts)  # responses scored on their first tokens only (this run's scoring)
     write_json(config.out, result)
     if config.picks:
         write_jsonl(config.picks, _picks(rollouts, ranked))
@@ -183,16 +189,16 @@ class ScoreCache:
         write_json(self.path, self.data)
 
 
-def _score_rm(rollouts: list[Record], rm: str) -> list[list[float]]:
+def _score_rm(rollouts: list[Record], rm: str, max_length: int | None, counts: Counter) -> list[list[float]]:
     from rlhfctl.rm.scorers import score_rollouts
 
-    return score_rollouts(rollouts, rm)
+    return score_rollouts(rollouts, rm, max_length=max_length, counts=counts)
 
 
-def _score_prm_steps(rollouts: list[Record], prm: str) -> list[list[list[float]]]:
+def _score_prm_steps(rollouts: list[Record], prm: str, max_length: int | None, counts: Counter) -> list[list[list[float]]]:
     from rlhfctl.rm.scorers import prm_step_scores
 
-    return prm_step_scores(rollouts, prm)
+    return prm_step_scores(rollouts, prm, max_length=max_length, counts=counts)
 
 
 def _score_logprob(rollouts: list[Record], model: str) -> list[list[float]]:

@@ -15,7 +15,7 @@ class RMEvalConfig:
     data: tuple[str, ...]
     out: str | None = None
     batch_size: int = 64
-    max_length: int = 512
+    max_length: int | None = None  # None: the length the RM was trained with (its manifest)
     trust_remote_code: bool = False
     prm: bool = False
 
@@ -26,14 +26,17 @@ def run(config: RMEvalConfig) -> dict[str, Any]:
     if config.prm:
         return _run_prm(config)
     from rlhfctl.rm.data import encode_items, read_preferences
-    from rlhfctl.rm.model import ORM, TokenValues, load_reward_model
-    from rlhfctl.training.rm import evaluate_items
+    from rlhfctl.rm.evaluate import evaluate_items
+    from rlhfctl.rm.model import ORM, TokenValues, load_reward_model, trained_max_length
+    from rlhfctl.rm.scorers import report_overlong
 
     model, tokenizer, manifest = load_reward_model(config.rm, ORM, config.trust_remote_code, inference_device())
     data = read_preferences(config.data)
-    items = encode_items(data, tokenizer, config.max_length)
+    limit = config.max_length or trained_max_length(manifest)
+    items, overlong = encode_items(data, tokenizer, limit)
+    report_overlong(overlong, sum(len(it.seqs) for it in items), limit, config.rm, None)
     summary = evaluate_items(TokenValues(model), items, tokenizer.pad_token_id, config.batch_size)
-    summary.update({"rm": config.rm, "dropped": data.dropped})
+    summary.update({"rm": config.rm, "dropped": data.dropped, "max_length": limit, "overlong": overlong})
     if config.out:
         write_json(config.out, summary)
     return summary
@@ -41,12 +44,12 @@ def run(config: RMEvalConfig) -> dict[str, Any]:
 
 def _run_prm(config: RMEvalConfig) -> dict[str, Any]:
     from rlhfctl.rm.data import encode_step_items, read_steps
-    from rlhfctl.rm.model import PRM, TokenValues, load_reward_model
-    from rlhfctl.training.prm import evaluate_steps
+    from rlhfctl.rm.evaluate import evaluate_steps
+    from rlhfctl.rm.model import PRM, TokenValues, load_reward_model, trained_max_length
 
     model, tokenizer, manifest = load_reward_model(config.rm, PRM, config.trust_remote_code, inference_device())
     sep = manifest.get("results", {}).get("step_sep", "\n")
-    items = encode_step_items(read_steps(config.data), tokenizer, config.max_length, sep)
+    items = encode_step_items(read_steps(config.data), tokenizer, config.max_length or trained_max_length(manifest), sep)
     summary = {**evaluate_steps(TokenValues(model), items, tokenizer.pad_token_id), "prm": config.rm}
     if config.out:
         write_json(config.out, summary)

@@ -138,8 +138,8 @@ def make_generator(backend: str, model_spec: str, seed: int = 0, trust_remote_co
 
         return build_vllm_generator(model_spec, seed, trust_remote_code, engine)
     from rlhfctl.generation.hf import HFGenerator
-    from rlhfctl.models import inference_device, load_causal_lm, load_tokenizer
+    from rlhfctl.models import eos_token_ids, inference_device, load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(model_spec, trust_remote_code)
     model = load_causal_lm(model_spec, seed=seed, trust_remote_code=trust_remote_code).to(inference_device())
-    return HFGenerator(model, tokenizer)
+    return HFGenerator(model, tokenizer, eos_token_ids(tokenizer, model_spec))

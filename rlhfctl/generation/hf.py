@@ -17,10 +17,12 @@ from rlhfctl.generation.base import Sample, SamplingParams, decoded_sample, deri
 class HFGenerator:
     name = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any):
+    def __init__(self, model: Any, tokenizer: Any, eos_ids: frozenset[int] | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
+        # a row stops at any of these (`models.eos_token_ids`: the tokenizer's and generation_config's)
+        self.eos_ids = eos_ids or frozenset({tokenizer.eos_token_id})
 
     def generate(self, prompts: list[str], params: SamplingParams, keys: list[str] | None = None) -> list[list[Sample]]:
         keys = keys if keys is not None else [str(i) for i in range(len(prompts))]
@@ -41,7 +43,7 @@ class HFGenerator:
         import torch
 
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        tokens = _decode_loop(self.model, rows, params, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, generator, self.device)
+        tokens = _decode_loop(self.model, rows, params, self.tokenizer.pad_token_id, self.eos_ids, generator, self.device)
         return [decoded_sample(self.tokenizer, t, reason) for t, reason in tokens]
 
     # train-policy's hooks (`base.PolicyEngine`): the generator *is* the policy module, so
@@ -56,7 +58,7 @@ class HFGenerator:
         pass
 
 
-def _decode_loop(model, rows, params: SamplingParams, pad_id: int, eos_id: int, generator, device) -> list[tuple[list[int], str]]:
+def _decode_loop(model, rows, params: SamplingParams, pad_id: int, eos_ids: frozenset[int], generator, device) -> list[tuple[list[int], str]]:
     import torch
 
     width = max(len(r) for r in rows)
@@ -80,7 +82,7 @@ def _decode_loop(model, rows, params: SamplingParams, pad_id: int, eos_id: int, 
             for j, tok in enumerate(next_tok.tolist()):
                 row = int(alive[j])
                 generated[row].append(tok)
-                if tok == eos_id:
+                if tok in eos_ids:
                     finished[row] = True
                     done_now.append(j)
             if len(done_now) == len(alive):

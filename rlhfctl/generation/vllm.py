@@ -79,10 +79,12 @@ class VLLMGenerator:
     name = "vllm"
 
     def __init__(self, vllm: Any, llm: Any, tokenizer: Any, *, with_logprobs: bool = False, can_sleep: bool = False,
-                 control_timeout: float = 600.0, workdir: Any = None):
+                 control_timeout: float = 600.0, workdir: Any = None, eos_ids: frozenset[int] | None = None):
         self.vllm = vllm
         self.llm = llm
         self.tokenizer = tokenizer
+        eos = tokenizer.eos_token_id
+        self.eos_ids = eos_ids or (frozenset() if eos is None else frozenset({eos}))  # `models.eos_token_ids`
         self.with_logprobs = with_logprobs  # report log p of every sampled token (train-policy's check)
         self.can_sleep = can_sleep  # built with enable_sleep_mode
         self.control_timeout = control_timeout  # seconds allowed for a weight update, a sleep or a wake-up
@@ -107,14 +109,13 @@ class VLLMGenerator:
         n greedy rows are identical anyway.
         """
         greedy = params.temperature == 0
-        eos = self.tokenizer.eos_token_id
         return self.vllm.SamplingParams(
             n=1 if greedy else params.n,
             temperature=params.temperature,
             top_p=1.0 if greedy else params.top_p,
             max_tokens=params.max_new_tokens,
             seed=derive_seed(params.seed, key) % SEED_MODULUS,
-            stop_token_ids=None if eos is None else [eos],  # no eos: every response runs to max_tokens, as with hf
+            stop_token_ids=sorted(self.eos_ids) or None,  # no eos: every response runs to max_tokens, as with hf
             detokenize=False,  # decoded by rlhfctl's tokenizer, as the HF backend does
             logprobs=0 if self.with_logprobs else None,  # 0: only the sampled token's log-probability
         )
@@ -220,10 +221,10 @@ def engine_folder(model_spec: str, seed: int) -> tuple[str, Any]:
     to a temporary folder: the same seeded model the HF backend would build,
     so both backends sample from the same weights.
     """
-    from rlhfctl.models import is_toy_spec, load_causal_lm, load_tokenizer, save_model
+    from rlhfctl.models import is_toy_spec, load_causal_lm, load_tokenizer, model_path, save_model
 
     if not is_toy_spec(model_spec):
-        return model_spec, None
+        return model_path(model_spec), None
     workdir = tempfile.TemporaryDirectory(prefix="rlhfctl-vllm-")
     save_model(load_causal_lm(model_spec, seed=seed), load_tokenizer(model_spec), workdir.name)
     return workdir.name, workdir
@@ -243,12 +244,12 @@ def saved_dtype(folder: str) -> str:
 def build_vllm_generator(model_spec: str, seed: int, trust_remote_code: bool, engine: EngineOptions) -> VLLMGenerator:
     """The engine of `rollout`, `eval`, `label-prm` and `best-of-n`."""
     vllm = import_vllm()
-    from rlhfctl.models import load_tokenizer
+    from rlhfctl.models import eos_token_ids, load_tokenizer
 
     tokenizer = load_tokenizer(model_spec, trust_remote_code)
     folder, workdir = engine_folder(model_spec, seed)
     llm = vllm.LLM(**engine_kwargs(folder, engine, seed, saved_dtype(folder), trust_remote_code))
-    return VLLMGenerator(vllm, llm, tokenizer, workdir=workdir)
+    return VLLMGenerator(vllm, llm, tokenizer, workdir=workdir, eos_ids=eos_token_ids(tokenizer, model_spec))
 
 
 def build_policy_engine(model_spec: str, policy: Any, tokenizer: Any, seed: int, gpu_memory_utilization: float,
@@ -275,5 +276,7 @@ def build_policy_engine(model_spec: str, policy: Any, tokenizer: Any, seed: int,
     if "logprobs_mode" in known:
         kwargs["logprobs_mode"] = "processed_logprobs"
     llm = vllm.LLM(**kwargs)
+    from rlhfctl.models import eos_token_ids
+
     return VLLMGenerator(vllm, llm, tokenizer, with_logprobs=True, can_sleep=can_sleep, control_timeout=control_timeout,
-                         workdir=workdir)
+                         workdir=workdir, eos_ids=eos_token_ids(tokenizer, model_spec))

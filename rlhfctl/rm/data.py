@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhfctl.data import encode_examples
+from rlhfctl.data import encode_conversations, encode_prompt, render_prompt
 from rlhfctl.errors import DataError
 from rlhfctl.records import BINARY, PAIRS, Record, iter_json_lines, prompt_id
 
@@ -93,14 +93,16 @@ class Item:
         return max(len(s) for s in self.seqs)
 
 
-def encode_items(data: PrefData, tokenizer: Any, max_length: int) -> list[Item]:
-    """Pairs first, then binary items; each sequence is prompt + response + eos."""
+def encode_items(data: PrefData, tokenizer: Any, max_length: int) -> tuple[list[Item], int]:
+    """(items, overlong): pairs first, then binary items, each response as `data.encode_conversations`
+    renders it for a reward model; ``overlong`` counts sequences cut to ``max_length``."""
     texts = [(r["prompt"], r[k]) for r in data.pairs for k in ("chosen", "rejected")]
     texts += [(r["prompt"], r["completion"]) for r in data.binary]
-    ids = iter(e.input_ids for e in encode_examples(tokenizer, texts, max_length))
+    encoded = encode_conversations(tokenizer, texts, max_length, tokenizer.pad_token_id)
+    ids = iter(encoded.seqs)
     items = [Item(PAIR, (next(ids), next(ids)), float(r.get("margin") or 0.0)) for r in data.pairs]
     items += [Item(BINARY_ITEM, (next(ids),), label=bool(r["label"])) for r in data.binary]
-    return items
+    return items, encoded.overlong
 
 
 # --- stepwise data (process reward model) ----------------------------------------
@@ -137,22 +139,22 @@ def read_steps(paths: list[str] | tuple[str, ...]) -> list[Record]:
 
 
 def encode_steps(tokenizer: Any, prompt: Any, steps: list[str], max_length: int, sep: str = "\n") -> tuple[list[int], list[int]]:
-    """(ids, step-end positions) of prompt + step_1 + sep + … + step_S.
+    """(ids, score positions) of prompt + step_1 + sep + step_2 + sep + … + step_S + sep.
 
-    The step texts are tokenised one by one, so the last token of each step
-    is known exactly; steps that do not fit in ``max_length`` are dropped.
+    Each step is followed by the separator and its score is read at the
+    separator's last token, as TRL's PRMTrainer lays out stepwise data (and
+    Math-Shepherd reads a tag after each step): the value there has seen the
+    whole step. Steps are tokenised one by one, so positions are exact;
+    steps that do not fit in ``max_length`` are dropped.
     """
-    from rlhfctl.data import encode_prompt, render_prompt
-
     ids = encode_prompt(tokenizer, render_prompt(prompt, tokenizer))
     sep_ids = tokenizer(sep, add_special_tokens=False)["input_ids"]
     positions: list[int] = []
-    for i, step in enumerate(steps):
-        step_ids = tokenizer(step, add_special_tokens=False)["input_ids"] or sep_ids
-        head = sep_ids if i else []  # the separator goes in only with the step after it, so ids never pass max_length
-        if len(ids) + len(head) + len(step_ids) > max_length:
+    for step in steps:
+        step_ids = tokenizer(step, add_special_tokens=False)["input_ids"] + sep_ids
+        if not step_ids or len(ids) + len(step_ids) > max_length:
             break
-        ids = ids + head + step_ids
+        ids = ids + step_ids
         positions.append(len(ids) - 1)
     return ids, positions
 

@@ -1,11 +1,13 @@
 """Reward models as per-token scalar functions, and scoring with them.
 
 An ORM folder is an `AutoModelForSequenceClassification` (``num_labels=1``),
-a PRM folder an `AutoModelForTokenClassification` (``num_labels=1``); both
-are a backbone plus a linear ``score`` head. `TokenValues` runs the backbone
-and the head on every position, so rlhfctl reads the score where it chooses:
-at the last real token for an ORM (by attention mask, so pad == eos is
-safe), at the last token of each step for a PRM.
+a PRM folder an `AutoModelForTokenClassification` (``num_labels=1``), on any
+backbone transformers has them for. `TokenValues` gives a value at every
+token, so one reader serves both: an ORM's score is the value at the last
+token of `data.encode_conversations`' ids (where transformers' sequence
+classifiers read it), a PRM's at the separator after each step
+(`rm.data.encode_steps`). docs/design.md ("Reward model text") says which
+text and token, so a folder scores the same in plain transformers.
 """
 
 from __future__ import annotations
@@ -19,16 +21,38 @@ from rlhfctl.errors import ModelError
 from rlhfctl.models import TOY_PREFIX, check_model_spec, is_toy_spec, load_tokenizer, quiet_transformers
 
 ORM, PRM = "orm", "prm"
+HEAD_NAMES = ("score", "classifier")  # decoders' classification heads are `score`; encoders' (and GPT-2's token one) `classifier`
+
+
+def head_names(model: Any) -> tuple[str, ...]:
+    """The classification head modules of ``model``, which train in full next to LoRA adapters."""
+    found = tuple(name for name in HEAD_NAMES if hasattr(model, name))
+    if not found:
+        raise ModelError(f"{type(model).__name__} has no classification head (none of {', '.join(HEAD_NAMES)}): "
+                         "not supported as a reward model")
+    return found
 
 
 class TokenValues(torch.nn.Module):
-    """(B, T) ids -> (B, T) scalar values: the classification head at every token."""
+    """(B, T) ids -> (B, T) scalar values.
+
+    Three shapes of model, one output: a decoder's classifier runs its
+    ``score`` head on every position (so packed rows and any read position
+    work); another token classifier returns its per-token logits; any other sequence
+    classifier (an encoder's pooled ``classifier``) has one score per row,
+    repeated over the row's positions so that readers need not know. A pooled
+    model cannot read packed rows, and needs the attention mask.
+    """
 
     def __init__(self, model: Any):
         super().__init__()
         self.model = model
-        if not hasattr(model, "score"):
-            raise ModelError(f"{type(model).__name__} has no 'score' head: not supported as a reward model")
+        name = type(model).__name__
+        head_names(model)
+        # decoders' heads: `score` on every position (their token classifiers' dropout is skipped, so a
+        # critic's values are deterministic in training)
+        self.per_token_head = hasattr(model, "score") and name.endswith(("ForSequenceClassification", "ForTokenClassification"))
+        self.pooled = not self.per_token_head and not name.endswith("ForTokenClassification")
 
     @property
     def _no_split_modules(self):
@@ -36,15 +60,23 @@ class TokenValues(torch.nn.Module):
         return getattr(self.model, "_no_split_modules", None)
 
     def forward(self, input_ids, attention_mask, position_ids=None):
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state  # (B, T, H)
-        return self.model.score(hidden).squeeze(-1)  # (B, T, 1) -> (B, T)
+        if self.per_token_head:
+            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state  # (B, T, H)
+            return self.model.score(hidden).squeeze(-1)  # (B, T, 1) -> (B, T)
+        extra = {} if position_ids is None else {"position_ids": position_ids}
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+        if self.pooled:
+            return logits[:, :1].expand(input_ids.shape)  # (B, 1) -> (B, T)
+        return logits.squeeze(-1)  # (B, T, 1) -> (B, T)
 
 
 def build_reward_model(spec: str, kind: str, seed: int = 0, trust_remote_code: bool = False):
     """A fresh reward model on the backbone of ``spec`` (a policy folder or toy:SIZE).
 
     The language-model head is dropped and a zero-initialised score head is
-    added, so every response starts at reward 0.
+    added, so every response starts at reward 0. The config's pad id is set
+    to the tokenizer's: transformers reads an ORM's score at the last token
+    that is not the config's pad id.
     """
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
@@ -62,11 +94,20 @@ def build_reward_model(spec: str, kind: str, seed: int = 0, trust_remote_code: b
             model = auto.from_config(config)
         else:
             tokenizer = load_tokenizer(spec, trust_remote_code)
-            model = auto.from_pretrained(spec, num_labels=1, trust_remote_code=trust_remote_code)
-            if model.config.pad_token_id is None:
-                model.config.pad_token_id = tokenizer.pad_token_id
-    torch.nn.init.zeros_(model.score.weight)
+            model = auto.from_pretrained(check_model_spec(spec), num_labels=1, dtype=torch.float32, trust_remote_code=trust_remote_code)
+            model.config.pad_token_id = tokenizer.pad_token_id
+    _zero_last_linear(getattr(model, head_names(model)[0]))
     return model
+
+
+def _zero_last_linear(head: torch.nn.Module) -> None:
+    """Zero the output layer of a head (a Linear, or a head whose last Linear gives the score)."""
+    linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise ModelError(f"reward head {type(head).__name__} has no linear layer")
+    torch.nn.init.zeros_(linears[-1].weight)
+    if linears[-1].bias is not None:
+        torch.nn.init.zeros_(linears[-1].bias)
 
 
 def check_reward_folder(folder: str, kind: str) -> dict[str, Any]:
@@ -96,9 +137,14 @@ def load_reward_model(folder: str, kind: str, trust_remote_code: bool = False, d
     manifest = check_reward_folder(folder, kind)
     quiet_transformers()
     auto = AutoModelForSequenceClassification if kind == ORM else AutoModelForTokenClassification
-    model = auto.from_pretrained(folder, trust_remote_code=trust_remote_code).eval().to(device)
+    model = auto.from_pretrained(check_model_spec(folder), dtype=torch.float32, trust_remote_code=trust_remote_code).eval().to(device)
     tokenizer = load_tokenizer(folder, trust_remote_code)
     return model, tokenizer, manifest
+
+
+def trained_max_length(manifest: dict[str, Any], default: int = 512) -> int:
+    """The ``--max-length`` a reward model was trained with, from its manifest."""
+    return int(manifest.get("options", {}).get("max_length") or default)
 
 
 def right_pad(seqs: list[list[int]], pad_id: int):
@@ -127,3 +173,19 @@ def score_sequences(values: TokenValues, seqs: list[list[int]], pad_id: int, bat
         for i, s in zip(chunk, gather_last(values(ids, mask), mask).float().tolist()):
             scores[i] = s
     return scores
+
+
+@torch.inference_mode()
+def step_scores(values: TokenValues, seqs: list[list[int]], positions: list[list[int]], pad_id: int,
+                batch_size: int = 64) -> list[list[float]]:
+    """Raw step scores (logits) of each sequence at its step positions (`rm.data.encode_steps`)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out: list[list[float]] = [[] for _ in seqs]
+    device = next(values.parameters()).device
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        ids, mask = right_pad([seqs[i] for i in chunk], pad_id)
+        v = values(ids.to(device), mask.to(device)).float()
+        for row, i in enumerate(chunk):
+            out[i] = v[row, positions[i]].tolist()
+    return out

@@ -6,10 +6,14 @@ best-of-n keeps the scores in a side file so re-plotting never re-scores.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
+from rlhfctl.console import log
 from rlhfctl.data import encode_examples
 from rlhfctl.records import Record
+
+OVERLONG = "responses longer than the reward model's max length"  # the key of every summary's count
 
 
 def _sequences(rollouts: list[Record], tokenizer: Any, max_length: int) -> tuple[list[list[int]], list[int]]:
@@ -26,15 +30,32 @@ def _regroup(flat: list[float], rollouts: list[Record]) -> list[list[float]]:
     return out
 
 
-def score_rollouts(rollouts: list[Record], rm_dir: str, batch_size: int = 64, max_length: int = 512) -> list[list[float]]:
-    """ORM score of every response (raw; standardising does not change a ranking)."""
-    from rlhfctl.rm.model import ORM, TokenValues, load_reward_model, score_sequences
+def report_overlong(count: int, total: int, max_length: int, folder: str, counts: Counter | None) -> None:
+    """Say (one line) how many sequences were cut to the reward model's max length, and count them."""
+    if counts is not None:
+        counts[OVERLONG] += count
+    if count:
+        log(f"{count} of {total} responses are longer than {folder}'s max length ({max_length} tokens): "
+            "scored on their first tokens only (raise --rm-max-length)")
 
+
+def score_rollouts(rollouts: list[Record], rm_dir: str, batch_size: int = 64, max_length: int | None = None,
+                   counts: Counter | None = None) -> list[list[float]]:
+    """ORM score of every response (raw; standardising does not change a ranking).
+
+    ``max_length`` defaults to the length the RM was trained with; longer
+    sequences are reported and counted in ``counts`` (`OVERLONG`).
+    """
+    from rlhfctl.data import encode_conversations
     from rlhfctl.models import inference_device
+    from rlhfctl.rm.model import ORM, TokenValues, load_reward_model, score_sequences, trained_max_length
 
-    model, tokenizer, _ = load_reward_model(rm_dir, ORM, device=inference_device())
-    seqs, _ = _sequences(rollouts, tokenizer, max_length)
-    return _regroup(score_sequences(TokenValues(model), seqs, tokenizer.pad_token_id, batch_size), rollouts)
+    model, tokenizer, manifest = load_reward_model(rm_dir, ORM, device=inference_device())
+    limit = max_length or trained_max_length(manifest)
+    pairs = [(r["prompt"], response) for r in rollouts for response in r["responses"]]
+    encoded = encode_conversations(tokenizer, pairs, limit, model.config.pad_token_id)
+    report_overlong(encoded.overlong, len(pairs), limit, rm_dir, counts)
+    return _regroup(score_sequences(TokenValues(model), encoded.seqs, tokenizer.pad_token_id, batch_size), rollouts)
 
 
 def logprob_rollouts(rollouts: list[Record], model_spec: str, batch_size: int = 64, max_length: int = 512) -> list[list[float]]:
@@ -63,27 +84,32 @@ def logprob_rollouts(rollouts: list[Record], model_spec: str, batch_size: int = 
     return _regroup(flat, rollouts)
 
 
-def prm_step_scores(rollouts: list[Record], prm_dir: str, batch_size: int = 64, max_length: int = 512) -> list[list[list[float]]]:
+def prm_step_scores(rollouts: list[Record], prm_dir: str, batch_size: int = 64, max_length: int | None = None,
+                    counts: Counter | None = None) -> list[list[list[float]]]:
     """PRM step logits of every response, per prompt: ``[prompt][response][step]``.
 
     Responses are split into steps with the separator the PRM was trained
     with (from its manifest). `rlhfctl.rm.metrics.aggregate_steps` turns a
     response's step logits into one score (min, last, prod or mean of σ).
+    Steps past ``max_length`` (default: the PRM's trained length) are not
+    scored; such responses are reported and counted.
     """
-    from rlhfctl.rm.data import encode_steps
-    from rlhfctl.rm.model import PRM, TokenValues, load_reward_model
-    from rlhfctl.rm.prm_label import split_steps
-    from rlhfctl.training.prm import step_scores
-
     from rlhfctl.models import inference_device
+    from rlhfctl.rm.data import encode_steps
+    from rlhfctl.rm.model import PRM, TokenValues, load_reward_model, step_scores, trained_max_length
+    from rlhfctl.rm.prm_label import split_steps
 
     model, tokenizer, manifest = load_reward_model(prm_dir, PRM, device=inference_device())
     sep = manifest.get("results", {}).get("step_sep", "\n")
-    seqs, positions = [], []
+    limit = max_length or trained_max_length(manifest)
+    seqs, positions, cut = [], [], 0
     for r in rollouts:
         for response in r["responses"]:
-            ids, pos = encode_steps(tokenizer, r["prompt"], split_steps(response, sep), max_length, sep)
+            steps = split_steps(response, sep)
+            ids, pos = encode_steps(tokenizer, r["prompt"], steps, limit, sep)
+            cut += len(pos) < len(steps)
             seqs.append(ids)
             positions.append(pos)
+    report_overlong(cut, len(seqs), limit, prm_dir, counts)
     raw = step_scores(TokenValues(model), seqs, positions, tokenizer.pad_token_id, batch_size)
     return _regroup([list(map(float, s)) for s in raw], rollouts)

@@ -11,9 +11,12 @@ SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 CHARS = tuple(chr(c) for c in range(32, 127)) + ("\n", "\t")
 VOCAB_SIZE = len(SPECIALS) + len(CHARS)
 
-# Messages joined by newlines: a chat prompt renders like a plain toy prompt.
+# A bos, then each message's text: a user turn ends with a newline (a chat prompt
+# renders like a plain toy prompt), an assistant turn with eos, so a model
+# trained on chat completions learns to stop.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['content'] }}\n{% endfor %}"
+    "{{ bos_token }}{% for message in messages %}{{ message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '\\n' }}{% endif %}{% endfor %}"
 )
 
 

@@ -174,34 +174,37 @@ def _global_whiten(values, mask, accelerator):
     return whiten(values, mask, mean=mean, var=var)
 
 
-def standardized_rm_scores(texts: list[tuple[Any, str]], rm: Any) -> torch.Tensor:
-    """ORM scores of (prompt, response) pairs, standardised with the RM's μ/σ."""
-    from rlhfctl.data import encode_examples
+def standardized_rm_scores(texts: list[tuple[Any, str]], rm: "RewardModelHandle") -> tuple[torch.Tensor, int]:
+    """(scores, overlong): ORM scores of (prompt, response) pairs standardised with the RM's μ/σ,
+    and how many were longer than the RM's max length (scored on their first tokens)."""
+    from rlhfctl.data import encode_conversations
     from rlhfctl.rm.model import score_sequences
 
-    seqs = [e.input_ids for e in encode_examples(rm.tokenizer, texts, rm.max_length)]
-    raw = torch.tensor(score_sequences(rm.values, seqs, rm.tokenizer.pad_token_id))
-    return standardize(raw, rm.mean, rm.std)
+    encoded = encode_conversations(rm.tokenizer, texts, rm.max_length, rm.pad_id)
+    raw = torch.tensor(score_sequences(rm.values, encoded.seqs, rm.tokenizer.pad_token_id))
+    return standardize(raw, rm.mean, rm.std), encoded.overlong
 
 
 @dataclass
 class RewardModelHandle:
-    """An ORM ready to score: values, tokenizer and its saved μ/σ."""
+    """An ORM ready to score: values, tokenizer, its saved μ/σ and the length it was trained with."""
 
     values: Any
     tokenizer: Any
     mean: float
     std: float
-    max_length: int = 512
+    max_length: int
+    pad_id: int | None  # the config's pad id: the score is read at the last token that is not it
 
 
-def load_rm_handle(folder: str, device: Any = "cpu") -> RewardModelHandle:
-    from rlhfctl.rm.model import ORM, TokenValues, load_reward_model
+def load_rm_handle(folder: str, device: Any = "cpu", max_length: int | None = None) -> RewardModelHandle:
+    from rlhfctl.rm.model import ORM, TokenValues, load_reward_model, trained_max_length
 
     model, tokenizer, manifest = load_reward_model(folder, ORM, device=device)
     results = manifest.get("results", {})
     return RewardModelHandle(TokenValues(model).eval(), tokenizer, float(results.get("reward_mean", 0.0)),
-                             float(results.get("reward_std", 1.0)))
+                             float(results.get("reward_std", 1.0)), max_length or trained_max_length(manifest),
+                             model.config.pad_token_id)
 
 
 def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], config, settings: AdvantageSettings,
@@ -308,7 +311,8 @@ def rewards_for(prompts, samples, config, rm: RewardModelHandle | None) -> tuple
         stats["accuracy"] = float(correct.mean())
     if rm is not None:
         pairs = [(r["prompt"], s.text) for r, group in zip(prompts, samples) for s in group]
-        scores = standardized_rm_scores(pairs, rm)
+        scores, overlong = standardized_rm_scores(pairs, rm)
         total += config.rm_weight * scores
         stats["rm_score_mean"] = float(scores.mean())
+        stats["rm_overlong"] = float(overlong)
     return total, stats

@@ -28,24 +28,38 @@ def require_peft() -> None:
         raise ConfigError("--lora-r needs peft, which is not installed: pip install 'rlhfctl[lora]'") from None
 
 
-def linear_targets(model, heads: tuple[str, ...]) -> list[str]:
-    """`all-linear`: the names of every nn.Linear but the output heads (lm_head, score), as peft matches them."""
+def _linear_types() -> tuple[type, ...]:
+    """Layers LoRA adapts: nn.Linear, and transformers' Conv1D (GPT-2's linear layers, weight stored (in, out))."""
     import torch
+    from transformers.pytorch_utils import Conv1D
 
+    return (torch.nn.Linear, Conv1D)
+
+
+def linear_targets(model, heads: tuple[str, ...]) -> list[str]:
+    """`all-linear`: the names of every linear layer but the output heads (lm_head, score), as peft matches them."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     skip = {name for name, module in model.named_modules() if module is output} | set(heads)
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                   if isinstance(module, torch.nn.Linear) and name not in skip})
+                   if isinstance(module, _linear_types()) and name not in skip and name.split(".")[0] not in heads})
+
+
+def transposed_layers(model) -> set[str]:
+    """Names of the adapted layers whose weight is stored (in, out) (Conv1D), for `merge_adapters`."""
+    from transformers.pytorch_utils import Conv1D
+
+    return {name.removesuffix(".base_layer") for name, module in model.named_modules()
+            if isinstance(module, Conv1D) and name.endswith(".base_layer")}
 
 
 def add_adapters(model, scale, heads: tuple[str, ...] = ()) -> list[str]:
     """Inject LoRA adapters into ``model`` in place; only adapters and ``heads`` train.
 
-    Returns the targeted module names. Only nn.Linear layers are accepted:
-    `merge_adapters` merges W₀ + (α/r)·B·A, the form of a linear layer.
+    Returns the targeted module names. Only linear layers (nn.Linear, Conv1D)
+    are accepted: `merge_adapters` merges W₀ + (α/r)·B·A, the form of a linear layer.
     """
-    import torch
     from peft import LoraConfig, inject_adapter_in_model
+    from transformers.pytorch_utils import Conv1D
     from peft.tuners.lora import LoraLayer
 
     if scale.lora_target_modules.strip() == "all-linear":
@@ -53,16 +67,17 @@ def add_adapters(model, scale, heads: tuple[str, ...] = ()) -> list[str]:
     else:
         targets = [t.strip() for t in scale.lora_target_modules.split(",") if t.strip()]
     _check_targets(model, targets)
+    conv1d = any(isinstance(m, Conv1D) and n.rsplit(".", 1)[-1] in targets for n, m in model.named_modules())
     config = LoraConfig(r=scale.lora_r, lora_alpha=scale.alpha, lora_dropout=scale.lora_dropout, target_modules=targets,
-                        bias="none")
+                        bias="none", fan_in_fan_out=conv1d)
     try:
         inject_adapter_in_model(config, model)  # freezes every weight but the adapters
     except ValueError as e:
         raise ConfigError(f"--lora-target-modules {scale.lora_target_modules}: {str(e).splitlines()[0]}") from None
     for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and not isinstance(module.get_base_layer(), torch.nn.Linear):
+        if isinstance(module, LoraLayer) and not isinstance(module.get_base_layer(), _linear_types()):
             raise ConfigError(f"--lora-target-modules: {name} is a {type(module.get_base_layer()).__name__}; "
-                              "rlhfctl adapts nn.Linear layers only")
+                              "rlhfctl adapts linear layers only (nn.Linear, Conv1D)")
     for head in heads:
         getattr(model, head).requires_grad_(True)
     return targets
@@ -78,12 +93,13 @@ def _check_targets(model, targets: list[str]) -> None:
                               f"(its linear layers: {linear})")
 
 
-def merge_adapters(state: dict[str, Any], scaling: float) -> dict[str, Any]:
+def merge_adapters(state: dict[str, Any], scaling: float, transposed: set[str] = frozenset()) -> dict[str, Any]:
     """A plain state dict from an adapted one: ``W = W₀ + scaling·B·A``, peft's names removed.
 
     ``x.base_layer.weight`` + ``x.lora_A.default.weight`` + ``x.lora_B.default.weight``
     become ``x.weight`` (computed in fp32, stored in W₀'s dtype);
-    ``x.base_layer.bias`` becomes ``x.bias``.
+    ``x.base_layer.bias`` becomes ``x.bias``. Layers named in ``transposed``
+    store W₀ as (in, out) (Conv1D), so they get (B·A)ᵀ.
     """
     merged: dict[str, Any] = {}
     for key, value in state.items():
@@ -95,7 +111,8 @@ def merge_adapters(state: dict[str, Any], scaling: float) -> dict[str, Any]:
             continue
         if param == "weight":
             a, b = state[f"{prefix}.lora_A.{ADAPTER}.weight"], state[f"{prefix}.lora_B.{ADAPTER}.weight"]  # (r, in), (out, r)
-            value = (value.float() + scaling * (b.float() @ a.float())).to(value.dtype)
+            delta = b.float() @ a.float()  # (out, in)
+            value = (value.float() + scaling * (delta.T if prefix in transposed else delta)).to(value.dtype)
         merged[f"{prefix}.{param}"] = value
     return merged
 

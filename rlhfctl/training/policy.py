@@ -36,6 +36,7 @@ class PolicyConfig:
     algo: str = "grpo"
     rm: str | None = None
     rm_weight: float = 1.0
+    rm_max_length: int | None = None  # tokens the ORM reads; None: its trained --max-length
     verifier: str | None = None  # a grader name, or "auto": each prompt's task
     verifier_weight: float = 1.0
     n: int = 8

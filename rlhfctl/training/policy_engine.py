@@ -49,8 +49,9 @@ def policy_generator(config, policy: Any, tokenizer: Any, accelerator) -> Any:
     log(f"generation: {backend}", accelerator.is_main_process)
     if backend == "hf":
         from rlhfctl.generation.hf import HFGenerator
+        from rlhfctl.models import eos_token_ids
 
-        return HFGenerator(policy, tokenizer)
+        return HFGenerator(policy, tokenizer, eos_token_ids(tokenizer, config.model))
     from rlhfctl.generation.vllm import build_policy_engine
 
     return build_policy_engine(config.model, policy, tokenizer, config.seed, config.gpu_memory_utilization,

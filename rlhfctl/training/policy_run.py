@@ -40,15 +40,18 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]
     if config.algo != "ppo":
         policy, policy_opt = accelerator.prepare(policy, policy_opt)
         return Models(policy, policy_opt), reference_model(config, policy, accelerator), tokenizer, adapters
-    from rlhfctl.rm.model import PRM, TokenValues, build_reward_model
+    from rlhfctl.rm.model import PRM, TokenValues, build_reward_model, head_names
 
     if config.critic_init == "rm":  # the RM's backbone and trained head, read at every token
+        import torch
         from transformers import AutoModelForTokenClassification
 
-        critic_model = AutoModelForTokenClassification.from_pretrained(config.rm, num_labels=1)
+        from rlhfctl.models import model_path
+
+        critic_model = AutoModelForTokenClassification.from_pretrained(model_path(config.rm), num_labels=1, dtype=torch.float32)
     else:  # the SFT backbone with a zero value head
         critic_model = build_reward_model(config.model, PRM, config.seed)
-    prepare_model(accelerator, critic_model, config.scale, heads=("score",))
+    prepare_model(accelerator, critic_model, config.scale, heads=head_names(critic_model))
     critic = TokenValues(critic_model)
     critic_opt = adamw(trainable_parameters(critic), lr=config.critic_lr)
     policy, policy_opt = accelerator.prepare(policy, policy_opt)
@@ -68,12 +71,12 @@ def reference_model(config, policy, accelerator):
 
 
 def train(config, records, eval_records, accelerator, out: Path, options: dict[str, Any]) -> dict[str, Any]:
-    from rlhfctl.models import save_model
+    from rlhfctl.models import save_model, saved_dtype
 
     main = accelerator.is_main_process
     models, ref, tokenizer, adapters = build_models(config, accelerator)
     config = dataclasses.replace(config, packing=use_packing(config.packing, models.policy, "train-policy", main))  # decided once
-    rm = load_rm_handle(config.rm, accelerator.device) if config.rm and config.rm_weight else None
+    rm = load_rm_handle(config.rm, accelerator.device, config.rm_max_length) if config.rm and config.rm_weight else None
     settings = AdvantageSettings(config.algo, config.n, config.shaping, config.kl_coef, config.kl_estimator, config.kl_in,
                                  gamma=config.gamma, lam=config.lam, whiten_advantages=config.algo == "ppo")
     start = restore(out, models, accelerator) if config.resume else 0
@@ -112,7 +115,8 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
         unwrapped = accelerator.unwrap_model(models.policy)
         manifest = make_manifest("train-policy", options, describe_inputs({"prompts": config.prompts, "model": config.model,
                                                                            "rm": config.rm, "eval_data": config.eval_data}), results)
-        publish_model_folder(out, lambda tmp: save_model(unwrapped, tokenizer, tmp, weights), manifest)
+        dtype = saved_dtype(config.model, config.scale.save_dtype)
+        publish_model_folder(out, lambda tmp: save_model(unwrapped, tokenizer, tmp, weights, dtype), manifest)
     accelerator.wait_for_everyone()
     return results
 

@@ -14,14 +14,15 @@ from typing import Any
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
 from rlhfctl.console import log
 from rlhfctl.rm.data import StepItem, encode_step_items, read_steps, split_steps_by_prompt
+from rlhfctl.rm.evaluate import evaluate_steps
 from rlhfctl.training.loop import fit, optimizer_step, seed_global_rngs, shard, start_training
 from rlhfctl.training.rm import RMConfig, _inputs, load_splits, open_run
 from rlhfctl.training.scale import final_state_dict, model_for_inference, prepare_model
 
 
 def run(config: RMConfig) -> dict[str, Any]:
-    from rlhfctl.models import load_tokenizer, save_model
-    from rlhfctl.rm.model import PRM, TokenValues, build_reward_model
+    from rlhfctl.models import load_tokenizer, save_model, saved_dtype
+    from rlhfctl.rm.model import PRM, TokenValues, build_reward_model, head_names
 
     train, held = load_splits(config, read_steps, split_steps_by_prompt)
     accelerator, out, options = open_run(config)
@@ -30,7 +31,7 @@ def run(config: RMConfig) -> dict[str, Any]:
     items = encode_step_items(train, tokenizer, config.max_length, config.step_sep)
     seed_global_rngs(config.schedule.seed)
     model = build_reward_model(config.model, PRM, config.schedule.seed, config.trust_remote_code)
-    adapters = prepare_model(accelerator, model, config.scale, heads=("score",))
+    adapters = prepare_model(accelerator, model, config.scale, heads=head_names(model))
     values = TokenValues(model)
     total = config.schedule.total_steps(len(items))
     run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
@@ -48,7 +49,8 @@ def run(config: RMConfig) -> dict[str, Any]:
     weights = final_state_dict(accelerator, run_.model, config.scale, prefix="model.")
     if accelerator.is_main_process:
         manifest = make_manifest("train-rm", options, describe_inputs(_inputs(config)), results)
-        publish_model_folder(out, lambda tmp: save_model(model, tokenizer, tmp, weights), manifest)
+        dtype = saved_dtype(config.model, config.scale.save_dtype)
+        publish_model_folder(out, lambda tmp: save_model(model, tokenizer, tmp, weights, dtype), manifest)
     accelerator.wait_for_everyone()
     return results
 
@@ -75,39 +77,3 @@ def _train_step(run, batch: list[StepItem], pad_id: int, max_grad_norm: float) -
     hits = weight * ((step_scores > 0) == (labels >= 0.5)).float().sum()
     return {"loss": float(acc.reduce(loss.detach(), reduction="sum")), "grad_norm": grad_norm,
             "step_acc": float(acc.reduce(hits.detach(), reduction="sum")) / global_steps, "solutions": len(batch)}
-
-
-def step_scores(values, seqs: list[list[int]], positions: list[list[int]], pad_id: int, batch_size: int = 64) -> list[list[float]]:
-    """Raw step scores (logits) of each sequence at its step positions."""
-    import torch
-
-    from rlhfctl.rm.model import right_pad
-
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out: list[list[float]] = [[] for _ in seqs]
-    device = next(values.parameters()).device
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            ids, mask = right_pad([seqs[i] for i in chunk], pad_id)
-            v = values(ids.to(device), mask.to(device)).float()
-            for row, i in enumerate(chunk):
-                out[i] = v[row, positions[i]].tolist()
-    return out
-
-
-def evaluate_steps(values, items: list[StepItem], pad_id: int) -> dict[str, Any]:
-    """Held-out step accuracy and first-error accuracy, and the step scores' mean/std."""
-    from rlhfctl.rm.metrics import first_error_accuracy, mean_std
-
-    values.eval()
-    if not items:
-        return {"num_solutions": 0}
-    scores = step_scores(values, [it.ids for it in items], [it.positions for it in items], pad_id)
-    flat = [s for row in scores for s in row]
-    labels = [y for it in items for y in it.labels]
-    mu, sigma = mean_std(flat)
-    return {"num_solutions": len(items), "num_steps": len(flat),
-            "step_accuracy": sum((s > 0) == (y >= 0.5) for s, y in zip(flat, labels)) / len(flat),
-            "first_error_accuracy": first_error_accuracy(scores, [it.labels for it in items]),
-            "reward_mean": mu, "reward_std": sigma}

@@ -18,6 +18,7 @@ from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_fold
 from rlhfctl.console import log
 from rlhfctl.errors import ConfigError
 from rlhfctl.rm.data import BINARY_ITEM, PAIR, Item, PrefData, encode_items, read_preferences, split_by_prompt
+from rlhfctl.rm.evaluate import evaluate_items
 from rlhfctl.training.loop import Schedule, fit, optimizer_step, prepare_run_dir, seed_global_rngs, shard, start_training
 from rlhfctl.training.scale import RESUME_IDENTITY, ScaleOptions, final_state_dict, make_accelerator, model_for_inference, prepare_model
 
@@ -66,20 +67,20 @@ def open_run(config: RMConfig):
 
 
 def run(config: RMConfig) -> dict[str, Any]:
-    from rlhfctl.models import load_tokenizer, save_model
+    from rlhfctl.models import load_tokenizer, save_model, saved_dtype
     from rlhfctl.packing import use_packing
-    from rlhfctl.rm.model import ORM, TokenValues, build_reward_model
+    from rlhfctl.rm.model import ORM, TokenValues, build_reward_model, head_names
 
     train, held = load_splits(config, read_preferences, split_by_prompt)
     accelerator, out, options = open_run(config)
 
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    items = encode_items(train, tokenizer, config.max_length)
+    items, overlong = encode_items(train, tokenizer, config.max_length)
     seed_global_rngs(config.schedule.seed)
     model = build_reward_model(config.model, ORM, config.schedule.seed, config.trust_remote_code)
-    adapters = prepare_model(accelerator, model, config.scale, heads=("score",))
+    adapters = prepare_model(accelerator, model, config.scale, heads=head_names(model))
     values = TokenValues(model)
-    packing = use_packing(config.packing, model, "train-rm", accelerator.is_main_process)
+    packing = not values.pooled and use_packing(config.packing, model, "train-rm", accelerator.is_main_process)
     total = config.schedule.total_steps(len(items))
     run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
     log(f"train-rm: {len(train.pairs)} pairs, {len(train.binary)} binary items, {total} steps of "
@@ -89,14 +90,16 @@ def run(config: RMConfig) -> dict[str, Any]:
         return _train_step(run_, [items[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm, packing)
 
     last = fit(run_, [it.length for it in items], config.schedule, step, "train-rm")
-    held_scores = evaluate_items(model_for_inference(accelerator, run_.model), encode_items(held, tokenizer, config.max_length),
-                                 tokenizer.pad_token_id)
+    held_items, held_overlong = encode_items(held, tokenizer, config.max_length)
+    held_scores = evaluate_items(model_for_inference(accelerator, run_.model), held_items, tokenizer.pad_token_id)
     results = {"kind": ORM, "steps": total, "final_loss": last.get("loss"),
-               "train": {"pairs": len(train.pairs), "binary": len(train.binary), "dropped": train.dropped}, **held_scores, **adapters}
+               "train": {"pairs": len(train.pairs), "binary": len(train.binary), "dropped": train.dropped,
+                         "overlong": overlong}, **held_scores, "overlong": held_overlong, **adapters}
     weights = final_state_dict(accelerator, run_.model, config.scale, prefix="model.")
     if accelerator.is_main_process:
         manifest = make_manifest("train-rm", options, describe_inputs(_inputs(config)), results)
-        publish_model_folder(out, lambda tmp: save_model(model, tokenizer, tmp, weights), manifest)
+        dtype = saved_dtype(config.model, config.scale.save_dtype)
+        publish_model_folder(out, lambda tmp: save_model(model, tokenizer, tmp, weights, dtype), manifest)
     accelerator.wait_for_everyone()
     return results
 
@@ -133,9 +136,10 @@ def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float, packi
     else:
         ids, mask = right_pad(seqs, pad_id)
         ids, mask = ids.to(acc.device), mask.to(acc.device)
-        # No attention mask in the forward: right padding under causal attention hides every pad from the
-        # real tokens, and only the last real token is read (as train-sft; SDPA's causal path is faster).
-        scores = gather_last(run.model(ids, None), mask).float()  # (2P + B,)
+        # No attention mask in a causal forward: right padding under causal attention hides every pad from
+        # the real tokens, and only the last real token is read (as train-sft; SDPA's causal path is faster).
+        # A pooled (encoder) head sees every position, so it gets the mask.
+        scores = gather_last(run.model(ids, mask if getattr(_unwrap(run.model), "pooled", False) else None), mask).float()  # (2P + B,)
     chosen, rejected, bin_scores = scores[0:2 * len(pairs):2], scores[1:2 * len(pairs):2], scores[2 * len(pairs):]
     parts, stats = [], {}
     if n_pairs:
@@ -158,32 +162,13 @@ def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float, packi
     return out
 
 
-def evaluate_items(values, items: list[Item], pad_id: int, batch_size: int = 64) -> dict[str, Any]:
-    """Held-out metrics and the reward's mean/std over every scored response."""
-    from rlhfctl.rm.metrics import auc, binary_accuracy, mean_std, pair_accuracy
-    from rlhfctl.rm.model import score_sequences
+def _unwrap(model):
+    """The `TokenValues` inside accelerate's wrappers (DDP, FSDP)."""
+    from rlhfctl.rm.model import TokenValues
 
-    values.eval()
-    seqs = [s for it in items for s in it.seqs]
-    scores = score_sequences(values, seqs, pad_id, batch_size) if seqs else []
-    chosen, rejected, bin_scores, labels, i = [], [], [], [], 0
-    for it in items:
-        if it.kind == PAIR:
-            chosen.append(scores[i])
-            rejected.append(scores[i + 1])
-            i += 2
-        else:
-            bin_scores.append(scores[i])
-            labels.append(it.label)
-            i += 1
-    mu, sigma = mean_std(scores)
-    out: dict[str, Any] = {"num_pairs": len(chosen), "num_binary": len(bin_scores), "reward_mean": mu, "reward_std": sigma}
-    if chosen:
-        out["pair_accuracy"] = pair_accuracy(chosen, rejected)
-    if bin_scores:
-        out["binary_accuracy"] = binary_accuracy(bin_scores, labels)
-        out["auc"] = auc(bin_scores, labels)
-    return out
+    while not isinstance(model, TokenValues) and hasattr(model, "module"):
+        model = model.module
+    return model
 
 
 def _inputs(config: RMConfig) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class ScaleOptions:
     lora_alpha: float | None = None  # LoRA scale α (the update is α/r · B·A); default 2r
     lora_dropout: float = 0.0
     lora_target_modules: str = "all-linear"  # comma-separated module names, or every linear layer but the heads
+    save_dtype: str = "auto"  # dtype of the published weights: auto (the input model's), float32, bfloat16, float16
 
     @property
     def lora(self) -> bool:
@@ -40,6 +41,8 @@ class ScaleOptions:
         return float(self.lora_alpha) if self.lora_alpha is not None else 2.0 * self.lora_r
 
     def check(self) -> None:
+        if self.save_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"unknown --save-dtype {self.save_dtype!r}: choose auto, float32, bfloat16 or float16")
         if self.lora_r < 0:
             raise ConfigError(f"--lora-r must be 0 (off) or positive, got {self.lora_r}")
         if not self.lora:
@@ -56,7 +59,8 @@ class ScaleOptions:
 
     def as_options(self) -> dict[str, Any]:
         """One key per flag for the manifest, with α resolved (LoRA settings only when LoRA is on)."""
-        options: dict[str, Any] = {"bf16": self.bf16, "gradient_checkpointing": self.gradient_checkpointing, "lora_r": self.lora_r}
+        options: dict[str, Any] = {"bf16": self.bf16, "gradient_checkpointing": self.gradient_checkpointing, "lora_r": self.lora_r,
+                                   "save_dtype": self.save_dtype}
         if self.lora:
             options.update(lora_alpha=self.alpha, lora_dropout=self.lora_dropout, lora_target_modules=self.lora_target_modules)
         return options
@@ -365,7 +369,9 @@ def final_state_dict(accelerator, model, scale: ScaleOptions, prefix: str = "") 
         return None
     state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if scale.lora:
-        from rlhfctl.training.lora import merge_adapters
+        from rlhfctl.training.lora import merge_adapters, transposed_layers
 
-        state = merge_adapters(state, scale.alpha / scale.lora_r)
+        names = {_plain_name(n) for n in transposed_layers(accelerator.unwrap_model(model))}
+        conv = {n[len(prefix):] for n in names if n.startswith(prefix)}
+        state = merge_adapters(state, scale.alpha / scale.lora_r, conv)
     return state

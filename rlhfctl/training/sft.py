@@ -47,7 +47,7 @@ def run(config: SFTConfig) -> dict[str, Any]:
     config.schedule.check()
     config.scale.check()
     records = read_records(config.data, SFT)  # bad data fails before the heavy imports
-    from rlhfctl.models import check_model_spec, count_parameters, load_causal_lm, load_tokenizer, save_model
+    from rlhfctl.models import check_model_spec, count_parameters, load_causal_lm, load_tokenizer, save_model, saved_dtype
 
     check_model_spec(config.model)
     accelerator = make_accelerator(config.scale.bf16)
@@ -79,7 +79,8 @@ def run(config: SFTConfig) -> dict[str, Any]:
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(run_.model)
         manifest = make_manifest("train-sft", options, describe_inputs({"data": config.data, "model": config.model}), results)
-        publish_model_folder(out, lambda tmp: save_model(unwrapped, tokenizer, tmp, weights), manifest)
+        dtype = saved_dtype(config.model, config.scale.save_dtype)
+        publish_model_folder(out, lambda tmp: save_model(unwrapped, tokenizer, tmp, weights, dtype), manifest)
     accelerator.wait_for_everyone()
     return results
 

@@ -72,7 +72,7 @@ def setup(tmp_path, monkeypatch):
     (tmp_path / "bon.json.scores.json").write_text(json.dumps({f"rm:{os.path.abspath(rm)}": SCORES}))
     calls = {"rm": [], "logprob": []}
 
-    def fake_rm(rollouts, path):
+    def fake_rm(rollouts, path, max_length=None, counts=None):
         calls["rm"].append([r["id"] for r in rollouts])
         return [[float(len(t)) for t in r["responses"]] for r in rollouts]
 

@@ -35,7 +35,7 @@ def _decode(model, tok, rows, max_new_tokens, eos_id, params=None, seed=0):
     from rlhfctl.generation.hf import _decode_loop
 
     params = params or SamplingParams(n=1, temperature=0, max_new_tokens=max_new_tokens)
-    return _decode_loop(model, rows, params, tok.pad_token_id, eos_id, torch.Generator().manual_seed(seed), "cpu")
+    return _decode_loop(model, rows, params, tok.pad_token_id, frozenset({eos_id}), torch.Generator().manual_seed(seed), "cpu")
 
 
 def test_greedy_decode_matches_model_generate_with_left_padding_and_early_stops(model, tok):

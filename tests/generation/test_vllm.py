@@ -126,6 +126,7 @@ def test_greedy_samples_equal_the_hf_backend_with_eos_kept_in_the_tokens(vllm):
     eos = max({t for g in free for t in g[0].token_ids}, key=lambda t: (None in stops(t), len(set(stops(t)))))
     assert None in stops(eos) and len({s for s in stops(eos) if s is not None}) >= 2
     hf.tokenizer = gen.tokenizer = EosAs(gen.tokenizer, eos)
+    hf.eos_ids = gen.eos_ids = frozenset({eos})
     want, got = hf.generate(PROMPTS, params), gen.generate(PROMPTS, params)
     assert {s[0].finish_reason for s in got} == {"stop", "length"}
     for a, b in zip(want, got):

@@ -42,7 +42,7 @@ def test_hf_backend_greedy_equals_model_generate_on_the_gpu():
     rows = [tok(p)["input_ids"] for p in prompts]
     params = SamplingParams(n=1, temperature=0, max_new_tokens=16)
     eos = tok.eos_token_id
-    ours = _decode_loop(model, rows, params, tok.pad_token_id, eos, torch.Generator(device="cuda").manual_seed(0), "cuda")
+    ours = _decode_loop(model, rows, params, tok.pad_token_id, frozenset({eos}), torch.Generator(device="cuda").manual_seed(0), "cuda")
     enc = tok(prompts, return_tensors="pt", padding=True).to("cuda")
     with torch.inference_mode():
         ref = model.generate(**enc, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=eos)

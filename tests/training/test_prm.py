@@ -53,10 +53,11 @@ def prm_run(toy_dir, tmp_path_factory, cli):
 
 
 def _end_positions(prompt, steps, sep="\n"):
-    """For the character-level toy tokenizer (one bos, one token per character): the index of each step's last token."""
+    """For the character-level toy tokenizer (one bos, one token per character): the index of the separator
+    after each step, where the documented layout (prompt, then each step and the separator) reads its score."""
     ends, text = [], prompt
-    for i, step in enumerate(steps):
-        text += (sep if i else "") + step
+    for step in steps:
+        text += step + sep
         ends.append(len(text))  # bos shifts by one, the last character is at len - 1
     return ends
 
@@ -71,7 +72,7 @@ def _hf_step_logits(folder, records):
     out = []
     with torch.no_grad():
         for r in records:
-            text = r["prompt"] + "\n".join(r["completions"])
+            text = r["prompt"] + "".join(step + "\n" for step in r["completions"])
             ids = torch.tensor([tok(text)["input_ids"]])
             logits = model(input_ids=ids).logits[0, :, 0]
             out.append([float(logits[p]) for p in _end_positions(r["prompt"], r["completions"])])
@@ -81,7 +82,7 @@ def _hf_step_logits(folder, records):
 def test_folder_loads_as_token_classification_and_step_scores_agree(prm_run):
     from rlhfctl.rm.data import encode_steps
     from rlhfctl.rm.model import TokenValues
-    from rlhfctl.training.prm import step_scores
+    from rlhfctl.rm.model import step_scores
 
     folder, _, root = prm_run
     records = read_jsonl(root / "held.jsonl")

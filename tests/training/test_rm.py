@@ -296,7 +296,7 @@ def test_manifest_and_metrics(orm_run, rm_data):
     results = manifest["results"]
     assert manifest["command"] == "train-rm" and results["kind"] == "orm"
     assert {"reward_mean", "reward_std", "pair_accuracy", "binary_accuracy", "auc"} <= results.keys()
-    assert results["train"] == {"pairs": 8 + 6, "binary": 16, "dropped": {"chosen equals rejected": 1}}
+    assert results["train"] == {"pairs": 8 + 6, "binary": 16, "dropped": {"chosen equals rejected": 1}, "overlong": 0}
     assert summary["final_loss"] == results["final_loss"]
     # held-out numbers, recomputed with plain transformers
     held = read_jsonl(rm_data / "held.jsonl")

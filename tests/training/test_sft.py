@@ -123,9 +123,13 @@ def test_collate_masks_prompt_and_padding(tok):
 
 
 def test_encode_example_chat_and_truncation(tok):
-    chat = encode_example(tok, [{"role": "user", "content": "Compute 2+3."}], [{"role": "assistant", "content": "Answer: 5"}], 512)
-    assert tok.decode(chat.input_ids) == "<bos>Compute 2+3.\nAnswer: 5\n<eos>"
-    assert tok.decode(chat.input_ids[chat.prompt_len:]) == "Answer: 5\n<eos>"
+    """A chat completion ends as the template ends the assistant's turn (here with eos), with no eos of rlhfctl's own;
+    the ids are exactly apply_chat_template's (one bos)."""
+    messages = [{"role": "user", "content": "Compute 2+3."}, {"role": "assistant", "content": "Answer: 5"}]
+    chat = encode_example(tok, messages[:1], messages[1:], 512)
+    assert tok.decode(chat.input_ids) == "<bos>Compute 2+3.\nAnswer: 5<eos>"
+    assert tok.decode(chat.input_ids[chat.prompt_len:]) == "Answer: 5<eos>"
+    assert chat.input_ids == tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
     cut = encode_example(tok, "Compute 2+3.\n", "2+3=5\nAnswer: 5", 16)
     assert len(cut.input_ids) == 16 and cut.prompt_len == 14
     tiny = encode_example(tok, "Compute 2+3.\n", "2+3=5", 5)
