@@ -12,7 +12,8 @@ The prompt record's ``tests`` is a non-empty list whose items are either
   (compared line by line, trailing spaces and trailing blank lines ignored);
 - ``"assert add(2, 3) == 5"``: Python statements run after the program
   (MBPP / HumanEval style); all the strings of a record run together, once,
-  and must exit 0.
+  and pass when they run to their end, exit 0, and every assert in them ran
+  and held. The expected values stay here: `rlhfctl.grading.asserts` says how.
 
 A response is correct when every test passes. Every run is confined by
 `rlhfctl.grading.sandbox` (time, memory, processes, output, no network, no
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from rlhfctl.errors import DataError, RlhfctlError
-from rlhfctl.grading import sandbox
+from rlhfctl.grading import asserts, sandbox
 from rlhfctl.grading.sandbox import Limits
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n", re.MULTILINE)
@@ -48,9 +49,10 @@ class StdioTest:
 
 @dataclass(frozen=True)
 class AssertTest:
-    """Python statements appended to the program; pass when the whole script exits 0."""
+    """Python statements run after the program; `split` is what runs in the sandbox and what is checked here."""
 
     code: str
+    split: asserts.SplitTests
 
 
 Test = Union[StdioTest, AssertTest]
@@ -94,16 +96,30 @@ def parse_tests(tests: Any) -> tuple[Test, ...]:
     if not isinstance(tests, list) or not tests:
         raise DataError("<record>", None, "must be a non-empty list of {stdin, stdout} objects or assert strings",
                         field="tests")
-    stdio, asserts = [], []
+    stdio, statements = [], []
     for i, item in enumerate(tests, start=1):
         if isinstance(item, str):
-            asserts.append(item)
+            statements.append((i, item))
         elif isinstance(item, Mapping):
             stdio.append(_stdio_test(item, i))
         else:
             raise DataError("<record>", None, f"item {i} is {type(item).__name__}: expected an object or a string",
                             field="tests")
-    return tuple(stdio) + ((AssertTest("\n".join(asserts)),) if asserts else ())
+    return tuple(stdio) + ((_assert_test(statements),) if statements else ())
+
+
+def _assert_test(statements: list[tuple[int, str]]) -> AssertTest:
+    for i, code in statements:
+        try:
+            compile(code, f"<test {i}>", "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as exc:
+            raise DataError("<record>", None, f"item {i} is not valid Python: {exc}", field="tests") from None
+    code = "\n".join(code for _, code in statements)
+    try:
+        return AssertTest(code, asserts.split(code))
+    except (SyntaxError, ValueError) as exc:
+        raise DataError("<record>", None, f"the test strings together are not valid Python: {exc}",
+                        field="tests") from None
 
 
 def _stdio_test(item: Mapping, index: int) -> StdioTest:
@@ -144,14 +160,16 @@ def compiles(program: str) -> bool:
 
 def _job(program: str, test: Test, limits: Limits) -> sandbox.Job:
     if isinstance(test, AssertTest):
-        return sandbox.python_job(f"{program}\n\n{test.code}\n", "", limits)
+        return sandbox.python_job(f"{program}\n\n{test.split.script}", "", limits)
     return sandbox.python_job(program, test.stdin, limits)
 
 
 def _passes(result: sandbox.RunResult, test: Test) -> bool:
     if result.status == "setup-error":  # the sandbox is broken, not the program: stop, do not grade
         raise RlhfctlError(f"the code sandbox failed to start a program: {result.error}")
-    return result.ok and (isinstance(test, AssertTest) or same_output(test.stdout, result.stdout))
+    if isinstance(test, AssertTest):
+        return result.ok and asserts.holds(test.split, result.results)
+    return result.ok and same_output(test.stdout, result.stdout)
 
 
 class _VerdictCache:

@@ -15,7 +15,8 @@ Two processes do the work:
 - the child, pid 1 of the new pid namespace, makes every mount read-only,
   mounts a size-capped tmpfs on the work folder and a fresh /proc, sets the
   rlimits, drops to the sandbox uid, writes the program's files, arranges to
-  be killed when the launcher dies, reports what it enforced on REPORT_FD
+  be killed when the launcher dies, opens the results pipe as fd 3 (the
+  program's channel to the grader), reports what it enforced on REPORT_FD
   (closed by the exec, so the parent reads EOF once the program runs) and
   execs the program.
 
@@ -42,7 +43,7 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 MS_PRIVATE = 1 << 18
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (a post-5.0 syscall)
 AT_FDCWD, AT_RECURSIVE = -100, 0x8000
@@ -122,6 +123,7 @@ def launch(spec: dict, report_fd: int) -> None:
     except OSError:  # the child got there first and has exec'd, or is already gone
         pass
     os.close(report_fd)
+    os.close(spec["results_fd"])  # the program's alone: the parent reads EOF when it is done
     signal.signal(signal.SIGTERM, lambda *_: _kill_group(child))  # how the parent stops a run
     os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)
     _kill_group(child)  # stragglers; while the child is an unreaped zombie its group id cannot be reused
@@ -178,11 +180,23 @@ def _confined_child(spec: dict, report_fd: int, done: list[str], own_userns: boo
             with open(name, "w", encoding="utf-8") as f:
                 f.write(text)
         _die_with_parent()  # a change of uid cleared it
+        report_fd = _results_channel(spec, report_fd)
         os.write(report_fd, (json.dumps({"enforced": done}) + "\n").encode())
         os.execve(spec["argv"][0], spec["argv"], spec["env"])
     except BaseException as exc:  # noqa: BLE001 - anything here is a setup failure to report
         os.write(report_fd, (json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n").encode())
     os._exit(127)
+
+
+def _results_channel(spec: dict, report_fd: int) -> int:
+    """Open the results pipe as fd ``results_as`` in the program; returns the report fd (moved if it was there)."""
+    target = spec["results_as"]
+    if report_fd == target:
+        report_fd = os.dup(report_fd)  # not inheritable: still closed by the exec
+    if spec["results_fd"] != target:
+        os.dup2(spec["results_fd"], target)
+        os.close(spec["results_fd"])
+    return report_fd
 
 
 def _die_with_parent() -> None:
@@ -191,7 +205,7 @@ def _die_with_parent() -> None:
 
 
 def _confine_filesystem(spec: dict, done: list[str]) -> None:
-    """Everything read-only and private to us; a fresh tmpfs work folder and /proc.
+    """Everything read-only and private to us; the host's data hidden; a fresh tmpfs work folder and /proc.
 
     Private propagation comes first in the same call, so that nothing mounted
     here shows up in the host's mount table.
@@ -203,10 +217,37 @@ def _confine_filesystem(spec: dict, done: list[str]) -> None:
         done.append("read-only-root")
     else:  # an old kernel: at least keep our mounts out of the host's table
         _attempt(done, "private-mounts", _mount, "none", "/", "none", 0x4000 | MS_PRIVATE)
+    holder = _attempt(done, "host-data-hidden", _hide_host, spec)
     limits, uid = spec["limits"], spec["uid"] if spec["uid"] is not None else os.getuid()
     options = f"size={limits['disk_bytes']},mode=0700,uid={uid},gid={uid}"
     _attempt(done, "tmpfs-workdir", _mount, "tmpfs", spec["workdir"], "tmpfs", MS_NOSUID | MS_NODEV, options)
+    if holder:  # the empty folder that holds the work folder's mount point: read-only from now on
+        _attempt(done, "read-only-hiding", _read_only, "/" + spec["workdir"].strip("/").split("/")[0])
     _attempt(done, "proc", _mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _hide_host(spec: dict) -> None:
+    """An empty tmpfs over every top-level folder the interpreter does not need, and over /dev/shm.
+
+    So a program finds no data file, no test and no other run's files on the
+    host; the folder that holds the work folder gets its mount point made.
+    """
+    keep = set(spec["visible"])
+    tops = [os.path.join("/", name) for name in os.listdir("/") if name not in keep]
+    for path in [*tops, "/dev/shm"]:
+        if os.path.isdir(path) and not os.path.islink(path):
+            holds_workdir = spec["workdir"].startswith(path.rstrip("/") + "/")
+            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | (0 if holds_workdir else MS_RDONLY),
+                   "size=64k,mode=0755")
+            if holds_workdir:
+                os.makedirs(spec["workdir"], mode=0o700)
+
+
+def _read_only(path: str) -> None:
+    attr = _MountAttr(attr_set=MOUNT_ATTR_RDONLY)
+    result = _libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), path.encode(),
+                           ctypes.c_uint(0), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    _call(0 if result == 0 else -1, f"mount_setattr {path}")
 
 
 def _set_rlimits(limits: dict, own_userns: bool, done: list[str]) -> None:

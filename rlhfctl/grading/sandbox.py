@@ -49,6 +49,9 @@ CONFINE = str(Path(__file__).with_name("confine.py"))
 # Sandbox uids are drawn from a block no distribution hands out, so that each
 # run has a uid with no files and no other processes (RLIMIT_NPROC is per uid).
 SANDBOX_UID_RANGE = (2_100_000_000, 2_140_000_000)
+# The program's results channel: a pipe to us, open in the program as this fd
+# (the code grader's assert reports). Counted in the output cap.
+RESULTS_FD = 3
 CGROUP_ROOT = "/sys/fs/cgroup"
 _READ_CHUNK = 1 << 16
 
@@ -98,7 +101,8 @@ class RunResult:
     ``timeout`` (the wall clock ran out), ``output-limit`` (it printed more
     than `Limits.output_bytes`) or ``setup-error`` (the sandbox could not
     start it: `error` says why). `enforced` lists the measures that were in
-    force, as `confine.py` reported them.
+    force, as `confine.py` reported them. `results` is what the program
+    wrote on `RESULTS_FD`.
     """
 
     status: str
@@ -108,6 +112,7 @@ class RunResult:
     wall_s: float
     enforced: tuple[str, ...] = ()
     error: str | None = None
+    results: str = ""
 
     @property
     def ok(self) -> bool:
@@ -135,19 +140,21 @@ def run(job: Job) -> RunResult:
     workdir = tempfile.mkdtemp(prefix="rlhfctl-sandbox-")
     cgroups = _Cgroups.create(Path(workdir).name, job.limits)
     report_r, report_w = os.pipe()
+    results_r, results_w = os.pipe()
     proc = None
     try:
-        spec_path = _write_spec(job, workdir, cgroups)
+        spec_path = _write_spec(job, workdir, cgroups, results_w)
         proc = subprocess.Popen([sys.executable, "-I", "-S", CONFINE, spec_path, str(report_w)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=(report_w,), start_new_session=True, cwd="/", env=_launcher_env())
+                                pass_fds=(report_w, results_w), start_new_session=True, cwd="/", env=_launcher_env())
         os.close(report_w)
-        report_w = None
-        streams, killed = _collect(proc, report_r, job.limits)
+        os.close(results_w)
+        report_w = results_w = None
+        streams, killed = _collect(proc, report_r, results_r, job.limits)
     finally:
-        if report_w is not None:
-            os.close(report_w)
-        os.close(report_r)
+        for fd in (report_w, results_w, report_r, results_r):
+            if fd is not None:
+                os.close(fd)
         if proc is not None:
             _end(proc)
         cgroups.remove()
@@ -270,11 +277,12 @@ def _mapped_uids() -> list[tuple[int, int]]:
     return [(int(inner), int(inner) + int(count)) for inner, _, count in (line.split() for line in lines)]
 
 
-def _write_spec(job: Job, workdir: str, cgroups: "_Cgroups") -> str:
+def _write_spec(job: Job, workdir: str, cgroups: "_Cgroups", results_fd: int) -> str:
     """The launcher's instructions, in the (root-only) work folder it reads and deletes them from."""
     limits = job.limits
     spec = {"argv": list(job.args), "files": job.files, "stdin": job.stdin, "workdir": workdir,
             "uid": _sandbox_uid(), "cgroups": cgroups.paths,
+            "results_fd": results_fd, "results_as": RESULTS_FD, "visible": _visible_tops(job.args[0]),
             "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"},
             "limits": {"cpu_s": limits.cpu_s, "memory_bytes": limits.memory_mb << 20, "processes": limits.processes,
                        "file_bytes": limits.file_bytes, "disk_bytes": limits.disk_mb << 20,
@@ -285,21 +293,41 @@ def _write_spec(job: Job, workdir: str, cgroups: "_Cgroups") -> str:
     return path
 
 
+# Top-level folders a program sees; the others are hidden behind empty mounts.
+SYSTEM_TOPS = ("bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "sys", "usr")
+
+
+@lru_cache(maxsize=8)
+def _visible_tops(executable: str) -> list[str]:
+    """`SYSTEM_TOPS` and the top-level folders that hold `executable` and its installation (a venv's base)."""
+    paths = [os.path.realpath(executable)] if os.path.isabs(executable) else []
+    venv = Path(executable).parent.parent / "pyvenv.cfg"
+    if paths and venv.is_file():
+        for line in venv.read_text(errors="replace").splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "home":
+                paths.append(os.path.realpath(value.strip()))
+        paths.append(os.path.abspath(executable))
+    return sorted(set(SYSTEM_TOPS) | {p.strip("/").split("/")[0] for p in paths if p.strip("/")})
+
+
 def _launcher_env() -> dict[str, str]:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
 # --- watching a run -----------------------------------------------------------------
 
-def _collect(proc: subprocess.Popen, report_fd: int, limits: Limits) -> tuple[dict[str, bytes], str | None]:
-    """Read stdout, stderr and the launcher's report until all close, or until a limit.
+def _collect(proc: subprocess.Popen, report_fd: int, results_fd: int,
+             limits: Limits) -> tuple[dict[str, bytes], str | None]:
+    """Read stdout, stderr, the results channel and the launcher's report until all close, or until a limit.
 
     Returns the bytes read per stream and why the run was killed (None if it
     was not). Once the launcher has exited, stragglers that still hold the
     pipes (possible only without a pid namespace) get a short grace time.
     """
     deadline = time.monotonic() + limits.wall_s
-    names = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr", report_fd: "report"}
+    names = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr", report_fd: "report",
+             results_fd: "results"}
     data = {name: bytearray() for name in names.values()}
     with selectors.DefaultSelector() as selector:
         for fd in names:
@@ -314,7 +342,7 @@ def _collect(proc: subprocess.Popen, report_fd: int, limits: Limits) -> tuple[di
                     selector.unregister(key.fd)
                     continue
                 data[names[key.fd]] += chunk
-                if len(data["stdout"]) + len(data["stderr"]) > limits.output_bytes:
+                if len(data["stdout"]) + len(data["stderr"]) + len(data["results"]) > limits.output_bytes:
                     return data, "output-limit"
             if proc.poll() is not None:
                 deadline = min(deadline, time.monotonic() + 0.5)
@@ -338,7 +366,7 @@ def _end(proc: subprocess.Popen) -> None:
 
 def _result(returncode: int, streams: dict[str, bytes], killed: str | None, wall_s: float) -> RunResult:
     report = _parse_report(bytes(streams["report"]))
-    stdout, stderr = (bytes(streams[s]).decode("utf-8", "replace") for s in ("stdout", "stderr"))
+    stdout, stderr, results = (bytes(streams[s]).decode("utf-8", "replace") for s in ("stdout", "stderr", "results"))
     if killed is not None:
         status = killed
     elif "error" in report or "enforced" not in report:
@@ -347,7 +375,7 @@ def _result(returncode: int, streams: dict[str, bytes], killed: str | None, wall
         status = "ok" if returncode == 0 else "exit" if returncode > 0 else "signal"
     error = report.get("error") or (None if "enforced" in report else "the launcher stopped before the program ran")
     return RunResult(status, returncode, stdout, stderr, round(wall_s, 4), tuple(report.get("enforced", ())),
-                     error if status == "setup-error" else None)
+                     error if status == "setup-error" else None, results)
 
 
 def _parse_report(raw: bytes) -> dict:

@@ -1,5 +1,6 @@
 import json
 import os
+import tempfile
 import uuid
 
 import pytest
@@ -159,3 +160,167 @@ def test_a_code_prompt_needs_tests_not_an_answer(cli, tmp_path):
     proc = cli("eval", "--model", "toy:tiny", "--data", tmp_path / "bad.jsonl", "--out", tmp_path / "b.json")
     assert proc.returncode == 2 and "bad.jsonl:1: field 'tests'" in proc.stderr
     assert not (tmp_path / "b.json").exists()
+
+
+# --- programs that try to fake a pass: each fails; honest programs still pass -----------------
+
+ADD_ASSERTS = {"task": "code", "tests": ["assert add(2, 3) == 5", "assert add(-1, 1) == 0"]}
+WRONG_ADD = "def add(a, b):\n    return a - b\n"
+CHEATS = {
+    "raise SystemExit(0)": WRONG_ADD + "raise SystemExit(0)",
+    "sys.exit(0)": WRONG_ADD + "import sys\nsys.exit(0)",
+    "os._exit(0)": WRONG_ADD + "import os\nos._exit(0)",
+    "atexit os._exit(0)": WRONG_ADD + "import atexit, os\natexit.register(lambda: os._exit(0))",
+    "__eq__ always True": "class Yes:\n    def __eq__(self, other):\n        return True\n"
+                          "    __hash__ = object.__hash__\ndef add(a, b):\n    return Yes()",
+    "int subclass whose __eq__ says yes": "class Yes(int):\n    def __eq__(self, other):\n        return True\n"
+                                          "def add(a, b):\n    return Yes(7)",
+    "reads the asserts from its own file": (
+        "import re, sys\n"
+        "def add(a, b):\n"
+        "    source = open(sys.argv[0]).read() + open(__file__).read()\n"
+        "    for x, y, z in re.findall(r'add\\((-?\\d+), (-?\\d+)\\) == (-?\\d+)', source):\n"
+        "        if (int(x), int(y)) == (a, b):\n"
+        "            return int(z)\n"
+        "    return 0"),
+    "reads the expected value from its caller's frame": (
+        "import sys, dis\n"
+        "def add(a, b):\n"
+        "    frame = sys._getframe(1)\n"
+        "    consts = [c for c in frame.f_code.co_consts if isinstance(c, int) and c not in (a, b)]\n"
+        "    while frame:\n"
+        "        consts += [c for c in frame.f_code.co_consts if isinstance(c, int) and c not in (a, b)]\n"
+        "        frame = frame.f_back\n"
+        "    return consts[0] if consts else 0"),
+    "raises the assert's exception away": WRONG_ADD + "import builtins\nbuiltins.AssertionError = KeyError\n"
+                                          "builtins.isinstance = lambda *a: True\nbuiltins.type = lambda *a: int",
+    "wrong answers, then exits 0 from a thread": (
+        "import os, threading, time\n"
+        "def add(a, b):\n    time.sleep(0.3)\n    return a - b\n"
+        "threading.Thread(target=lambda: (time.sleep(0.1), os._exit(0)), daemon=True).start()"),
+    # Without the expected values, a forger can only report what its add returns (a lookup table of the
+    # right answers is no harness trick: it is a program that is right on the tests).
+    "forges its reports and the end line on every fd": (
+        WRONG_ADD + "import os\nfor fd in range(1, 20):\n    try:\n"
+        "        os.write(fd, b'{\"site\": 0, \"holes\": [[\"int\", \"-0x1\"]]}\\n"
+        "{\"site\": 1, \"holes\": [[\"int\", \"-0x2\"]]}\\n{\"end\": true}\\n')\n"
+        "    except OSError:\n        pass\nos._exit(0)"),
+    "forges the end line alone, and prints PASS": (
+        WRONG_ADD + "import os\nprint('PASS\\nok', flush=True)\nos.write(3, b'{\"end\": true}\\n')\nos._exit(0)"),
+    "silences the reporter": (
+        "def add(a, b):\n    globals()['__rlhfctl_report__'] = lambda *a: None\n    return a - b"),
+    "closes and replaces the results fd": (
+        WRONG_ADD + "import os, sys, io\nos.close(3)\nos.open('/dev/null', os.O_WRONLY)\n"
+        "sys.stdout = io.StringIO()\nsys.stderr = io.StringIO()"),
+    "jumps over the asserts with a tracer": (
+        "import sys\n"
+        "def add(a, b):\n    return a - b\n"
+        "def tracer(frame, event, arg):\n"
+        "    if frame.f_code.co_name == '<module>':\n"
+        "        frame.f_trace = jump\n"
+        "    return None\n"
+        "def jump(frame, event, arg):\n"
+        "    if event == 'line':\n"
+        "        lines = open(__file__).read().splitlines()\n"
+        "        end = max(i for i, line in enumerate(lines, 1) if line.startswith('__rlhfctl_end__'))\n"
+        "        if frame.f_lineno < end and 'add(' in lines[frame.f_lineno - 1]:\n"
+        "            try:\n                frame.f_lineno = end\n            except ValueError:\n                pass\n"
+        "    return jump\n"
+        "sys.settrace(tracer)\nsys._getframe().f_trace = jump"),
+}
+
+
+@pytest.mark.parametrize("program", CHEATS.values(), ids=CHEATS.keys())
+def test_programs_that_fake_a_pass_fail(program):
+    assert not GRADER.is_correct(f"```python\n{program}\n```", ADD_ASSERTS)
+
+
+SCAVENGER = """
+import glob, os, re
+found = set()
+def scan(text):
+    found.update(re.findall(r"secret-[0-9a-f]{32}", text))
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            scan(f.read(1 << 20).decode("latin-1"))
+    except OSError:
+        pass
+for pattern in ("/proc/*/cmdline", "/proc/*/environ", "/proc/self/fd/*", "./*", "./.*", "/tmp/**/*", "/dev/shm/*",
+                "/work/**/*.jsonl", "/root/**/*.jsonl", "/home/**/*.jsonl"):
+    for path in glob.glob(pattern, recursive=True):
+        if os.path.isfile(path) or pattern.startswith("/proc"):
+            read(path)
+for fd in range(3, 32):
+    try:
+        os.set_blocking(fd, False)
+        scan(os.read(fd, 1 << 16).decode("latin-1"))
+    except OSError:
+        pass
+scan(" ".join(os.environ.values()))
+def greet():
+    return next(iter(found), "nothing")
+if __name__ == "__main__":
+    print(greet())
+"""
+
+
+def test_a_program_cannot_read_the_expected_output_or_the_asserts(tmp_path):
+    """The expected values are nowhere it can look: not its files, fds, argv, environment, /proc, nor the data file."""
+    secret = f"secret-{uuid.uuid4().hex}"
+    record = {"task": "code", "tests": [{"stdin": "", "stdout": secret + "\n"}, f"assert greet() == {secret!r}"]}
+    shared = tempfile.mkdtemp(prefix="rlhfctl-data-")  # world-readable, like a user's data folder
+    os.chmod(shared, 0o755)
+    data = os.path.join(shared, "code.jsonl")
+    with open(data, "w") as f:
+        f.write(json.dumps(record) + "\n")
+    os.chmod(data, 0o644)
+    try:
+        assert not GRADER.is_correct_many([SCAVENGER], {**record, "tests": record["tests"][:1]})[0]
+        assert not GRADER.is_correct_many([SCAVENGER], {**record, "tests": record["tests"][1:]})[0]
+        honest = f"def greet():\n    return {secret!r}\nif __name__ == '__main__':\n    print(greet())"
+        assert GRADER.is_correct(honest, record)
+    finally:
+        os.unlink(data)
+        os.rmdir(shared)
+
+
+HONEST = {
+    "plain": ("def add(a, b):\n    return a + b", ["assert add(2, 3) == 5", "assert add(-1, 1) == 0"]),
+    "prints, and has a main guard": ("def add(a, b):\n    print('adding', a, b)\n    return a + b\n"
+                                     "if __name__ == '__main__':\n    print(add(1, 2))", ["assert add(2, 3) == 5"]),
+    "HumanEval check(candidate)": ("def add(a, b):\n    return a + b",
+                                   ["def check(candidate):\n    assert candidate(2, 3) == 5\n"
+                                    "    for i in range(3):\n        assert candidate(i, i) == 2 * i\ncheck(add)"]),
+    "floats, None, truthiness": ("import math\ndef root(x):\n    return math.sqrt(x) if x >= 0 else None",
+                                 ["assert abs(root(2) - 1.41421356) < 1e-6", "assert math.isclose(root(9), 3.0)",
+                                  "assert root(-1) is None", "assert root(4)", "assert not root(0)"]),
+    "containers, generators, Counter as dict": (
+        "from collections import Counter, namedtuple\nP = namedtuple('P', 'x y')\n"
+        "def evens(n):\n    return (i for i in range(0, n, 2))\n"
+        "def count(s):\n    return Counter(s)\ndef pair():\n    return P(1, 2)",
+        ["assert list(evens(7)) == [0, 2, 4, 6]", "assert sorted(evens(5), reverse=True) == [4, 2, 0]",
+         "assert count('aab') == {'a': 2, 'b': 1}", "assert pair() == (1, 2)", "assert len(count('xyz')) == 3",
+         "assert set(evens(4)) == {0, 2}", "assert isinstance(pair(), tuple)"]),
+    "an expected exception": ("def inv(x):\n    return 1 / x",
+                              ["try:\n    inv(0)\n    raised = False\nexcept ZeroDivisionError:\n    raised = True\n"
+                               "assert raised", "assert inv(4) == 0.25"]),
+    "short-circuit": ("def first(xs):\n    return xs[0] if xs else None",
+                      ["assert first([]) is None or first([])[0] == 1", "assert first([3]) == 3"]),
+}
+
+
+@pytest.mark.parametrize("program, tests", HONEST.values(), ids=HONEST.keys())
+def test_honest_programs_pass_and_wrong_ones_fail(program, tests):
+    record = {"task": "code", "tests": tests}
+    assert GRADER.is_correct(program, record)
+    wrong = program.replace("a + b", "a * b").replace("sqrt(x)", "sqrt(x) + 1e-3").replace("range(0, n, 2)", "range(n)")
+    wrong = wrong.replace("Counter(s)", "dict(Counter(s), z=0)").replace("P(1, 2)", "[1, 2]").replace("1 / x", "x")
+    wrong = wrong.replace("xs[0] if", "xs[-1] + 1 if")
+    assert not GRADER.is_correct(wrong, record)
+
+
+def test_an_assert_that_never_runs_fails():
+    record = {"task": "code", "tests": ["def check(candidate):\n    assert candidate(2, 3) == 5"]}
+    assert not GRADER.is_correct("def add(a, b):\n    return a + b", record)
+    assert GRADER.is_correct("def add(a, b):\n    return a + b", {"task": "code", "tests": ["x = add(1, 2)"]})
