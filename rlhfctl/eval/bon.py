@@ -2,12 +2,14 @@
 
 Every curve comes from one set of N_max samples per prompt with exact
 expectations over random N-subsets (`best_of_n.best_of_n_accuracy`,
-`passk.maj_at_k`). Scorer outputs are kept in ``OUT.scores.json`` keyed by
-scorer, prompt id and response index, so adding a scorer or re-plotting
-never scores twice. A scorer's key names its model folder and a fingerprint
-of the folder's files, and the cache records a digest of every response it
-scored: a model retrained in place, or a rollouts file regenerated under the
-same ids, is scored afresh instead of read from stale entries.
+`passk.maj_at_k`); the σ(reward)-weighted vote is exact up to N_max = 16 and
+a seeded estimate beyond (`passk.weighted_maj_at_k`). Scorer outputs are
+kept in ``OUT.scores.json`` keyed by scorer, prompt id and response index,
+so adding a scorer or re-plotting never scores twice. A scorer's key names
+its model folder and a fingerprint of the folder's files, and the cache
+records a digest of every response it scored: a model retrained in place,
+or a rollouts file regenerated under the same ids, is scored afresh instead
+of read from stale entries.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.eval.best_of_n import best_of_n_accuracy, oracle_accuracy
-from rlhfctl.eval.passk import ks_up_to, maj_at_k
+from rlhfctl.eval.passk import ks_up_to, maj_at_k, weighted_maj_at_k
 from rlhfctl.generation.base import EngineOptions, SamplingParams
 from rlhfctl.records import ROLLOUTS, Record, read_records, write_json, write_jsonl
 
@@ -90,7 +92,7 @@ def run(config: BoNConfig) -> dict[str, Any]:
     keys = _vote_keys(rollouts) if config.votes else []
     for vote in config.votes:
         weights = [[_sigmoid(x) for x in s] for s in ranked["rm"]] if vote == "weighted" else [None] * len(rollouts)
-        curves[vote] = [_mean(maj_at_k(kk, r["correct"], k, weights=w) for kk, r, w in zip(keys, rollouts, weights)) for k in ns]
+        curves[vote] = [_mean(_vote_accuracy(kk, r["correct"], w, k) for kk, r, w in zip(keys, rollouts, weights)) for k in ns]
     scores.save()
     result = {"n": ns, "curves": curves, "num_prompts": len(rollouts), "source": config.source}
     write_json(config.out, result)
@@ -206,6 +208,10 @@ def _vote_keys(rollouts: list[Record]) -> list[list[str | None]]:
     from rlhfctl.grading import get_grader
 
     return [[get_grader(task_of(r) or "math").extract(t) for t in r["responses"]] for r in rollouts]
+
+
+def _vote_accuracy(keys: list[str | None], correct: list[bool], weights: list[float] | None, k: int) -> float:
+    return maj_at_k(keys, correct, k) if weights is None else weighted_maj_at_k(keys, correct, weights, k)
 
 
 def _picks(rollouts: list[Record], ranked: dict[str, list[list[float]]]) -> list[Record]:

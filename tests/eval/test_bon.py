@@ -11,7 +11,7 @@ import pytest
 
 from conftest import read_jsonl, write_prompts
 from rlhfctl.eval import bon
-from rlhfctl.eval.passk import maj_at_k
+from rlhfctl.eval.passk import maj_at_k, weighted_maj_at_k
 from rlhfctl.records import write_jsonl
 
 # Four responses per prompt, graded; scores are the stub reward model's.
@@ -219,11 +219,11 @@ def test_weighted_vote_by_hand():
     # unweighted: 9 wins 2 votes to 1; weighted: 8 (0.9) beats 9 (0.3 + 0.2)
     answers, correct, weights = ["9", "9", "8"], [False, False, True], [0.3, 0.2, 0.9]
     assert maj_at_k(answers, correct, 3) == 0.0
-    assert maj_at_k(answers, correct, 3, weights=weights) == 1.0
+    assert weighted_maj_at_k(answers, correct, weights, 3) == 1.0
     # k=2: {9,9} -> 9; {9a,8} -> 8; {9b,8} -> 8
-    assert maj_at_k(answers, correct, 2, weights=weights) == pytest.approx(2 / 3)
+    assert weighted_maj_at_k(answers, correct, weights, 2) == pytest.approx(2 / 3)
     # an exact tie in weight splits the credit
-    assert maj_at_k(["1", "2"], [True, False], 2, weights=[0.5, 0.5]) == pytest.approx(0.5)
+    assert weighted_maj_at_k(["1", "2"], [True, False], [0.5, 0.5], 2) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -235,8 +235,22 @@ def test_weighted_vote_matches_brute_force(seed):
     correct = [a == gold for a in answers]
     weights = [rng.choice([0.25, 0.5, 1.0, rng.random()]) for _ in range(n)]
     for k in range(1, n + 1):
-        assert maj_at_k(answers, correct, k, weights=weights) == pytest.approx(brute_vote(answers, correct, k, weights), abs=1e-12)
+        assert weighted_maj_at_k(answers, correct, weights, k) == pytest.approx(brute_vote(answers, correct, k, weights), abs=1e-12)
         assert maj_at_k(answers, correct, k) == pytest.approx(brute_vote(answers, correct, k), abs=1e-12)
+
+
+def test_weighted_vote_is_exact_up_to_16_samples_and_a_seeded_estimate_beyond():
+    rng = random.Random(0)
+    answers = [rng.choice(["1", "2", "3", None]) for _ in range(16)]
+    correct = [a == "2" for a in answers]
+    weights = [rng.random() for _ in range(16)]
+    assert weighted_maj_at_k(answers, correct, weights, 8) == pytest.approx(brute_vote(answers, correct, 8, weights), abs=1e-12)
+    # past exact_up_to subsets: with equal weights the weighted vote is the majority vote, known exactly
+    answers, correct = answers + ["1", "2", "2", "3"], correct + [False, True, True, False]
+    estimate = weighted_maj_at_k(answers, correct, [0.5] * 20, 10)  # C(20, 10) = 184756 subsets
+    assert estimate == pytest.approx(maj_at_k(answers, correct, 10), abs=0.04)
+    assert weighted_maj_at_k(answers, correct, [0.5] * 20, 10) == estimate
+    assert weighted_maj_at_k(answers, correct, [0.5] * 20, 10, seed=1) != estimate
 
 
 # --- sampling first, with --policy ---------------------------------------------------------------------------
