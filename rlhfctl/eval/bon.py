@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rlhfctl.errors import ConfigError, DataError
+from rlhfctl.errors import ConfigError, DataError, ModelError
 from rlhfctl.eval.best_of_n import best_of_n_accuracy, oracle_accuracy
 from rlhfctl.eval.passk import ks_up_to, maj_at_k, weighted_maj_at_k
 from rlhfctl.generation.base import EngineOptions, SamplingParams
@@ -139,6 +139,11 @@ def model_key(kind: str, model: str) -> str:
     return f"{kind}:{os.path.abspath(model)}@{digest.hexdigest()[:16]}"
 
 
+def _nan_scores(per_prompt: list[list[Any]]) -> int:
+    """How many responses have a NaN score (or, for a PRM, a NaN step score): NaN sorts anywhere."""
+    return sum(any(math.isnan(x) for x in (s if isinstance(s, list) else [s])) for scores in per_prompt for s in scores)
+
+
 def _response_digest(prompt: Any, response: str) -> str:
     return hashlib.sha256(json.dumps([prompt, response]).encode()).hexdigest()[:16]
 
@@ -150,7 +155,8 @@ class ScoreCache:
     ``RESPONSES`` maps each prompt id to digests of the responses its scores are for. Opening
     the cache with rollouts whose responses differ drops that prompt's scores from every
     scorer; entries of a scorer whose model folder has changed (same path, new fingerprint)
-    are dropped when that scorer is asked for."""
+    are dropped when that scorer is asked for. A NaN score, cached or fresh, is refused: it
+    would rank arbitrarily."""
 
     RESPONSES = "responses"
 
@@ -175,9 +181,18 @@ class ScoreCache:
         for stale in [k for k in self.data if k != scorer and k.partition("@")[0] == path]:
             del self.data[stale]  # the same model folder, rewritten since
         known = self.data.setdefault(scorer, {})
+        kind, _, model = path.partition(":")
+        cached = [known[r["id"]][: len(r["responses"])] for r in rollouts if r["id"] in known]
+        if bad := _nan_scores(cached):
+            raise DataError(self.path, None, f"{bad} responses have a NaN {kind} score from {model}: a NaN cannot be "
+                                             "ranked (delete the file to score afresh)")
         todo = [r for r in rollouts if len(known.get(r["id"], [])) < len(r["responses"])]
         if todo:
-            for r, s in zip(todo, compute(todo)):
+            fresh = compute(todo)
+            if bad := _nan_scores(fresh):  # refused before it reaches the cache
+                raise ModelError(f"{model}: {bad} of {sum(len(s) for s in fresh)} responses got a NaN {kind} score: "
+                                 "a NaN cannot be ranked")
+            for r, s in zip(todo, fresh):
                 known[r["id"]] = s
         return [known[r["id"]][: len(r["responses"])] for r in rollouts]
 

@@ -213,6 +213,32 @@ def test_ungraded_rollouts_are_refused(tmp_path, run_main):
     assert not (tmp_path / "bon.json").exists()
 
 
+def test_nan_scores_are_refused(setup, run_main, tmp_path, monkeypatch):
+    src, rm, out, calls = setup
+    cache = tmp_path / "bon.json.scores.json"
+    key = f"rm:{os.path.abspath(rm)}"
+    cache.write_text(json.dumps({key: {**SCORES, "p1": [0.2, math.nan, -0.3, math.nan]}}))
+    r = run_main("best-of-n", src, "--rm", rm, "--vote", "weighted", "--out", out)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert r.err.startswith(f"error: {cache}: 2 responses have a NaN rm score from {rm}"), r.err
+    assert calls["rm"] == [] and not out.exists()
+    # scored now: the error names the model folder, and nothing reaches the cache
+    cache.unlink()
+    monkeypatch.setattr(bon, "_score_rm", lambda rollouts, path: [[1.0, math.nan, 0.5, 0.0]] + [[0.0] * 4] * (len(rollouts) - 1))
+    r = run_main("best-of-n", src, "--rm", rm, "--out", out)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert r.err.startswith(f"error: {rm}: 1 of 12 responses got a NaN rm score"), r.err
+    assert not cache.exists() and not out.exists()
+
+
+def test_nan_counts_and_the_estimator_refuses_nan():
+    from rlhfctl.eval.best_of_n import best_of_n_accuracy
+
+    assert bon._nan_scores([[[0.1, math.nan], [0.2]], [[math.nan, math.nan]]]) == 2  # PRM step scores, per response
+    with pytest.raises(ValueError, match="NaN"):
+        best_of_n_accuracy([0.0, math.nan], [True, False], 1)
+
+
 # --- weighted voting ----------------------------------------------------------------------------------------
 
 def test_weighted_vote_by_hand():
