@@ -47,7 +47,7 @@ def run(config: BenchmarkConfig) -> dict[str, Any]:
         responses = [s.text for s in group]
         grader = get_grader(task_of(record))
         groups.append(([grader.extract(t) for t in responses], grade(record, responses)))
-    summary = summarize(groups, seed=config.params.seed)
+    summary = summarize(groups)
     summary.update({"temperature": config.params.temperature, "model": config.model, "data": config.data,
                     "mean_tokens": sum(s.num_tokens for g in samples for s in g) / sum(len(g) for g in samples)})
     if config.out:

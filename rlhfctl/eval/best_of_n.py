@@ -24,6 +24,8 @@ def best_of_n_accuracy(scores: Sequence[float], correct: Sequence[bool], k: int)
     n = len(scores)
     if not 1 <= k <= n:
         raise ValueError(f"k must be in 1..n, got k={k} with n={n} samples")
+    if any(math.isnan(s) for s in scores):
+        raise ValueError("a NaN score has no rank")
     groups: dict[float, list[bool]] = {}
     for s, c in zip(scores, correct):
         groups.setdefault(float(s), []).append(bool(c))

@@ -2,12 +2,14 @@
 
 Every curve comes from one set of N_max samples per prompt with exact
 expectations over random N-subsets (`best_of_n.best_of_n_accuracy`,
-`passk.maj_at_k`). Scorer outputs are kept in ``OUT.scores.json`` keyed by
-scorer, prompt id and response index, so adding a scorer or re-plotting
-never scores twice. A scorer's key names its model folder and a fingerprint
-of the folder's files, and the cache records a digest of every response it
-scored: a model retrained in place, or a rollouts file regenerated under the
-same ids, is scored afresh instead of read from stale entries.
+`passk.maj_at_k`); the σ(reward)-weighted vote is exact up to N_max = 16 and
+a seeded estimate beyond (`passk.weighted_maj_at_k`). Scorer outputs are
+kept in ``OUT.scores.json`` keyed by scorer, prompt id and response index,
+so adding a scorer or re-plotting never scores twice. A scorer's key names
+its model folder and a fingerprint of the folder's files, and the cache
+records a digest of every response it scored: a model retrained in place,
+or a rollouts file regenerated under the same ids, is scored afresh instead
+of read from stale entries.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rlhfctl.errors import ConfigError, DataError
+from rlhfctl.errors import ConfigError, DataError, ModelError
 from rlhfctl.eval.best_of_n import best_of_n_accuracy, oracle_accuracy
-from rlhfctl.eval.passk import ks_up_to, maj_at_k
+from rlhfctl.eval.passk import ks_up_to, maj_at_k, weighted_maj_at_k
 from rlhfctl.generation.base import EngineOptions, SamplingParams
 from rlhfctl.records import ROLLOUTS, Record, read_records, write_json, write_jsonl
 
@@ -94,7 +96,7 @@ def run(config: BoNConfig) -> dict[str, Any]:
     keys = _vote_keys(rollouts) if config.votes else []
     for vote in config.votes:
         weights = [[_sigmoid(x) for x in s] for s in ranked["rm"]] if vote == "weighted" else [None] * len(rollouts)
-        curves[vote] = [_mean(maj_at_k(kk, r["correct"], k, weights=w) for kk, r, w in zip(keys, rollouts, weights)) for k in ns]
+        curves[vote] = [_mean(_vote_accuracy(kk, r["correct"], w, k) for kk, r, w in zip(keys, rollouts, weights)) for k in ns]
     scores.save()
     result = {"n": ns, "curves": curves, "num_prompts": len(rollouts), "source": config.source}
     if counts:
@@ -143,6 +145,11 @@ def model_key(kind: str, model: str) -> str:
     return f"{kind}:{os.path.abspath(model)}@{digest.hexdigest()[:16]}"
 
 
+def _nan_scores(per_prompt: list[list[Any]]) -> int:
+    """How many responses have a NaN score (or, for a PRM, a NaN step score): NaN sorts anywhere."""
+    return sum(any(math.isnan(x) for x in (s if isinstance(s, list) else [s])) for scores in per_prompt for s in scores)
+
+
 def _response_digest(prompt: Any, response: str) -> str:
     return hashlib.sha256(json.dumps([prompt, response]).encode()).hexdigest()[:16]
 
@@ -154,7 +161,8 @@ class ScoreCache:
     ``RESPONSES`` maps each prompt id to digests of the responses its scores are for. Opening
     the cache with rollouts whose responses differ drops that prompt's scores from every
     scorer; entries of a scorer whose model folder has changed (same path, new fingerprint)
-    are dropped when that scorer is asked for."""
+    are dropped when that scorer is asked for. A NaN score, cached or fresh, is refused: it
+    would rank arbitrarily."""
 
     RESPONSES = "responses"
 
@@ -179,9 +187,18 @@ class ScoreCache:
         for stale in [k for k in self.data if k != scorer and k.partition("@")[0] == path]:
             del self.data[stale]  # the same model folder, rewritten since
         known = self.data.setdefault(scorer, {})
+        kind, _, model = path.partition(":")
+        cached = [known[r["id"]][: len(r["responses"])] for r in rollouts if r["id"] in known]
+        if bad := _nan_scores(cached):
+            raise DataError(self.path, None, f"{bad} responses have a NaN {kind} score from {model}: a NaN cannot be "
+                                             "ranked (delete the file to score afresh)")
         todo = [r for r in rollouts if len(known.get(r["id"], [])) < len(r["responses"])]
         if todo:
-            for r, s in zip(todo, compute(todo)):
+            fresh = compute(todo)
+            if bad := _nan_scores(fresh):  # refused before it reaches the cache
+                raise ModelError(f"{model}: {bad} of {sum(len(s) for s in fresh)} responses got a NaN {kind} score: "
+                                 "a NaN cannot be ranked")
+            for r, s in zip(todo, fresh):
                 known[r["id"]] = s
         return [known[r["id"]][: len(r["responses"])] for r in rollouts]
 
@@ -212,6 +229,10 @@ def _vote_keys(rollouts: list[Record]) -> list[list[str | None]]:
     from rlhfctl.grading import get_grader
 
     return [[get_grader(task_of(r) or "math").extract(t) for t in r["responses"]] for r in rollouts]
+
+
+def _vote_accuracy(keys: list[str | None], correct: list[bool], weights: list[float] | None, k: int) -> float:
+    return maj_at_k(keys, correct, k) if weights is None else weighted_maj_at_k(keys, correct, weights, k)
 
 
 def _picks(rollouts: list[Record], ranked: dict[str, list[list[float]]]) -> list[Record]:

@@ -48,11 +48,17 @@ def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (the σ consumers divide by)."""
-    if not values:
+    """Mean and unbiased standard deviation (the μ/σ consumers standardise with).
+
+    σ² = Σ (v - μ)² / (n - 1), Bessel's correction, like ``statistics.stdev``
+    and ``torch.std``'s default: the held-out scores are a sample of the RM's
+    score distribution. Fewer than two values give no spread: (0, 1), which
+    leaves scores as they are.
+    """
+    if len(values) < 2:
         return 0.0, 1.0
     mu = math.fsum(values) / len(values)
-    var = math.fsum((v - mu) ** 2 for v in values) / len(values)
+    var = math.fsum((v - mu) ** 2 for v in values) / (len(values) - 1)
     return mu, math.sqrt(var)
 
 

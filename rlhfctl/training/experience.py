@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from rlhfctl.console import log
 from rlhfctl.packing import Packed, attention_implementation, pack
 from rlhfctl.rl.advantages import gae, whiten
 from rlhfctl.rl.kl import KL_ESTIMATORS
@@ -197,14 +198,26 @@ class RewardModelHandle:
     pad_id: int | None  # the config's pad id: the score is read at the last token that is not it
 
 
-def load_rm_handle(folder: str, device: Any = "cpu", max_length: int | None = None) -> RewardModelHandle:
+def load_rm_handle(folder: str, device: Any = "cpu", max_length: int | None = None, main: bool = True) -> RewardModelHandle:
     from rlhfctl.rm.model import ORM, TokenValues, load_reward_model, trained_max_length
 
     model, tokenizer, manifest = load_reward_model(folder, ORM, device=device)
-    results = manifest.get("results", {})
-    return RewardModelHandle(TokenValues(model).eval(), tokenizer, float(results.get("reward_mean", 0.0)),
-                             float(results.get("reward_std", 1.0)), max_length or trained_max_length(manifest),
+    mean, std = rm_statistics(folder, manifest.get("results", {}), main)
+    return RewardModelHandle(TokenValues(model).eval(), tokenizer, mean, std, max_length or trained_max_length(manifest),
                              model.config.pad_token_id)
+
+
+def rm_statistics(folder: str, results: dict[str, Any], main: bool = True) -> tuple[float, float]:
+    """The μ/σ of an ORM's held-out scores, from its manifest's results, to standardise with.
+
+    An RM trained with no held-out data (--eval-fraction 0, no --eval-data) has
+    none: μ/σ are (0, 1) and standardising leaves the raw scores, so it says so
+    on stderr rather than let them pass for standardised ones.
+    """
+    if 2 * results.get("num_pairs", 0) + results.get("num_binary", 0) < 2:
+        log(f"warning: {folder}: RM scores are not standardised: the reward model has no held-out statistics "
+            "(train-rm with --eval-data, or --eval-fraction above 0)", main)
+    return float(results.get("reward_mean", 0.0)), float(results.get("reward_std", 1.0))
 
 
 def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], config, settings: AdvantageSettings,

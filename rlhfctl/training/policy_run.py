@@ -76,7 +76,7 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
     main = accelerator.is_main_process
     models, ref, tokenizer, adapters = build_models(config, accelerator)
     config = dataclasses.replace(config, packing=use_packing(config.packing, models.policy, "train-policy", main))  # decided once
-    rm = load_rm_handle(config.rm, accelerator.device, config.rm_max_length) if config.rm and config.rm_weight else None
+    rm = load_rm_handle(config.rm, accelerator.device, config.rm_max_length, main) if config.rm and config.rm_weight else None
     settings = AdvantageSettings(config.algo, config.n, config.shaping, config.kl_coef, config.kl_estimator, config.kl_in,
                                  gamma=config.gamma, lam=config.lam, whiten_advantages=config.algo == "ppo")
     start = restore(out, models, accelerator) if config.resume else 0

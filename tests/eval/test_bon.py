@@ -11,7 +11,7 @@ import pytest
 
 from conftest import read_jsonl, write_prompts
 from rlhfctl.eval import bon
-from rlhfctl.eval.passk import maj_at_k
+from rlhfctl.eval.passk import maj_at_k, weighted_maj_at_k
 from rlhfctl.records import write_jsonl
 
 # Four responses per prompt, graded; scores are the stub reward model's.
@@ -213,17 +213,43 @@ def test_ungraded_rollouts_are_refused(tmp_path, run_main):
     assert not (tmp_path / "bon.json").exists()
 
 
+def test_nan_scores_are_refused(setup, run_main, tmp_path, monkeypatch):
+    src, rm, out, calls = setup
+    cache = tmp_path / "bon.json.scores.json"
+    key = f"rm:{os.path.abspath(rm)}"
+    cache.write_text(json.dumps({key: {**SCORES, "p1": [0.2, math.nan, -0.3, math.nan]}}))
+    r = run_main("best-of-n", src, "--rm", rm, "--vote", "weighted", "--out", out)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert r.err.startswith(f"error: {cache}: 2 responses have a NaN rm score from {rm}"), r.err
+    assert calls["rm"] == [] and not out.exists()
+    # scored now: the error names the model folder, and nothing reaches the cache
+    cache.unlink()
+    monkeypatch.setattr(bon, "_score_rm", lambda rollouts, path: [[1.0, math.nan, 0.5, 0.0]] + [[0.0] * 4] * (len(rollouts) - 1))
+    r = run_main("best-of-n", src, "--rm", rm, "--out", out)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert r.err.startswith(f"error: {rm}: 1 of 12 responses got a NaN rm score"), r.err
+    assert not cache.exists() and not out.exists()
+
+
+def test_nan_counts_and_the_estimator_refuses_nan():
+    from rlhfctl.eval.best_of_n import best_of_n_accuracy
+
+    assert bon._nan_scores([[[0.1, math.nan], [0.2]], [[math.nan, math.nan]]]) == 2  # PRM step scores, per response
+    with pytest.raises(ValueError, match="NaN"):
+        best_of_n_accuracy([0.0, math.nan], [True, False], 1)
+
+
 # --- weighted voting ----------------------------------------------------------------------------------------
 
 def test_weighted_vote_by_hand():
     # unweighted: 9 wins 2 votes to 1; weighted: 8 (0.9) beats 9 (0.3 + 0.2)
     answers, correct, weights = ["9", "9", "8"], [False, False, True], [0.3, 0.2, 0.9]
     assert maj_at_k(answers, correct, 3) == 0.0
-    assert maj_at_k(answers, correct, 3, weights=weights) == 1.0
+    assert weighted_maj_at_k(answers, correct, weights, 3) == 1.0
     # k=2: {9,9} -> 9; {9a,8} -> 8; {9b,8} -> 8
-    assert maj_at_k(answers, correct, 2, weights=weights) == pytest.approx(2 / 3)
+    assert weighted_maj_at_k(answers, correct, weights, 2) == pytest.approx(2 / 3)
     # an exact tie in weight splits the credit
-    assert maj_at_k(["1", "2"], [True, False], 2, weights=[0.5, 0.5]) == pytest.approx(0.5)
+    assert weighted_maj_at_k(["1", "2"], [True, False], [0.5, 0.5], 2) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -235,8 +261,22 @@ def test_weighted_vote_matches_brute_force(seed):
     correct = [a == gold for a in answers]
     weights = [rng.choice([0.25, 0.5, 1.0, rng.random()]) for _ in range(n)]
     for k in range(1, n + 1):
-        assert maj_at_k(answers, correct, k, weights=weights) == pytest.approx(brute_vote(answers, correct, k, weights), abs=1e-12)
+        assert weighted_maj_at_k(answers, correct, weights, k) == pytest.approx(brute_vote(answers, correct, k, weights), abs=1e-12)
         assert maj_at_k(answers, correct, k) == pytest.approx(brute_vote(answers, correct, k), abs=1e-12)
+
+
+def test_weighted_vote_is_exact_up_to_16_samples_and_a_seeded_estimate_beyond():
+    rng = random.Random(0)
+    answers = [rng.choice(["1", "2", "3", None]) for _ in range(16)]
+    correct = [a == "2" for a in answers]
+    weights = [rng.random() for _ in range(16)]
+    assert weighted_maj_at_k(answers, correct, weights, 8) == pytest.approx(brute_vote(answers, correct, 8, weights), abs=1e-12)
+    # past exact_up_to subsets: with equal weights the weighted vote is the majority vote, known exactly
+    answers, correct = answers + ["1", "2", "2", "3"], correct + [False, True, True, False]
+    estimate = weighted_maj_at_k(answers, correct, [0.5] * 20, 10)  # C(20, 10) = 184756 subsets
+    assert estimate == pytest.approx(maj_at_k(answers, correct, 10), abs=0.04)
+    assert weighted_maj_at_k(answers, correct, [0.5] * 20, 10) == estimate
+    assert weighted_maj_at_k(answers, correct, [0.5] * 20, 10, seed=1) != estimate
 
 
 # --- sampling first, with --policy ---------------------------------------------------------------------------

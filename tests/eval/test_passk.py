@@ -1,4 +1,6 @@
 import itertools
+import math
+import random
 from collections import Counter
 from fractions import Fraction
 
@@ -80,16 +82,36 @@ def test_maj_at_k_exact_matches_brute_force(keys, correct):
         assert maj_at_k(keys, correct, k) == pytest.approx(expected, abs=1e-12), k
 
 
-def test_maj_at_k_sampling_close_to_exact():
+def _random_votes(rng, n):
+    """n samples split into a random number of answers, some correct (or none), some unanswered."""
+    answers = [str(a) for a in range(rng.randint(1, n))]
+    right = set(rng.sample(answers, rng.randint(0, min(2, len(answers)))))
+    keys = [rng.choice(answers + [None] * rng.randint(0, 1)) for _ in range(n)]
+    return keys, [key in right for key in keys]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_maj_at_k_matches_enumeration_on_random_votes(seed):
+    rng = random.Random(seed)
+    keys, correct = _random_votes(rng, rng.randint(1, 12))
+    for k in range(1, len(keys) + 1):
+        assert maj_at_k(keys, correct, k) == pytest.approx(float(brute_maj_at_k(keys, correct, k)), abs=1e-12), (keys, correct, k)
+
+
+def test_maj_at_k_is_exact_past_the_old_sampling_limit():
     keys = ["a"] * 5 + ["b"] * 5 + ["c"] * 4 + [None] * 2
     correct = [True] * 5 + [False] * 11
-    exact = maj_at_k(keys, correct, 8, max_subsets=10**6)  # C(16, 8) = 12870 subsets
-    assert exact == pytest.approx(float(brute_maj_at_k(keys, correct, 8)), abs=1e-12)
-    sampled = maj_at_k(keys, correct, 8, max_subsets=2000, seed=0)
-    assert sampled == pytest.approx(exact, abs=0.04)
-    assert maj_at_k(keys, correct, 8, max_subsets=2000, seed=0) == sampled
-    # A different seed draws different subsets, so sampling mode really ran.
-    assert maj_at_k(keys, correct, 8, max_subsets=2000, seed=1) != sampled
+    assert maj_at_k(keys, correct, 8) == float(brute_maj_at_k(keys, correct, 8))  # C(16, 8) = 12870 subsets
+
+
+def test_maj_at_k_closed_forms_at_large_n():
+    # one answer and unanswered samples: right unless the subset holds no answer at all
+    assert maj_at_k(["a"] * 40 + [None] * 24, [True] * 40 + [False] * 24, 8) == pytest.approx(1 - math.comb(24, 8) / math.comb(64, 8))
+    # 128 distinct answers, 1 right: k votes of 1 tie, the right one is in the subset with prob. k/n and wins 1/k of it
+    assert maj_at_k([str(i) for i in range(128)], [True] + [False] * 127, 64) == pytest.approx(1 / 128)
+    # two answers of 64: by symmetry a half at every k
+    for k in (1, 2, 63, 64, 127, 128):
+        assert maj_at_k(["r"] * 64 + ["w"] * 64, [True] * 64 + [False] * 64, k) == pytest.approx(0.5)
 
 
 @settings(max_examples=60, deadline=None)

@@ -3,6 +3,7 @@
 import itertools
 import math
 import random
+import statistics
 
 import pytest
 
@@ -84,8 +85,13 @@ def test_auc_matches_brute_force(seed):
     assert auc(scores, labels) == pytest.approx(brute, abs=1e-12)
 
 
-def test_mean_std_is_the_population_std():
-    mu, sigma = mean_std([1.0, 2.0, 4.0])
-    assert mu == pytest.approx(7 / 3)
-    assert sigma == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 3))
+@pytest.mark.parametrize("values", [[1.0, 2.0, 4.0], [-3.5, 0.25], [0.1 * i ** 2 - 2 for i in range(50)]])
+def test_mean_std_is_the_unbiased_std(values):
+    mu, sigma = mean_std(values)
+    assert mu == pytest.approx(statistics.mean(values), abs=1e-12)
+    assert sigma == pytest.approx(statistics.stdev(values), abs=1e-12)
+
+
+def test_mean_std_of_fewer_than_two_values_standardises_nothing():
     assert mean_std([]) == (0.0, 1.0)
+    assert mean_std([3.0]) == (0.0, 1.0)

@@ -4,6 +4,7 @@ import json
 import math
 import re
 import shutil
+import statistics
 
 import pytest
 
@@ -307,8 +308,7 @@ def test_manifest_and_metrics(orm_run, rm_data):
     scores, *_ = _hf_scores(folder, texts)
     n = len(pairs)
     chosen, rejected, bin_scores = scores[:n], scores[n:2 * n], scores[2 * n:]
-    mu = sum(scores) / len(scores)
-    sigma = math.sqrt(sum((s - mu) ** 2 for s in scores) / len(scores))
+    mu, sigma = statistics.mean(scores), statistics.stdev(scores)
     assert results["reward_mean"] == pytest.approx(mu, abs=1e-5)
     assert results["reward_std"] == pytest.approx(sigma, abs=1e-5)
     assert results["pair_accuracy"] == pytest.approx(sum(c > r for c, r in zip(chosen, rejected)) / n)
