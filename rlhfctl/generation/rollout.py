@@ -94,6 +94,7 @@ def run(config: RolloutConfig) -> dict[str, Any]:
         return summary
     generator = make_generator(config.backend, config.model, config.params.seed, config.trust_remote_code, config.engine)
     meta = {"model": config.model, "backend": generator.name, **asdict(config.params)}
+    del meta["batch_size"]  # samples do not depend on it, so a resumed file may use another
     per_batch = max(1, config.params.batch_size // config.params.n)
     correct = total = 0
     tic = time.perf_counter()

@@ -120,6 +120,25 @@ def test_rollout_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path, cli
     assert {r["id"]: r for r in records} == {r["id"]: r for r in read_records(reference, ROLLOUTS)}
 
 
+def test_resume_cut_mid_batch_and_other_batch_sizes_give_the_same_file(tmp_path):
+    """Each prompt samples from its own seed: a run cut between two lines of one batch and resumed, or run with
+    another --batch-size, writes the bytes of an unbroken run."""
+    write_prompts(tmp_path / "prompts.jsonl", 40)
+
+    def rollout(name: str, batch_size: int) -> bytes:
+        params = SamplingParams(n=2, temperature=1.0, max_new_tokens=12, batch_size=batch_size, seed=3)
+        run(RolloutConfig(str(tmp_path / "prompts.jsonl"), "toy:tiny", str(tmp_path / name), params))
+        return (tmp_path / name).read_bytes()
+
+    unbroken = rollout("unbroken.jsonl", 16)  # 8 prompts a batch
+    lines = unbroken.splitlines(keepends=True)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(b"".join(lines[:11]) + lines[11][:30])  # killed mid-way through the second batch, mid-write
+    assert rollout("cut.jsonl", 16) == unbroken
+    assert rollout("other.jsonl", 6) == unbroken
+    assert rollout("one.jsonl", 1) == unbroken
+
+
 def test_chat_prompts_render_through_the_chat_template(tmp_path):
     """A chat prompt samples what its rendered text would, and keeps its message list in the record."""
     chat = [{"role": "user", "content": "Compute 12+30."}]
