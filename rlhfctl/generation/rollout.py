@@ -12,7 +12,7 @@ from typing import Any
 
 from rlhfctl.data import render_prompt
 from rlhfctl.errors import ConfigError, DataError
-from rlhfctl.generation.base import EngineOptions, SamplingParams, make_generator
+from rlhfctl.generation.base import EngineOptions, SamplingParams, make_generator, resolve_backend
 from rlhfctl.records import PROMPTS, ROLLOUTS, Record, ResumableWriter, read_records
 from rlhfctl.console import Progress
 
@@ -83,18 +83,45 @@ def grade(record: Record, responses: list[str]) -> list[bool] | None:
     return [grader.is_correct(r, record) for r in responses]
 
 
+# the settings a rollout's samples depend on (its `generator` block), and the flag of each
+SETTING_FLAGS = {"model": "--model", "backend": "--backend", "n": "--n", "temperature": "--temperature",
+                 "top_p": "--top-p", "max_new_tokens": "--max-new-tokens", "seed": "--seed"}
+
+
+def generator_meta(config: RolloutConfig, backend: str) -> dict[str, Any]:
+    """The `generator` block of each record: what made its samples. --batch-size changes none of them."""
+    meta = {"model": config.model, "backend": backend, **asdict(config.params)}
+    del meta["batch_size"]
+    return meta
+
+
+def same_settings(meta: dict[str, Any]):
+    """A check for `ResumableWriter`: the first setting in which a record's `generator` block differs from ``meta``."""
+
+    def check(record: Record) -> str | None:
+        old = record.get("generator")
+        if not isinstance(old, dict):
+            return "field 'generator': missing, so not a file that rollout wrote"
+        for key, flag in SETTING_FLAGS.items():
+            if old.get(key) != meta[key]:
+                return f"written with {flag} {old.get(key)}, this run has {flag} {meta[key]} (rerun with the same settings to resume)"
+        return None
+
+    return check
+
+
 def run(config: RolloutConfig) -> dict[str, Any]:
     records = read_records(config.prompts, PROMPTS)
     check_graders(records, config.prompts)
-    writer = ResumableWriter(config.out, ROLLOUTS)
+    backend = resolve_backend(config.backend, config.engine)
+    meta = generator_meta(config, backend)
+    writer = ResumableWriter(config.out, ROLLOUTS, check=same_settings(meta))
     todo = [r for r in records if r["id"] not in writer.done]
     summary: dict[str, Any] = {"prompts": len(records), "already_done": len(records) - len(todo), "generated": 0,
                                "new_tokens": 0, "tokens_per_s": 0.0, "out": config.out}
     if not todo:
         return summary
-    generator = make_generator(config.backend, config.model, config.params.seed, config.trust_remote_code, config.engine)
-    meta = {"model": config.model, "backend": generator.name, **asdict(config.params)}
-    del meta["batch_size"]  # samples do not depend on it, so a resumed file may use another
+    generator = make_generator(backend, config.model, config.params.seed, config.trust_remote_code, config.engine)
     per_batch = max(1, config.params.batch_size // config.params.n)
     correct = total = 0
     tic = time.perf_counter()

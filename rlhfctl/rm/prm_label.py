@@ -75,8 +75,8 @@ def run(config: LabelConfig) -> dict[str, Any]:
     usable = [r for r in rollouts if r.get("answer") is not None and task_of(r) not in (None, "chat")]
     if not usable:
         raise DataError(config.rollouts, None, "missing in every record: label-prm needs a gold answer to grade completions", "answer")
-    writer = ResumableWriter(config.out, STEPS)
-    extra = ResumableWriter(config.out + ".openrlhf.jsonl", KEYED) if config.format == "openrlhf" else None
+    writer = ResumableWriter(config.out, STEPS, check=same_labelling(config))
+    extra = ResumableWriter(config.out + ".openrlhf.jsonl", KEYED, check=_is_openrlhf) if config.format == "openrlhf" else None
     jobs = [(r, j, sol) for r in usable for j, sol in enumerate(_solutions(r, config.max_solutions_per_prompt))]
     todo = [job for job in jobs if f"{job[0]['id']}-{job[1]}" not in writer.done]
     stats = {"rollouts": len(rollouts), "skipped_no_answer": len(rollouts) - len(usable), "solutions": len(jobs),
@@ -99,6 +99,25 @@ def run(config: LabelConfig) -> dict[str, Any]:
     if extra is not None:
         extra.close()
     return _finish(stats, config, time.perf_counter() - tic)
+
+
+def same_labelling(config: LabelConfig):
+    """A check for `ResumableWriter`: a steps record labelled with another --method or --n-completions."""
+    flags = {"method": ("--method", config.method), "n_completions": ("--n-completions", config.params.n)}
+
+    def check(record: Record) -> str | None:
+        for key, (flag, value) in flags.items():
+            if key not in record:
+                return f"field '{key}': missing, so not a file that label-prm wrote"
+            if record[key] != value:
+                return f"labelled with {flag} {record[key]}, this run has {flag} {value} (rerun with the same settings to resume)"
+        return None
+
+    return check
+
+
+def _is_openrlhf(record: Record) -> str | None:
+    return None if "input" in record and "value" in record else "not an OpenRLHF step record (no 'input' and 'value')"
 
 
 def _solutions(r: Record, limit: int | None) -> list[str]:

@@ -48,12 +48,13 @@ def test_rollout_records_and_determinism(toy_dir, tmp_path):
     assert [r["responses"] for r in read_jsonl(tmp_path / "c.jsonl")] != [r["responses"] for r in rollouts]
 
 
-def test_rerun_of_a_finished_rollout_does_nothing(toy_dir, tmp_path):
+def test_rerun_of_a_finished_rollout_does_nothing(toy_dir, tmp_path, monkeypatch):
     params = SamplingParams(n=1, temperature=0, max_new_tokens=4)
     run(RolloutConfig(str(toy_dir / "test.jsonl"), "toy:tiny", str(tmp_path / "r.jsonl"), params))
     before = (tmp_path / "r.jsonl").read_bytes()
-    # a model that cannot even load: nothing is left to generate, so it is never loaded
-    again = run(RolloutConfig(str(toy_dir / "test.jsonl"), str(tmp_path / "no-model"), str(tmp_path / "r.jsonl"), params))
+    # nothing is left to generate, so no model is loaded
+    monkeypatch.setattr("rlhfctl.generation.rollout.make_generator", lambda *a, **k: pytest.fail("a model was loaded"))
+    again = run(RolloutConfig(str(toy_dir / "test.jsonl"), "toy:tiny", str(tmp_path / "r.jsonl"), params))
     assert (again["already_done"], again["generated"]) == (8, 0)
     assert (tmp_path / "r.jsonl").read_bytes() == before
 
@@ -137,6 +138,51 @@ def test_resume_cut_mid_batch_and_other_batch_sizes_give_the_same_file(tmp_path)
     assert rollout("cut.jsonl", 16) == unbroken
     assert rollout("other.jsonl", 6) == unbroken
     assert rollout("one.jsonl", 1) == unbroken
+
+
+def _one_line_error(result, pattern):
+    import re
+
+    assert result.code == 2, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(pattern, lines[0]), result.err
+
+
+@pytest.mark.parametrize("content", [b"my notes on the run\n", b"my notes, no newline", b"{\n  \"a\": 1\n}\n",
+                                     b'{"prompt": "Compute 1+2.\\n", "answer": "3"}\n', b""])
+def test_an_out_that_is_not_a_rollout_file_is_refused_and_kept(toy_dir, tmp_path, run_main, content):
+    """User notes, a JSON document, a prompts file: refused in one line, byte for byte as they were.
+    An empty file holds nothing to lose, so a rollout fills it."""
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(content)
+    r = run_main("rollout", toy_dir / "test.jsonl", "--model", "toy:tiny", "--out", out, "--n", "1", "--max-new-tokens", "4")
+    if not content:
+        assert r.code == 0, r.err
+        assert len(read_records(out, ROLLOUTS)) == 8
+        return
+    _one_line_error(r, rf"^error: {out}:1: .*pass another --out, or delete the file to start over$")
+    assert out.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+@pytest.mark.parametrize("flag,old,new", [("--n", "1", "2"), ("--model", "toy:tiny", "toy:small"), ("--seed", "0", "1"),
+                                          ("--max-new-tokens", "4", "5"), ("--temperature", "1.0", "0.5")])
+def test_resuming_with_other_settings_is_refused(toy_dir, tmp_path, run_main, flag, old, new):
+    out = tmp_path / "out.jsonl"
+    base = {"--model": "toy:tiny", "--n": "1", "--max-new-tokens": "4", "--seed": "0", "--temperature": "1.0"}
+    args = lambda settings: [x for kv in settings.items() for x in kv]  # noqa: E731
+    r = run_main("rollout", toy_dir / "test.jsonl", "--out", out, *args(base))
+    assert r.code == 0, r.err
+    lines = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:3]) + lines[3][:20])  # killed mid-run: a resumable file
+    before = out.read_bytes()
+    r = run_main("rollout", toy_dir / "test.jsonl", "--out", out, *args({**base, flag: new}))
+    _one_line_error(r, rf"^error: {out}:1: written with {flag} {old}, this run has {flag} {new} "
+                       r"\(rerun with the same settings to resume\); pass another --out, or delete the file to start over$")
+    assert out.read_bytes() == before
+    r = run_main("rollout", toy_dir / "test.jsonl", "--out", out, *args(base), "--batch-size", "3")  # the same settings
+    assert r.code == 0, r.err
+    assert len(read_records(out, ROLLOUTS)) == 8
 
 
 def test_chat_prompts_render_through_the_chat_template(tmp_path):
