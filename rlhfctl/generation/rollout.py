@@ -2,6 +2,7 @@
 
 The output is appended one prompt at a time and flushed, so a killed run
 resumes from the prompts already on disk: no id is lost or written twice.
+A lock beside the output (`locks`) keeps a second run off the same file.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from rlhfctl.data import render_prompt
 from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.generation.base import EngineOptions, SamplingParams, make_generator, resolve_backend
+from rlhfctl.locks import locked
 from rlhfctl.records import PROMPTS, ROLLOUTS, Record, ResumableWriter, read_records
 from rlhfctl.console import Progress
 
@@ -115,21 +117,29 @@ def run(config: RolloutConfig) -> dict[str, Any]:
     check_graders(records, config.prompts)
     backend = resolve_backend(config.backend, config.engine)
     meta = generator_meta(config, backend)
-    writer = ResumableWriter(config.out, ROLLOUTS, check=same_settings(meta))
-    todo = [r for r in records if r["id"] not in writer.done]
-    summary: dict[str, Any] = {"prompts": len(records), "already_done": len(records) - len(todo), "generated": 0,
-                               "new_tokens": 0, "tokens_per_s": 0.0, "out": config.out}
-    if not todo:
-        return summary
-    generator = make_generator(backend, config.model, config.params.seed, config.trust_remote_code, config.engine)
-    per_batch = max(1, config.params.batch_size // config.params.n)
+    with locked(config.out):  # a second run on this file would write every prompt again
+        writer = ResumableWriter(config.out, ROLLOUTS, check=same_settings(meta))
+        todo = [r for r in records if r["id"] not in writer.done]
+        summary: dict[str, Any] = {"prompts": len(records), "already_done": len(records) - len(todo), "generated": 0,
+                                   "new_tokens": 0, "tokens_per_s": 0.0, "out": config.out}
+        if not todo:
+            return summary
+        generator = make_generator(backend, config.model, config.params.seed, config.trust_remote_code, config.engine)
+        with writer:
+            _generate(todo, generator, config.params, meta, writer, summary)
+    return summary
+
+
+def _generate(todo: list[Record], generator, params: SamplingParams, meta: dict[str, Any], writer: ResumableWriter,
+              summary: dict[str, Any]) -> None:
+    per_batch = max(1, params.batch_size // params.n)
     correct = total = 0
     tic = time.perf_counter()
-    with writer, Progress("rollout", len(todo), 0, True) as progress:
+    with Progress("rollout", len(todo), 0, True) as progress:
         for start in range(0, len(todo), per_batch):
             chunk = todo[start:start + per_batch]
             texts = [render_prompt(r["prompt"], generator.tokenizer) for r in chunk]
-            samples = generator.generate(texts, config.params, keys=[r["id"] for r in chunk])
+            samples = generator.generate(texts, params, keys=[r["id"] for r in chunk])
             for record, group in zip(chunk, samples):
                 out = _rollout_record(record, group, meta)
                 writer.write(out)
@@ -141,7 +151,6 @@ def run(config: RolloutConfig) -> dict[str, Any]:
     summary["tokens_per_s"] = summary["new_tokens"] / max(1e-9, time.perf_counter() - tic)
     if total:
         summary["accuracy"] = correct / total
-    return summary
 
 
 def _rollout_record(record: Record, group, meta: dict[str, Any]) -> Record:

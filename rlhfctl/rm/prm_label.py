@@ -16,6 +16,7 @@ generator together, so generation runs in full batches.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -23,6 +24,7 @@ from rlhfctl.data import render_prompt
 from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.generation.base import EngineOptions, SamplingParams, make_generator
 from rlhfctl.generation.rollout import check_graders, grade, task_of
+from rlhfctl.locks import locked
 from rlhfctl.records import KEYED, ROLLOUTS, STEPS, Record, ResumableWriter, read_records, write_jsonl
 
 METHODS = ("hard", "soft")
@@ -75,6 +77,14 @@ def run(config: LabelConfig) -> dict[str, Any]:
     usable = [r for r in rollouts if r.get("answer") is not None and task_of(r) not in (None, "chat")]
     if not usable:
         raise DataError(config.rollouts, None, "missing in every record: label-prm needs a gold answer to grade completions", "answer")
+    with ExitStack() as stack:  # one run per output: a second would label every solution again
+        stack.enter_context(locked(config.out))
+        if config.format == "openrlhf":
+            stack.enter_context(locked(config.out + ".openrlhf.jsonl"))
+        return _label_all(config, rollouts, usable)
+
+
+def _label_all(config: LabelConfig, rollouts: list[Record], usable: list[Record]) -> dict[str, Any]:
     writer = ResumableWriter(config.out, STEPS, check=same_labelling(config))
     extra = ResumableWriter(config.out + ".openrlhf.jsonl", KEYED, check=_is_openrlhf) if config.format == "openrlhf" else None
     jobs = [(r, j, sol) for r in usable for j, sol in enumerate(_solutions(r, config.max_solutions_per_prompt))]

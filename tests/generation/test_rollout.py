@@ -185,6 +185,40 @@ def test_resuming_with_other_settings_is_refused(toy_dir, tmp_path, run_main, fl
     assert len(read_records(out, ROLLOUTS)) == 8
 
 
+def test_a_second_rollout_on_one_out_is_refused_and_a_killed_ones_lock_taken_over(tmp_path, cli, cli_env, run_main):
+    """A rollout starts (and is paused, so it cannot finish first); a second one on its --out is refused naming
+    it (exit 2, one line). The first is then killed, leaving its lock: the rerun takes it over and the file ends
+    with each prompt once."""
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 40)
+    out = tmp_path / "rollouts.jsonl"
+    args = ["rollout", str(tmp_path / "prompts.jsonl"), "--model", "toy:tiny", "--out", str(out), "--n", "2",
+            "--batch-size", "2", "--max-new-tokens", "16"]
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen([sys.executable, "-m", "rlhfctl", *args], env=cli_env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 240
+            while _count_lines(out) < 2:
+                assert first.poll() is None, (tmp_path / "first.log").read_text()
+                assert time.monotonic() < deadline, "no output appeared"
+                time.sleep(0.01)
+            os.kill(first.pid, signal.SIGSTOP)
+            assert first.poll() is None, "the first run ended before it was paused"
+            second = cli(*args)
+            os.kill(first.pid, signal.SIGKILL)
+        finally:
+            first.wait(timeout=60)
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.strip().splitlines() == [
+        f"error: {out}: another run is writing it (pid {first.pid}, since {json.loads((tmp_path / 'rollouts.jsonl.lock').read_text())['since']}); "
+        "wait for it to finish or pass another --out"]
+    again = run_main(*args)
+    assert again.code == 0, again.err
+    assert f"{out}: took over the lock of a run that is gone (pid {first.pid}, since " in again.err
+    records = read_records(out, ROLLOUTS)  # rejects an id written twice
+    assert sorted(r["id"] for r in records) == sorted(p["id"] for p in prompts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.log", "prompts.jsonl", "rollouts.jsonl"]
+
+
 def test_chat_prompts_render_through_the_chat_template(tmp_path):
     """A chat prompt samples what its rendered text would, and keeps its message list in the record."""
     chat = [{"role": "user", "content": "Compute 12+30."}]

@@ -209,6 +209,21 @@ def test_an_out_that_is_not_a_steps_file_is_refused_and_kept(tmp_path, with_fake
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.jsonl", notes.name])
 
 
+@pytest.mark.parametrize("side", [False, True])
+def test_a_run_on_an_out_another_run_holds_is_refused(tmp_path, with_fake, side):
+    from rlhfctl.locks import OutputLocked, locked
+
+    write_jsonl(tmp_path / "in.jsonl", ROLLOUTS)
+    made = with_fake()
+    held = tmp_path / ("steps.jsonl.openrlhf.jsonl" if side else "steps.jsonl")
+    with locked(held):
+        with pytest.raises(OutputLocked, match=rf"^{held}: another run is writing it \(pid {os.getpid()}, since "):
+            prm_label.run(_config(tmp_path, format="openrlhf"))
+    assert not made and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    prm_label.run(_config(tmp_path, format="openrlhf"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "steps.jsonl", "steps.jsonl.openrlhf.jsonl"]
+
+
 def test_resuming_with_another_method_is_refused(tmp_path, with_fake):
     from rlhfctl.errors import DataError
 
