@@ -219,6 +219,57 @@ def test_a_second_rollout_on_one_out_is_refused_and_a_killed_ones_lock_taken_ove
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.log", "prompts.jsonl", "rollouts.jsonl"]
 
 
+def test_prompts_longer_than_the_context_are_skipped_and_counted(tmp_path, run_main):
+    """toy:tiny reads 512 tokens, one a character plus <bos>: with 16 new tokens a prompt may have 495 characters.
+    A 1 MB prompt is skipped at once, without tokenising all of it; the others are sampled."""
+    import time as clock
+
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 3)
+    edge = [{"id": "fits", "prompt": "x" * 495}, {"id": "over", "prompt": "y" * 496}, {"id": "huge", "prompt": "z" * 1_000_000}]
+    with open(tmp_path / "prompts.jsonl", "a") as f:
+        f.writelines(json.dumps(p) + "\n" for p in edge)
+    tic = clock.perf_counter()
+    r = run_main("rollout", tmp_path / "prompts.jsonl", "--model", "toy:tiny", "--out", tmp_path / "r.jsonl", "--n", "1",
+                 "--max-new-tokens", "16", "--json")
+    assert r.code == 0, r.err
+    assert clock.perf_counter() - tic < 30
+    assert "skipped 2 prompts longer than the model's context (496 tokens: 512 less --max-new-tokens 16)" in r.err
+    summary = json.loads(r.out)
+    assert (summary["prompts"], summary["generated"], summary["skipped_too_long"]) == (6, 4, 2)
+    assert [x["id"] for x in read_records(tmp_path / "r.jsonl", ROLLOUTS)] == [p["id"] for p in prompts] + ["fits"]
+    r = run_main("rollout", tmp_path / "prompts.jsonl", "--model", "toy:tiny", "--out", tmp_path / "r600.jsonl", "--n", "1",
+                 "--max-new-tokens", "600")
+    assert not (tmp_path / "r600.jsonl").exists()
+    assert r.code == 2 and "--max-new-tokens 600 leaves no room for a prompt in the model's context (512 tokens)" in r.err
+
+
+class _WordTokenizer:
+    """One token a whitespace-separated word; remembers the longest text it was given."""
+
+    def __init__(self):
+        self.longest = 0
+
+    def __call__(self, text, add_special_tokens=True):
+        self.longest = max(self.longest, len(text))
+        return {"input_ids": [0] * len(text.split())}
+
+
+@pytest.mark.parametrize("word", [1, 50])
+def test_too_long_counts_tokens_and_reads_only_what_it_needs(word):
+    """Tokens, not characters, decide, also where a token spans many characters (50 here, past the first
+    look's 8 a token); a text far past the limit is decided from its start."""
+    from rlhfctl.generation.rollout import too_long
+
+    tok = _WordTokenizer()
+    text = lambda words: ("a" * word + " ") * words  # noqa: E731
+    assert not too_long(text(100), tok, 100)
+    assert too_long(text(101), tok, 100)
+    huge = text(1_000_000)
+    tok.longest = 0
+    assert too_long(huge, tok, 100)
+    assert tok.longest < 50 * 101 * 8 < len(huge)
+
+
 def test_chat_prompts_render_through_the_chat_template(tmp_path):
     """A chat prompt samples what its rendered text would, and keeps its message list in the record."""
     chat = [{"role": "user", "content": "Compute 12+30."}]
