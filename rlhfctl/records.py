@@ -16,6 +16,7 @@ This module imports nothing heavy: no torch, no transformers.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -316,6 +317,9 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Record]) -> None:
         atomic_write_text(path, text)
 
 
+START_OVER = "pass another --out, or delete the file to start over"
+
+
 class ResumableWriter:
     """A line-per-record output that survives kills (rollouts, steps).
 
@@ -324,31 +328,58 @@ class ResumableWriter:
     is cut off. Each `write` appends one line and flushes it. The file is only
     created by the first write, so a run that fails before producing anything
     leaves nothing behind. ``-`` streams to stdout (no resume).
+
+    A file that is not this output (a user's notes, another command's
+    records) or was made with other settings (``check`` returns the
+    difference for a record, None when it matches) is refused with a
+    `DataError` before anything in it changes.
     """
 
-    def __init__(self, path: str | os.PathLike, kind: RecordKind, key: Callable[[Record], str] = lambda r: r["id"]):
+    def __init__(self, path: str | os.PathLike, kind: RecordKind, key: Callable[[Record], str] = lambda r: r["id"],
+                 check: Callable[[Record], str | None] | None = None):
         self.path = str(path)
         self.key = key
         self.done: set[str] = set()
         self._file = None
         if self.path != "-" and os.path.exists(self.path):
-            self._recover(kind)
+            self._recover(kind, check)
 
-    def _recover(self, kind: RecordKind) -> None:
+    def _recover(self, kind: RecordKind, check: Callable[[Record], str | None] | None) -> None:
+        if os.path.isdir(self.path):
+            raise DataError(self.path, None, f"is a folder, expected a {kind.name} JSONL file")
         with open(self.path, "rb") as f:
             data = f.read()
-        keep = data.rfind(b"\n") + 1  # everything after the last newline is torn
-        lines = data[:keep].split(b"\n")[:-1]
-        if lines:
-            try:
-                json.loads(lines[-1])
-            except (ValueError, RecursionError):  # ValueError covers bad JSON and bad UTF-8
-                keep -= len(lines[-1]) + 1  # a last line cut mid-write by a crash
+        keep = data.rfind(b"\n") + 1  # everything after the last newline is torn...
+        tail = data[keep:].removeprefix(b"\xef\xbb\xbf" if keep == 0 else b"")
+        if tail.strip() and not tail.startswith(b"{"):  # ...when it is the start of a record, as a kill leaves it
+            raise DataError(self.path, data.count(b"\n") + 1, f"not a {kind.name} record; {START_OVER}")
+        numbered, keep = self._complete_records(data[:keep], kind)
+        for lineno, record in numbered:
+            problem = check(record) if check is not None else None
+            if problem is not None:
+                raise DataError(self.path, lineno, f"{problem}; {START_OVER}")
         if keep != len(data):
             with open(self.path, "r+b") as f:
                 f.truncate(keep)
-        for record in read_records(self.path, kind, allow_empty=True):
-            self.done.add(self.key(record))
+        self.done.update(self.key(record) for _, record in numbered)
+
+    def _complete_records(self, data: bytes, kind: RecordKind) -> tuple[list[tuple[int, Record]], int]:
+        """The records of the complete lines, and how many bytes to keep: a last line that is not JSON
+        after good records was cut by a crash; anything else that is not a record refuses the file."""
+        last = data.count(b"\n")
+        numbered: list[tuple[int, Record]] = []
+        try:
+            for lineno, value in _parse_lines(io.BytesIO(data), self.path):
+                numbered.append((lineno, kind.check(value, self.path, lineno)))
+        except DataError as e:
+            if e.line == last and numbered and e.problem.startswith(("invalid JSON", "not valid UTF-8")):
+                return numbered, data.rfind(b"\n", 0, len(data) - 1) + 1
+            raise DataError(self.path, e.line, f"{e.problem}; {START_OVER}", e.field) from None
+        try:
+            _check_unique_ids(numbered, kind, self.path)
+        except DataError as e:
+            raise DataError(self.path, e.line, f"{e.problem}; {START_OVER}", e.field) from None
+        return numbered, len(data)
 
     def write(self, record: Record) -> None:
         if self._file is None:

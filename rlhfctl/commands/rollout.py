@@ -32,7 +32,9 @@ def rollout(
     One line per prompt: its fields plus `responses`, `num_tokens`,
     `finish_reasons`, `generator`, and `correct` (one bool per response) when
     the prompt has an `answer`. Lines are appended as they finish: rerun the
-    same command after a crash and only the missing prompts are sampled.
+    same command after a crash and only the missing prompts are sampled. A file
+    made with other settings, or held by a running rollout, is refused; prompts
+    longer than the model's context are skipped and counted.
 
     Examples:
 

@@ -9,6 +9,7 @@ measures it against a plain `generate` loop).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 from rlhfctl.generation.base import Sample, SamplingParams, decoded_sample, derive_seed
@@ -28,21 +29,19 @@ class HFGenerator:
         keys = keys if keys is not None else [str(i) for i in range(len(prompts))]
         self.model.eval()  # in train-policy the module is the policy, which the update left in train mode
         ids = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        seeds = row_seeds(params.seed, keys, params.n)
         per_batch = max(1, params.batch_size // params.n)
         out: list[list[Sample]] = []
         for start in range(0, len(prompts), per_batch):
             chunk = range(start, min(start + per_batch, len(prompts)))
-            seed = derive_seed(params.seed, *(keys[i] for i in chunk))
             rows = [ids[i] for i in chunk for _ in range(params.n)]  # (P, n) -> P*n rows
-            samples = self.generate_ids(rows, params, seed)
+            samples = self.generate_ids(rows, params, seeds[start * params.n:chunk.stop * params.n])
             out.extend(samples[j * params.n:(j + 1) * params.n] for j in range(len(chunk)))
         return out
 
-    def generate_ids(self, rows: list[list[int]], params: SamplingParams, seed: int) -> list[Sample]:
-        """One batch: sample a continuation for each row of prompt ids."""
-        import torch
-
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+    def generate_ids(self, rows: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[Sample]:
+        """One batch: sample a continuation for each row of prompt ids, row i from its own ``seeds[i]``."""
+        generator = RowStreams(seeds, params.max_new_tokens, self.device)
         tokens = _decode_loop(self.model, rows, params, self.tokenizer.pad_token_id, self.eos_ids, generator, self.device)
         return [decoded_sample(self.tokenizer, t, reason) for t, reason in tokens]
 
@@ -77,7 +76,7 @@ def _decode_loop(model, rows, params: SamplingParams, pad_id: int, eos_ids: froz
         for _ in range(params.max_new_tokens):
             out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kwarg: cache})
             cache = getattr(out, cache_kwarg)
-            next_tok = sample_next(out.logits[:, -1, :].float(), params.temperature, params.top_p, generator)
+            next_tok = sample_next(out.logits[:, -1, :].float(), params.temperature, params.top_p, generator, alive)
             done_now = []
             for j, tok in enumerate(next_tok.tolist()):
                 row = int(alive[j])
@@ -127,12 +126,14 @@ def _rows_to_keep(n_alive: int, done_now: list[int], device):
     return torch.tensor([j for j in range(n_alive) if j not in done], dtype=torch.long, device=device)
 
 
-def sample_next(logits, temperature: float, top_p: float, generator):
+def sample_next(logits, temperature: float, top_p: float, generator, rows=None):
     """Next token ids (B,) from last-position logits (B, V).
 
     Greedy at temperature 0; otherwise softmax(logits / T) restricted to the
     smallest set of tokens whose probability reaches ``top_p`` (nucleus
-    sampling, Holtzman et al. 2019).
+    sampling, Holtzman et al. 2019). ``generator`` is one torch.Generator for
+    the whole batch, or `RowStreams` with ``rows`` (B,) the row each logit
+    row belongs to.
     """
     import torch
 
@@ -144,4 +145,51 @@ def sample_next(logits, temperature: float, top_p: float, generator):
         outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # mass before this token already reaches top_p
         sorted_p = sorted_p.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    if isinstance(generator, RowStreams):
+        return generator.draw(probs, rows)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def row_seeds(seed: int, keys: list[str], n: int) -> list[int]:
+    """One seed per sample, prompt-major ((P, n) -> P*n): from ``seed``, the prompt's key and the sample's index.
+
+    Nothing else goes in, so a prompt samples the same responses whatever
+    batch it lands in: a resumed rollout equals an unbroken one. A key given
+    twice samples afresh the second time.
+    """
+    seen: Counter[str] = Counter()
+    out = []
+    for key in keys:
+        parts = (key,) if not seen[key] else (key, seen[key])
+        seen[key] += 1
+        out.extend(derive_seed(seed, *parts, j) for j in range(n))
+    return out
+
+
+class RowStreams:
+    """A random stream per row of a batch: row i draws its t-th token from its own t-th uniform.
+
+    One torch.Generator would hand out numbers in batch order, so a row's
+    samples would depend on which rows share its batch. The uniforms are drawn
+    up front on the CPU (the same on every device) and turned into tokens by
+    inverting the cumulative distribution.
+    """
+
+    def __init__(self, seeds: list[int], max_new_tokens: int, device):
+        import torch
+
+        self.uniforms = torch.stack([torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(s))
+                                     for s in seeds]).to(device)  # (rows, max_new_tokens)
+        self.drawn = torch.zeros(len(seeds), dtype=torch.long, device=device)  # uniforms each row has used
+
+    def draw(self, probs, rows):
+        """One token per row from probs (B, V) (not necessarily normalised); ``rows`` (B,) are row indices."""
+        import torch
+
+        u = self.uniforms[rows, self.drawn[rows]]
+        self.drawn[rows] += 1
+        cdf = probs.cumsum(-1)
+        tokens = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
+        # u * total can round up to the total itself: fall back to the last token with any mass
+        last = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(-1)
+        return torch.minimum(tokens, last)

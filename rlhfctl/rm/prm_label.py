@@ -16,6 +16,7 @@ generator together, so generation runs in full batches.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -23,6 +24,7 @@ from rlhfctl.data import render_prompt
 from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.generation.base import EngineOptions, SamplingParams, make_generator
 from rlhfctl.generation.rollout import check_graders, grade, task_of
+from rlhfctl.locks import locked
 from rlhfctl.records import KEYED, ROLLOUTS, STEPS, Record, ResumableWriter, read_records, write_jsonl
 
 METHODS = ("hard", "soft")
@@ -75,8 +77,16 @@ def run(config: LabelConfig) -> dict[str, Any]:
     usable = [r for r in rollouts if r.get("answer") is not None and task_of(r) not in (None, "chat")]
     if not usable:
         raise DataError(config.rollouts, None, "missing in every record: label-prm needs a gold answer to grade completions", "answer")
-    writer = ResumableWriter(config.out, STEPS)
-    extra = ResumableWriter(config.out + ".openrlhf.jsonl", KEYED) if config.format == "openrlhf" else None
+    with ExitStack() as stack:  # one run per output: a second would label every solution again
+        stack.enter_context(locked(config.out))
+        if config.format == "openrlhf":
+            stack.enter_context(locked(config.out + ".openrlhf.jsonl"))
+        return _label_all(config, rollouts, usable)
+
+
+def _label_all(config: LabelConfig, rollouts: list[Record], usable: list[Record]) -> dict[str, Any]:
+    writer = ResumableWriter(config.out, STEPS, check=same_labelling(config))
+    extra = ResumableWriter(config.out + ".openrlhf.jsonl", KEYED, check=_is_openrlhf) if config.format == "openrlhf" else None
     jobs = [(r, j, sol) for r in usable for j, sol in enumerate(_solutions(r, config.max_solutions_per_prompt))]
     todo = [job for job in jobs if f"{job[0]['id']}-{job[1]}" not in writer.done]
     stats = {"rollouts": len(rollouts), "skipped_no_answer": len(rollouts) - len(usable), "solutions": len(jobs),
@@ -99,6 +109,25 @@ def run(config: LabelConfig) -> dict[str, Any]:
     if extra is not None:
         extra.close()
     return _finish(stats, config, time.perf_counter() - tic)
+
+
+def same_labelling(config: LabelConfig):
+    """A check for `ResumableWriter`: a steps record labelled with another --method or --n-completions."""
+    flags = {"method": ("--method", config.method), "n_completions": ("--n-completions", config.params.n)}
+
+    def check(record: Record) -> str | None:
+        for key, (flag, value) in flags.items():
+            if key not in record:
+                return f"field '{key}': missing, so not a file that label-prm wrote"
+            if record[key] != value:
+                return f"labelled with {flag} {record[key]}, this run has {flag} {value} (rerun with the same settings to resume)"
+        return None
+
+    return check
+
+
+def _is_openrlhf(record: Record) -> str | None:
+    return None if "input" in record and "value" in record else "not an OpenRLHF step record (no 'input' and 'value')"
 
 
 def _solutions(r: Record, limit: int | None) -> list[str]:

@@ -224,7 +224,7 @@ def test_nan_scores_are_refused(setup, run_main, tmp_path, monkeypatch):
     assert calls["rm"] == [] and not out.exists()
     # scored now: the error names the model folder, and nothing reaches the cache
     cache.unlink()
-    monkeypatch.setattr(bon, "_score_rm", lambda rollouts, path: [[1.0, math.nan, 0.5, 0.0]] + [[0.0] * 4] * (len(rollouts) - 1))
+    monkeypatch.setattr(bon, "_score_rm", lambda rollouts, path, *rest: [[1.0, math.nan, 0.5, 0.0]] + [[0.0] * 4] * (len(rollouts) - 1))
     r = run_main("best-of-n", src, "--rm", rm, "--out", out)
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
     assert r.err.startswith(f"error: {rm}: 1 of 12 responses got a NaN rm score"), r.err

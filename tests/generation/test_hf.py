@@ -171,24 +171,52 @@ def test_eos_is_stripped_and_reported_as_stop(model, tok):
 
 # --- sample_next ---------------------------------------------------------------------------------
 
-def _draws(probs, top_p, temperature=1.0, n=4000, seed=0):
-    from rlhfctl.generation.hf import sample_next
+def _draws(probs, top_p, temperature=1.0, n=4000, seed=0, per_row=False):
+    """Token counts of ``n`` draws: from one shared generator, or (``per_row``) one stream per row."""
+    from rlhfctl.generation.hf import RowStreams, sample_next
 
     logits = torch.tensor(probs).log().expand(n, -1)
+    if per_row:
+        streams = RowStreams([seed * n + i for i in range(n)], 1, "cpu")
+        return Counter(sample_next(logits, temperature, top_p, streams, torch.arange(n)).tolist())
     return Counter(sample_next(logits, temperature, top_p, torch.Generator().manual_seed(seed)).tolist())
 
 
-def test_top_p_keeps_only_the_top_token_when_it_has_enough_mass():
-    assert set(_draws([0.1, 0.6, 0.3], top_p=0.5)) == {1}
-    assert set(_draws([0.25, 0.5, 0.25], top_p=0.5)) == {1}  # exactly top_p: the top token alone reaches it
+@pytest.mark.parametrize("per_row", [False, True])
+def test_top_p_keeps_only_the_top_token_when_it_has_enough_mass(per_row):
+    assert set(_draws([0.1, 0.6, 0.3], top_p=0.5, per_row=per_row)) == {1}
+    assert set(_draws([0.25, 0.5, 0.25], top_p=0.5, per_row=per_row)) == {1}  # exactly top_p: the top token alone reaches it
 
 
-def test_top_p_keeps_the_smallest_set_reaching_it_and_renormalises():
-    counts = _draws([0.05, 0.4, 0.35, 0.2], top_p=0.5)
+@pytest.mark.parametrize("per_row", [False, True])
+def test_top_p_keeps_the_smallest_set_reaching_it_and_renormalises(per_row):
+    counts = _draws([0.05, 0.4, 0.35, 0.2], top_p=0.5, per_row=per_row)
     assert set(counts) == {1, 2}
     assert counts[1] / sum(counts.values()) == pytest.approx(0.4 / 0.75, abs=0.03)
-    assert set(_draws([0.05, 0.4, 0.35, 0.2], top_p=0.8)) == {1, 2, 3}
-    assert set(_draws([0.05, 0.4, 0.35, 0.2], top_p=1.0)) == {0, 1, 2, 3}
+    assert set(_draws([0.05, 0.4, 0.35, 0.2], top_p=0.8, per_row=per_row)) == {1, 2, 3}
+    assert set(_draws([0.05, 0.4, 0.35, 0.2], top_p=1.0, per_row=per_row)) == {0, 1, 2, 3}
+
+
+def test_row_streams_never_draw_a_token_without_mass():
+    from rlhfctl.generation.hf import RowStreams
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0]]).expand(2000, -1)
+    streams = RowStreams(list(range(2000)), 1, "cpu")
+    streams.uniforms[0, 0] = 1.0 - 2**-24  # the largest float32 below 1
+    assert set(streams.draw(probs, torch.arange(2000)).tolist()) == {1, 3}
+
+
+def test_a_prompt_samples_the_same_whatever_shares_its_batch(gen):
+    """Seeds come from each prompt's key and sample index: batch size and neighbours change nothing."""
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=10, batch_size=12, seed=5)
+    tokens = lambda groups: [[s.token_ids for s in g] for g in groups]  # noqa: E731
+    together = tokens(gen.generate(PROMPTS, params, keys=list("abcdef")))
+    alone = [tokens(gen.generate([p], params, keys=[k]))[0] for p, k in zip(PROMPTS, "abcdef")]
+    assert together == alone
+    shuffled = tokens(gen.generate(PROMPTS[::-1], params, keys=list("fedcba")))
+    assert shuffled == together[::-1]
+    twice = tokens(gen.generate([PROMPTS[1]] * 2, params, keys=["b", "b"]))
+    assert twice[0] == together[1] and twice[1] != twice[0]  # a key given twice samples afresh
 
 
 def test_temperature_zero_is_argmax_and_low_temperature_sharpens():

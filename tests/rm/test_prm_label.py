@@ -194,6 +194,50 @@ def test_run_resumes_after_a_crash_and_labels_each_solution_once(tmp_path, with_
     assert read_jsonl(tmp_path / "steps.jsonl") == records
 
 
+@pytest.mark.parametrize("side", [False, True])
+def test_an_out_that_is_not_a_steps_file_is_refused_and_kept(tmp_path, with_fake, side):
+    """User notes at --out (or where --format openrlhf puts its side file): refused before any change, nothing generated."""
+    from rlhfctl.errors import DataError
+
+    write_jsonl(tmp_path / "in.jsonl", ROLLOUTS)
+    notes = tmp_path / ("steps.jsonl.openrlhf.jsonl" if side else "steps.jsonl")
+    notes.write_text("notes: try soft labels next\n")
+    made = with_fake()
+    with pytest.raises(DataError, match=rf"^{notes}:1: .*; pass another --out, or delete the file to start over$"):
+        prm_label.run(_config(tmp_path, format="openrlhf"))
+    assert notes.read_text() == "notes: try soft labels next\n" and not made
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.jsonl", notes.name])
+
+
+@pytest.mark.parametrize("side", [False, True])
+def test_a_run_on_an_out_another_run_holds_is_refused(tmp_path, with_fake, side):
+    from rlhfctl.locks import OutputLocked, locked
+
+    write_jsonl(tmp_path / "in.jsonl", ROLLOUTS)
+    made = with_fake()
+    held = tmp_path / ("steps.jsonl.openrlhf.jsonl" if side else "steps.jsonl")
+    with locked(held):
+        with pytest.raises(OutputLocked, match=rf"^{held}: another run is writing it \(pid {os.getpid()}, since "):
+            prm_label.run(_config(tmp_path, format="openrlhf"))
+    assert not made and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    prm_label.run(_config(tmp_path, format="openrlhf"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "steps.jsonl", "steps.jsonl.openrlhf.jsonl"]
+
+
+def test_resuming_with_another_method_is_refused(tmp_path, with_fake):
+    from rlhfctl.errors import DataError
+
+    write_jsonl(tmp_path / "in.jsonl", ROLLOUTS)
+    with_fake()
+    prm_label.run(_config(tmp_path))
+    before = (tmp_path / "steps.jsonl").read_bytes()
+    with pytest.raises(DataError, match=r":1: labelled with --method hard, this run has --method soft \(rerun with the same"):
+        prm_label.run(_config(tmp_path, method="soft"))
+    with pytest.raises(DataError, match=r":1: labelled with --n-completions 4, this run has --n-completions 2 "):
+        prm_label.run(LabelConfig(str(tmp_path / "in.jsonl"), "fake", str(tmp_path / "steps.jsonl"), SamplingParams(n=2)))
+    assert (tmp_path / "steps.jsonl").read_bytes() == before
+
+
 def test_run_skips_prompts_without_answer_and_caps_solutions(tmp_path, with_fake):
     no_answer = {"id": "c", "prompt": "Say hi.", "responses": ["hi"]}
     write_jsonl(tmp_path / "in.jsonl", [*ROLLOUTS, no_answer])

@@ -1,7 +1,8 @@
 """The reward model's standardisation statistics as train-policy loads them."""
 
-import torch
 from types import SimpleNamespace
+
+import torch
 
 from rlhfctl.training import experience
 
