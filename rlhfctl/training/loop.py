@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from rlhfctl.artifacts import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfctl.artifacts import load_newest_intact_checkpoint, save_checkpoint
 from rlhfctl.errors import ConfigError
 from rlhfctl.records import atomic_write_text, write_json
 
@@ -219,14 +219,15 @@ def save_training_state(run_dir: Path, step: int, accelerator, model, optimizer,
 
 
 def restore_training_state(run_dir: Path, accelerator, model, optimizer, scheduler) -> tuple[int, dict[str, Any]]:
-    """Load the newest checkpoint into model/optimizer/scheduler; (step, state)."""
-    found = latest_checkpoint(run_dir)
+    """Load the newest intact checkpoint into model/optimizer/scheduler; (step, state)."""
+    from rlhfctl.console import log
+
+    found = load_newest_intact_checkpoint(run_dir, lambda line: log(line, accelerator.is_main_process))
     if found is None:
         return 0, {}
     from rlhfctl.training.scale import restore_optimizer, restore_weights
 
-    _, path = found
-    weights, state = load_checkpoint(path)
+    _, path, weights, state = found
     restore_weights(accelerator, model, weights, str(path))
     restore_optimizer(accelerator, model, optimizer, state["optimizer"], str(path))
     scheduler.load_state_dict(state["scheduler"])
