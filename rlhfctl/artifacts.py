@@ -3,8 +3,9 @@
 A model folder is a plain Hugging Face folder plus ``rlhfctl.json``, the
 manifest: which command made it, with which options and inputs (sha256), and
 its results. Checkpoints live in ``RUN/checkpoints/step-N/``; each is written
-to a temporary folder and renamed, so a folder named ``step-N`` is complete.
-Nothing is ever unpickled: weights are safetensors, the rest is loaded with
+to a temporary folder, flushed to disk and renamed, so a folder named
+``step-N`` is complete even after a power cut, and ``checksums.json`` inside
+it lets a resume tell a damaged one from an intact one. Nothing is ever unpickled: weights are safetensors, the rest is loaded with
 ``torch.load(..., weights_only=True)``.
 """
 
@@ -17,14 +18,16 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rlhfctl import __version__
-from rlhfctl.errors import ModelError
+from rlhfctl.errors import CheckpointError, ModelError
 from rlhfctl.records import write_json
 
 MANIFEST = "rlhfctl.json"
 CHECKPOINTS = "checkpoints"
+CHECKSUMS = "checksums.json"  # in each checkpoint: every file's size and CRC-32
+CHECKPOINT_FILES = ("model.safetensors", "state.pt")
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -106,12 +109,14 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[int, Path] | None:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, weights: dict[str, Any], state: dict[str, Any], keep: int | None = None) -> Path:
-    """Write ``step-N/`` (``model.safetensors`` + ``state.pt``) atomically.
+    """Write ``step-N/`` (``model.safetensors`` + ``state.pt`` + ``checksums.json``) atomically and durably.
 
     ``weights`` is a state dict of tensors; ``state`` holds the optimizer,
     scheduler, RNG and data position, all tensors and plain Python values so
-    that `load_checkpoint` can read it with ``weights_only=True``. With
-    ``keep``, only the newest ``keep`` checkpoints are kept.
+    that `load_checkpoint` can read it with ``weights_only=True``. The files
+    reach the disk before the folder is renamed to ``step-N``, and the rename
+    before this returns. With ``keep``, only the newest ``keep`` checkpoints
+    up to this one are kept (`prune_checkpoints`).
     """
     import torch
     from safetensors.torch import save_file
@@ -124,13 +129,125 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, weights: dict[str, An
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "model.safetensors"),
               metadata={"aliases": json.dumps(aliases)})
     torch.save(state, tmp / "state.pt")
+    seal_folder(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    fsync_dir(final.parent)
+    fsync_dir(final.parent.parent)  # holds checkpoints/ itself, new with the first checkpoint
     if keep is not None:
-        for _, old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(run_dir, step, keep)
     return final
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, newest: int, keep: int) -> None:
+    """Remove all but the newest ``keep`` checkpoints up to step ``newest``, the one just written.
+
+    Checkpoints after it are left alone and not counted: they are what a run
+    that got further left before it was resumed from an older one, which
+    happens when they are damaged. Counting them could delete every intact
+    checkpoint and keep only broken ones.
+    """
+    upto = [path for step, path in list_checkpoints(run_dir) if step <= newest]
+    for old in upto[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def seal_folder(folder: Path) -> None:
+    """Record the size and CRC-32 of every file in ``folder`` in ``checksums.json``, and flush all to disk.
+
+    CRC-32 rather than sha256: it catches truncation, a flipped byte or a
+    block of zeros as surely (damage, not tampering, is the threat) at a third
+    of the cost, about 20 ms per 100 MB read back against sha256's 60 ms,
+    beside ~300 ms to write those 100 MB.
+    """
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS)
+    record = {p.name: {"size": p.stat().st_size, "crc32": crc32_file(p)} for p in files}
+    (folder / CHECKSUMS).write_text(json.dumps({"files": record}, indent=1) + "\n", encoding="utf-8")
+    for path in [*files, folder / CHECKSUMS]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(folder)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename, a new file) to disk; a no-op where folders cannot be opened (Windows)."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def crc32_file(path: str | os.PathLike) -> str:
+    import zlib
+
+    value = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            value = zlib.crc32(chunk, value)
+    return f"{value:08x}"
+
+
+def checkpoint_damage(path: str | os.PathLike) -> str | None:
+    """Why the checkpoint folder ``path`` is damaged, or None if its files match ``checksums.json``.
+
+    A checkpoint without the record (written by an older rlhfctl) is only
+    checked for its files here; loading it is the rest of the check.
+    """
+    path = Path(path)
+    if not (path / CHECKSUMS).is_file():
+        missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+        return f"{missing[0]} is missing" if missing else None
+    try:
+        files = json.loads((path / CHECKSUMS).read_text(encoding="utf-8"))["files"]
+        expected = {name: (int(f["size"]), str(f["crc32"])) for name, f in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"{CHECKSUMS} is unreadable"
+    for name, (size, crc) in expected.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} is {file.stat().st_size} bytes, expected {size}"
+        if crc32_file(file) != crc:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def load_newest_intact_checkpoint(
+    run_dir: str | os.PathLike, report: Callable[[str], None],
+) -> tuple[int, Path, dict[str, Any], dict[str, Any]] | None:
+    """(step, path, weights, state) of the run's newest intact checkpoint; None if the run has none.
+
+    What a power cut or a full disk leaves (a truncated file, an empty
+    ``step-N``) is skipped for the next older checkpoint, with one
+    ``report`` line per skipped one. If every checkpoint is damaged,
+    `CheckpointError` names each and why.
+    """
+    skipped: list[tuple[Path, str]] = []
+    for step, path in reversed(list_checkpoints(run_dir)):
+        why = checkpoint_damage(path)
+        if why is None:
+            try:
+                weights, state = load_checkpoint(path)
+            except Exception as e:  # whatever safetensors or torch.load raise on a broken file
+                why = f"does not load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'})"
+        if why is None:
+            for where, reason in skipped:
+                report(f"{where}: {reason}: skipped")
+            return step, path, weights, state
+        skipped.append((path, why))
+    if skipped:
+        reasons = "; ".join(f"{where.name}: {reason}" for where, reason in skipped)
+        raise CheckpointError(f"{Path(run_dir) / CHECKPOINTS}: no intact checkpoint to resume from ({reasons}); "
+                              "start again in a new --out")
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -38,6 +38,10 @@ class ModelError(RlhfctlError):
     """A model spec or model folder cannot be used as asked."""
 
 
+class CheckpointError(RlhfctlError):
+    """No checkpoint of a run can be resumed from: every one is damaged."""
+
+
 class EngineError(RlhfctlError):
     """A generation engine failed or stopped answering mid-run (not the user's mistake): exit status 1."""
 

@@ -151,3 +151,28 @@ def rm_run(cli, toy_dir, sft_run, tmp_path_factory):
                "--batch-size", "8", "--seed", "0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder / "rm"
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) * 3 // 4] ^= 0x01  # inside the tensor data, past the header
+    path.write_bytes(bytes(data))
+
+
+def _empty(folder: Path) -> None:
+    for p in folder.iterdir():
+        p.unlink()
+
+
+# What a power cut, a full disk or a bad block leaves in a checkpoint folder, and the reason a resume gives.
+CHECKPOINT_DAMAGE = {
+    "truncated-state": (lambda d: _truncate(d / "state.pt"), r"state\.pt is \d+ bytes, expected \d+"),
+    "truncated-weights": (lambda d: _truncate(d / "model.safetensors"), r"model\.safetensors is \d+ bytes, expected \d+"),
+    "empty-folder": (_empty, r"model\.safetensors is missing"),
+    "missing-state": (lambda d: (d / "state.pt").unlink(), r"state\.pt is missing"),
+    "flipped-byte": (lambda d: _flip_a_byte(d / "model.safetensors"), r"model\.safetensors does not match its checksum"),
+}

@@ -1,14 +1,18 @@
 import hashlib
 import json
+import re
+import zlib
 
 import pytest
 
+from conftest import CHECKPOINT_DAMAGE
 from rlhfctl import __version__
 from rlhfctl.artifacts import (
-    MANIFEST, checkpoint_dir, describe_inputs, latest_checkpoint, list_checkpoints, load_checkpoint, make_manifest,
-    publish_model_folder, read_manifest, save_checkpoint, sha256_file, write_manifest,
+    CHECKSUMS, MANIFEST, checkpoint_damage, checkpoint_dir, describe_inputs, latest_checkpoint, list_checkpoints,
+    load_checkpoint, load_newest_intact_checkpoint, make_manifest, publish_model_folder, read_manifest, save_checkpoint,
+    sha256_file, write_manifest,
 )
-from rlhfctl.errors import ModelError
+from rlhfctl.errors import CheckpointError, ModelError
 
 
 def test_sha256_and_describe_inputs(tmp_path):
@@ -58,6 +62,79 @@ def test_incomplete_checkpoint_folders_are_ignored(tmp_path):
     (tmp_path / "checkpoints" / ".step-4.tmp").mkdir()
     (tmp_path / "checkpoints" / "step-x").mkdir()
     assert latest_checkpoint(tmp_path)[0] == 2
+
+
+def _save(run_dir, step: int, keep: int | None = None):
+    import torch
+
+    return save_checkpoint(run_dir, step, {"a": torch.arange(64.0) * step}, {"step": step, "rng": torch.get_rng_state()}, keep=keep)
+
+
+def test_checkpoint_records_every_file_size_and_crc32(tmp_path):
+    path = _save(tmp_path, 2)
+    record = json.loads((path / CHECKSUMS).read_text())["files"]
+    assert sorted(record) == ["model.safetensors", "state.pt"]
+    for name, entry in record.items():
+        data = (path / name).read_bytes()
+        assert entry == {"size": len(data), "crc32": f"{zlib.crc32(data):08x}"}
+    assert checkpoint_damage(path) is None
+    assert not list((tmp_path / "checkpoints").glob(".*"))  # no temporary folder left
+
+
+@pytest.mark.parametrize("damage", CHECKPOINT_DAMAGE)
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, damage):
+    _save(tmp_path, 2)
+    newest = _save(tmp_path, 4)
+    spoil, reason = CHECKPOINT_DAMAGE[damage]
+    spoil(newest)
+    assert re.fullmatch(reason, checkpoint_damage(newest))
+    lines = []
+    step, path, weights, state = load_newest_intact_checkpoint(tmp_path, lines.append)
+    assert step == 2 and path == checkpoint_dir(tmp_path, 2) and state["step"] == 2 and weights["a"][1] == 2
+    assert len(lines) == 1 and re.fullmatch(rf"{re.escape(str(newest))}: {reason}: skipped", lines[0])
+
+
+@pytest.mark.parametrize("damage", CHECKPOINT_DAMAGE)
+def test_no_intact_checkpoint_is_one_error_naming_each(tmp_path, damage):
+    spoil, reason = CHECKPOINT_DAMAGE[damage]
+    spoil(_save(tmp_path, 2))
+    spoil(_save(tmp_path, 4))
+    lines = []
+    with pytest.raises(CheckpointError) as e:
+        load_newest_intact_checkpoint(tmp_path, lines.append)
+    assert lines == [] and "\n" not in str(e.value)
+    assert re.fullmatch(rf".*checkpoints: no intact checkpoint to resume from \(step-4: {reason}; step-2: {reason}\); "
+                        r"start again in a new --out", str(e.value))
+    assert load_newest_intact_checkpoint(tmp_path / "no-run", lines.append) is None  # no checkpoint at all: a fresh start
+
+
+def test_a_checkpoint_without_a_record_is_accepted_if_it_loads(tmp_path):
+    """Checkpoints of an older rlhfctl have no checksums.json: loading them is the check."""
+    for step in (2, 4, 6):
+        (_save(tmp_path, step) / CHECKSUMS).unlink()
+    (checkpoint_dir(tmp_path, 6) / "state.pt").write_bytes(b"PK\x03\x04 cut short")
+    lines = []
+    step, _, _, state = load_newest_intact_checkpoint(tmp_path, lines.append)
+    assert step == 4 and state["step"] == 4
+    assert len(lines) == 1 and lines[0].startswith(f"{checkpoint_dir(tmp_path, 6)}: does not load (")
+    assert lines[0].endswith("): skipped")
+
+
+def test_an_unreadable_record_is_damage(tmp_path):
+    path = _save(tmp_path, 2)
+    (path / CHECKSUMS).write_text('{"files": {"model.safe')
+    assert checkpoint_damage(path) == f"{CHECKSUMS} is unreadable"
+
+
+def test_pruning_never_counts_damaged_checkpoints_after_the_new_one(tmp_path):
+    """Resumed from step-2 because step-8 was damaged: saving step-4 with keep=1 keeps step-4, not only the broken step-8."""
+    _save(tmp_path, 2)
+    CHECKPOINT_DAMAGE["truncated-weights"][0](_save(tmp_path, 8))
+    _save(tmp_path, 4, keep=1)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 8]
+    assert load_newest_intact_checkpoint(tmp_path, lambda line: None)[0] == 4
+    _save(tmp_path, 8, keep=1)  # the resumed run gets there: the damaged one is replaced
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [8] and checkpoint_damage(checkpoint_dir(tmp_path, 8)) is None
 
 
 class Evil:

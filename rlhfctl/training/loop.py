@@ -16,11 +16,13 @@ import json
 import math
 import os
 import random
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from rlhfctl.artifacts import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfctl.artifacts import load_newest_intact_checkpoint, save_checkpoint
 from rlhfctl.errors import ConfigError
 from rlhfctl.records import atomic_write_text, write_json
 
@@ -116,29 +118,77 @@ def shard(batch: list, rank: int, world: int) -> tuple[list, float]:
 
 # --- run folder ------------------------------------------------------------------
 
-def prepare_run_dir(out: Path, command: str, options: dict[str, Any], resume: bool, identity: tuple[str, ...] = ()) -> None:
-    """Check that ``out`` may be (re)used, and record the run's options.
+def check_run_dir(out: Path, command: str, options: dict[str, Any], resume: bool, identity: tuple[str, ...] = ()) -> None:
+    """Check that ``out`` may be (re)used; writes nothing (`claim_run_dir` does, once the run starts).
 
     A folder that already holds a run is only reused with ``--resume``; then
     the options named in ``identity`` must match the first run's (resuming a
     GRPO run as PPO is an error, not a silent mix).
     """
     run_file = out / RUN_FILE
-    if run_file.is_file():
-        if not resume:
-            raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-        earlier = json.loads(run_file.read_text())
-        if earlier.get("command") != command:
-            raise ConfigError(f"{out} holds a {earlier.get('command')} run, not {command}: choose another --out")
-        for key in identity:  # a key the first run did not record is not checked
-            if earlier["options"].get(key, options.get(key)) != options.get(key):
-                raise ConfigError(
-                    f"{out} was started with --{key.replace('_', '-')} {earlier['options'].get(key)}, "
-                    f"cannot resume it with {options.get(key)}"
-                )
+    if not run_file.is_file():
         return
+    if not resume:
+        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    earlier = json.loads(run_file.read_text())
+    if earlier.get("command") != command:
+        raise ConfigError(f"{out} holds a {earlier.get('command')} run, not {command}: choose another --out")
+    for key in identity:  # a key the first run did not record is not checked
+        if earlier["options"].get(key, options.get(key)) != options.get(key):
+            raise ConfigError(
+                f"{out} was started with --{key.replace('_', '-')} {earlier['options'].get(key)}, "
+                f"cannot resume it with {options.get(key)}"
+            )
+
+
+@contextmanager
+def claim_run_dir(out: Path, command: str, options: dict[str, Any], main: bool = True) -> Iterator[None]:
+    """Record the run in ``out/run.json`` for the block that trains it; if the block fails before
+    a training step is logged, take back everything the claim and the block added to ``out``.
+
+    A start that fails (a model that does not load, a prompt that does not
+    render, a bad option found late) thus leaves ``out`` as it was, and the
+    corrected command needs no ``--resume``. Only new entries go: a folder
+    that existed keeps its files, and a resumed run (its ``run.json`` already
+    there) is never touched. Rank 0 writes and undoes; the caller syncs ranks.
+    """
+    undo = _write_run_file(out, command, options) if main and not (out / RUN_FILE).is_file() else None
+    try:
+        yield
+    except BaseException:
+        if undo is not None and not _logged_a_step(out):
+            undo()
+        raise
+
+
+def _write_run_file(out: Path, command: str, options: dict[str, Any]):
+    """Write ``out/run.json``, making ``out`` if need be; returns a function that removes what
+    was added to ``out`` from here on (all of ``out`` and its new parents if it did not exist)."""
+    before = {p.name for p in out.iterdir()} if out.is_dir() else None
+    top = out  # the outermost folder made here: --out, or a missing parent of it
+    while not top.parent.exists():
+        top = top.parent
     out.mkdir(parents=True, exist_ok=True)
-    write_json(run_file, {"command": command, "options": options})
+    write_json(out / RUN_FILE, {"command": command, "options": options})
+
+    def undo() -> None:
+        if before is None:
+            shutil.rmtree(top, ignore_errors=True)
+            return
+        for p in out.iterdir():
+            if p.name in before:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+    return undo
+
+
+def _logged_a_step(out: Path) -> bool:
+    path = out / METRICS
+    return path.is_file() and any(line.strip() and _step_of(line) >= 1 for line in path.read_text().splitlines())
 
 
 class MetricsLog:
@@ -219,14 +269,15 @@ def save_training_state(run_dir: Path, step: int, accelerator, model, optimizer,
 
 
 def restore_training_state(run_dir: Path, accelerator, model, optimizer, scheduler) -> tuple[int, dict[str, Any]]:
-    """Load the newest checkpoint into model/optimizer/scheduler; (step, state)."""
-    found = latest_checkpoint(run_dir)
+    """Load the newest intact checkpoint into model/optimizer/scheduler; (step, state)."""
+    from rlhfctl.console import log
+
+    found = load_newest_intact_checkpoint(run_dir, lambda line: log(line, accelerator.is_main_process))
     if found is None:
         return 0, {}
     from rlhfctl.training.scale import restore_optimizer, restore_weights
 
-    _, path = found
-    weights, state = load_checkpoint(path)
+    _, path, weights, state = found
     restore_weights(accelerator, model, weights, str(path))
     restore_optimizer(accelerator, model, optimizer, state["optimizer"], str(path))
     scheduler.load_state_dict(state["scheduler"])

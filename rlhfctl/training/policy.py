@@ -196,10 +196,10 @@ def run(config: PolicyConfig) -> dict[str, Any]:
         check_prompts(eval_records, PolicyConfig(**{**asdict(config), "shaping": config.shaping, "scale": config.scale,
                                                     "prompts": config.eval_data, "verifier": config.verifier or "auto"}))
     from rlhfctl.models import check_model_spec
-    from rlhfctl.training.loop import prepare_run_dir
+    from rlhfctl.training.loop import check_run_dir, claim_run_dir
     from rlhfctl.training.scale import make_accelerator
 
-    check_model_spec(config.model)  # a bad --model or --rm fails before the run folder exists
+    check_model_spec(config.model)  # a bad --model or --rm fails before the run folder is touched
     if config.rm:
         from rlhfctl.rm.model import ORM, check_reward_folder
 
@@ -209,17 +209,20 @@ def run(config: PolicyConfig) -> dict[str, Any]:
     check_parallelism(accelerator, config)
     from rlhfctl.training.policy_engine import policy_backend
 
-    policy_backend(config, accelerator)  # a missing vllm fails here, before the run folder exists
+    policy_backend(config, accelerator)  # a missing vllm fails here, before the run folder is touched
     if config.prompts_per_step % accelerator.num_processes:
         raise ConfigError(f"--prompts-per-step {config.prompts_per_step} must be a multiple of the {accelerator.num_processes} ranks")
     out, main = Path(config.out), accelerator.is_main_process
     if main:
-        prepare_run_dir(out, "train-policy", _options(config), config.resume, identity=("algo", *RESUME_IDENTITY))
-    accelerator.wait_for_everyone()
+        check_run_dir(out, "train-policy", _options(config), config.resume, identity=("algo", *RESUME_IDENTITY))
     print_settings(config, main)
     from rlhfctl.training.policy_run import train
 
-    return train(config, records, eval_records, accelerator, out, _options(config))
+    # Models, reward model and engine load inside the claim: a start that fails there or in the
+    # first step (a prompt the chat template cannot render) takes the run folder back.
+    with claim_run_dir(out, "train-policy", _options(config), main):
+        accelerator.wait_for_everyone()
+        return train(config, records, eval_records, accelerator, out, _options(config))
 
 
 def _options(config: PolicyConfig) -> dict[str, Any]:

@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
-from rlhfctl.artifacts import describe_inputs, latest_checkpoint, load_checkpoint, make_manifest, publish_model_folder, save_checkpoint
+from rlhfctl.artifacts import (
+    describe_inputs, load_newest_intact_checkpoint, make_manifest, publish_model_folder, save_checkpoint,
+)
 from rlhfctl.console import Progress, log
 from rlhfctl.generation.base import derive_seed
 from rlhfctl.packing import use_packing
@@ -156,11 +158,11 @@ def save(out: Path, step: int, models: Models, accelerator) -> None:
 
 
 def restore(out: Path, models: Models, accelerator) -> int:
-    found = latest_checkpoint(out)
+    found = load_newest_intact_checkpoint(out, lambda line: log(line, accelerator.is_main_process))
     if found is None:
         return 0
-    where = str(found[1])
-    weights, state = load_checkpoint(found[1])
+    _, path, weights, state = found
+    where = str(path)
     policy_w = {k: v for k, v in weights.items() if not k.startswith("critic::")}
     restore_weights(accelerator, models.policy, policy_w, where)
     restore_optimizer(accelerator, models.policy, models.policy_opt, state["optimizer"], where)

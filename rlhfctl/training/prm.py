@@ -15,7 +15,7 @@ from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_fold
 from rlhfctl.console import log
 from rlhfctl.rm.data import StepItem, encode_step_items, read_steps, split_steps_by_prompt
 from rlhfctl.rm.evaluate import evaluate_steps
-from rlhfctl.training.loop import fit, optimizer_step, seed_global_rngs, shard, start_training
+from rlhfctl.training.loop import claim_run_dir, fit, optimizer_step, seed_global_rngs, shard, start_training
 from rlhfctl.training.rm import RMConfig, _inputs, load_splits, open_run
 from rlhfctl.training.scale import final_state_dict, model_for_inference, prepare_model
 
@@ -34,14 +34,16 @@ def run(config: RMConfig) -> dict[str, Any]:
     adapters = prepare_model(accelerator, model, config.scale, heads=head_names(model))
     values = TokenValues(model)
     total = config.schedule.total_steps(len(items))
-    run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
-    log(f"train-rm --prm: {len(items)} solutions, {sum(len(i.labels) for i in items)} steps, {total} optimiser steps; "
-        f"held out: {len(held)} solutions", accelerator.is_main_process)
+    with claim_run_dir(out, "train-rm", options, accelerator.is_main_process):
+        accelerator.wait_for_everyone()
+        run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
+        log(f"train-rm --prm: {len(items)} solutions, {sum(len(i.labels) for i in items)} steps, {total} optimiser steps; "
+            f"held out: {len(held)} solutions", accelerator.is_main_process)
 
-    def step(batch: list[int]) -> dict[str, Any]:
-        return _train_step(run_, [items[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm)
+        def step(batch: list[int]) -> dict[str, Any]:
+            return _train_step(run_, [items[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm)
 
-    last = fit(run_, [it.length for it in items], config.schedule, step, "train-rm --prm")
+        last = fit(run_, [it.length for it in items], config.schedule, step, "train-rm --prm")
     held_items = encode_step_items(held, tokenizer, config.max_length, config.step_sep)
     held_scores = evaluate_steps(model_for_inference(accelerator, run_.model), held_items, tokenizer.pad_token_id)
     results = {"kind": PRM, "steps": total, "final_loss": last.get("loss"), "step_sep": config.step_sep,

@@ -19,7 +19,9 @@ from rlhfctl.console import log
 from rlhfctl.errors import ConfigError
 from rlhfctl.rm.data import BINARY_ITEM, PAIR, Item, PrefData, encode_items, read_preferences, split_by_prompt
 from rlhfctl.rm.evaluate import evaluate_items
-from rlhfctl.training.loop import Schedule, fit, optimizer_step, prepare_run_dir, seed_global_rngs, shard, start_training
+from rlhfctl.training.loop import (
+    Schedule, check_run_dir, claim_run_dir, fit, optimizer_step, seed_global_rngs, shard, start_training,
+)
 from rlhfctl.training.scale import RESUME_IDENTITY, ScaleOptions, final_state_dict, make_accelerator, model_for_inference, prepare_model
 
 
@@ -57,12 +59,11 @@ def load_splits(config: RMConfig, read, split):
 
 
 def open_run(config: RMConfig):
-    """(accelerator, run folder, options): the folder checked and claimed by rank 0."""
+    """(accelerator, run folder, options): the folder checked by rank 0 (`claim_run_dir` writes it)."""
     accelerator = make_accelerator(config.scale.bf16)
     out, options = Path(config.out), _options(config)
     if accelerator.is_main_process:
-        prepare_run_dir(out, "train-rm", options, config.resume, identity=("prm", *RESUME_IDENTITY))
-    accelerator.wait_for_everyone()
+        check_run_dir(out, "train-rm", options, config.resume, identity=("prm", *RESUME_IDENTITY))
     return accelerator, out, options
 
 
@@ -82,14 +83,16 @@ def run(config: RMConfig) -> dict[str, Any]:
     values = TokenValues(model)
     packing = not values.pooled and use_packing(config.packing, model, "train-rm", accelerator.is_main_process)
     total = config.schedule.total_steps(len(items))
-    run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
-    log(f"train-rm: {len(train.pairs)} pairs, {len(train.binary)} binary items, {total} steps of "
-        f"{config.schedule.batch_size}; held out: {len(held.pairs)} pairs, {len(held.binary)} binary", accelerator.is_main_process)
+    with claim_run_dir(out, "train-rm", options, accelerator.is_main_process):
+        accelerator.wait_for_everyone()
+        run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
+        log(f"train-rm: {len(train.pairs)} pairs, {len(train.binary)} binary items, {total} steps of "
+            f"{config.schedule.batch_size}; held out: {len(held.pairs)} pairs, {len(held.binary)} binary", accelerator.is_main_process)
 
-    def step(batch: list[int]) -> dict[str, Any]:
-        return _train_step(run_, [items[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm, packing)
+        def step(batch: list[int]) -> dict[str, Any]:
+            return _train_step(run_, [items[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm, packing)
 
-    last = fit(run_, [it.length for it in items], config.schedule, step, "train-rm")
+        last = fit(run_, [it.length for it in items], config.schedule, step, "train-rm")
     held_items, held_overlong = encode_items(held, tokenizer, config.max_length)
     held_scores = evaluate_items(model_for_inference(accelerator, run_.model), held_items, tokenizer.pad_token_id)
     results = {"kind": ORM, "steps": total, "final_loss": last.get("loss"),

@@ -23,7 +23,9 @@ from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_fold
 from rlhfctl.data import Example, encode_examples
 from rlhfctl.console import log
 from rlhfctl.records import SFT, read_records
-from rlhfctl.training.loop import Schedule, fit, optimizer_step, prepare_run_dir, seed_global_rngs, shard, start_training
+from rlhfctl.training.loop import (
+    Schedule, check_run_dir, claim_run_dir, fit, optimizer_step, seed_global_rngs, shard, start_training,
+)
 from rlhfctl.training.scale import (
     RESUME_IDENTITY, ScaleOptions, check_frozen_outer_weights, final_state_dict, make_accelerator, prepare_model,
 )
@@ -54,8 +56,7 @@ def run(config: SFTConfig) -> dict[str, Any]:
     check_frozen_outer_weights(accelerator, config.scale, "train-sft")
     out, options = Path(config.out), _options(config)
     if accelerator.is_main_process:
-        prepare_run_dir(out, "train-sft", options, config.resume, identity=RESUME_IDENTITY)
-    accelerator.wait_for_everyone()
+        check_run_dir(out, "train-sft", options, config.resume, identity=RESUME_IDENTITY)
 
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     examples = encode_examples(tokenizer, [(r["prompt"], r["completion"]) for r in records], config.max_length)
@@ -64,16 +65,18 @@ def run(config: SFTConfig) -> dict[str, Any]:
     parameters = count_parameters(model)
     adapters = prepare_model(accelerator, model, config.scale)
     total = config.schedule.total_steps(len(examples))
-    run_ = start_training(accelerator, model, config.schedule, total, out, config.resume)
-    log(f"train-sft: {len(examples)} records, {parameters:,} parameters, {total} steps of {config.schedule.batch_size}",
-        accelerator.is_main_process)
-    share_prefix = config.packing and prefix_sharing_applies(accelerator, config.scale, accelerator.is_main_process)
+    with claim_run_dir(out, "train-sft", options, accelerator.is_main_process):
+        accelerator.wait_for_everyone()
+        run_ = start_training(accelerator, model, config.schedule, total, out, config.resume)
+        log(f"train-sft: {len(examples)} records, {parameters:,} parameters, {total} steps of {config.schedule.batch_size}",
+            accelerator.is_main_process)
+        share_prefix = config.packing and prefix_sharing_applies(accelerator, config.scale, accelerator.is_main_process)
 
-    def step(batch: list[int]) -> dict[str, Any]:
-        return _train_step(run_, [examples[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm,
-                           share_prefix)
+        def step(batch: list[int]) -> dict[str, Any]:
+            return _train_step(run_, [examples[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm,
+                               share_prefix)
 
-    last = fit(run_, [len(e.input_ids) for e in examples], config.schedule, step, "train-sft")
+        last = fit(run_, [len(e.input_ids) for e in examples], config.schedule, step, "train-sft")
     results = {"final_loss": last.get("loss"), "steps": total, "parameters": parameters, **adapters}
     weights = final_state_dict(accelerator, run_.model, config.scale)
     if accelerator.is_main_process:

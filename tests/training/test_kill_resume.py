@@ -73,8 +73,12 @@ def _kill_at_a_random_moment(args: list[str], run_dir: Path, total: int, save_ev
 
     The moment: a checkpoint drawn at random, the step after it logged, then
     a random pause of up to half a toy step, so the kill lands somewhere in
-    the next step (its forward pass, its log line, its checkpoint write) and
-    metrics.jsonl holds steps past the checkpoint, which the resume must cut.
+    the next step (its forward pass, its log line, its checkpoint write).
+    The run is stopped (SIGSTOP) there and looked at, and only killed if
+    metrics.jsonl holds a step past its newest checkpoint, which the resume
+    must cut: a toy step can be quicker than the pause, and a stop that
+    lands after a checkpoint but before the next log line resumes the run
+    until that line is written, then pauses and looks again.
     """
     rng = random.Random(f"{KILL_SEED}:{run_dir.name}")
     after_step = rng.randint(1, total // save_every - 2) * save_every + 1
@@ -84,19 +88,27 @@ def _kill_at_a_random_moment(args: list[str], run_dir: Path, total: int, save_ev
         proc = subprocess.Popen([sys.executable, "-m", "rlhfctl", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 240
-            while not (list_checkpoints(run_dir) and _logged_steps(run_dir) >= after_step):
-                assert proc.poll() is None, f"the run ended before step {after_step}: {log.read_text()[-2000:]}"
-                assert time.monotonic() < deadline, f"step {after_step} never came"
-                time.sleep(0.005)
-            time.sleep(pause)
-            assert proc.poll() is None, f"the run finished before the kill (step {after_step} + {pause:.3f} s)"
-            os.kill(proc.pid, signal.SIGKILL)
+            while True:
+                while not (list_checkpoints(run_dir) and _logged_steps(run_dir) >= after_step):
+                    assert proc.poll() is None, f"the run ended before step {after_step}: {log.read_text()[-2000:]}"
+                    assert time.monotonic() < deadline, f"step {after_step} never came"
+                    time.sleep(0.005)
+                time.sleep(pause)
+                assert proc.poll() is None, f"the run finished before the kill (step {after_step} + {pause:.3f} s)"
+                os.kill(proc.pid, signal.SIGSTOP)
+                newest, logged = list_checkpoints(run_dir)[-1][0], _logged_steps(run_dir)
+                if newest < logged < total:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+                assert logged < total, f"the run logged its last step before the kill (step {after_step} + {pause:.3f} s)"
+                os.kill(proc.pid, signal.SIGCONT)
+                after_step = newest + 1
         finally:
             proc.kill()  # a no-op after the SIGKILL; stops the run if an assertion failed
             proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not (run_dir / "rlhfctl.json").exists(), "the run was killed after it finished"
-    return _logged_steps(run_dir)
+    return logged
 
 
 def _resumed_from(stderr: str) -> int:

@@ -6,7 +6,7 @@ import pytest
 
 from rlhfctl.errors import ConfigError
 from rlhfctl.training.loop import (
-    METRICS, RUN_FILE, MetricsLog, Schedule, batch_stream, bucketed_batches, prepare_run_dir, read_metrics, shard,
+    METRICS, RUN_FILE, MetricsLog, Schedule, batch_stream, bucketed_batches, check_run_dir, claim_run_dir, read_metrics, shard,
     warmup_cosine,
 )
 
@@ -70,19 +70,56 @@ def test_shard_of_a_batch_smaller_than_the_world_borrows_with_weight_zero():
     assert shard([5], 1, 2) == ([5], 0.0)
 
 
-def test_prepare_run_dir(tmp_path):
+def test_check_and_claim_run_dir(tmp_path):
     out = tmp_path / "run"
-    prepare_run_dir(out, "train-sft", {"lr": 1, "algo": "grpo"}, resume=False)
+    check_run_dir(out, "train-sft", {"lr": 1, "algo": "grpo"}, resume=False)
+    assert not out.exists()  # checking writes nothing
+    with claim_run_dir(out, "train-sft", {"lr": 1, "algo": "grpo"}):
+        pass
     assert json.loads((out / RUN_FILE).read_text()) == {"command": "train-sft", "options": {"lr": 1, "algo": "grpo"}}
     with pytest.raises(ConfigError, match="already holds a run: pass --resume"):
-        prepare_run_dir(out, "train-sft", {"lr": 1}, resume=False)
-    prepare_run_dir(out, "train-sft", {"lr": 2, "algo": "grpo"}, resume=True, identity=("algo",))
+        check_run_dir(out, "train-sft", {"lr": 1}, resume=False)
+    check_run_dir(out, "train-sft", {"lr": 2, "algo": "grpo"}, resume=True, identity=("algo",))
     with pytest.raises(ConfigError, match="holds a train-sft run, not train-rm"):
-        prepare_run_dir(out, "train-rm", {}, resume=True)
+        check_run_dir(out, "train-rm", {}, resume=True)
     with pytest.raises(ConfigError, match="--algo grpo, cannot resume it with ppo"):
-        prepare_run_dir(out, "train-sft", {"algo": "ppo"}, resume=True, identity=("algo",))
-    prepare_run_dir(tmp_path / "fresh", "train-sft", {}, resume=True)  # --resume on a new folder starts fresh
+        check_run_dir(out, "train-sft", {"algo": "ppo"}, resume=True, identity=("algo",))
+    check_run_dir(tmp_path / "fresh", "train-sft", {}, resume=True)  # --resume on a new folder starts fresh
+    with claim_run_dir(tmp_path / "fresh", "train-sft", {}):
+        pass
     assert (tmp_path / "fresh" / RUN_FILE).is_file()
+
+
+def _fail_in_claim(out, log_steps: int = 0):
+    with pytest.raises(RuntimeError, match="model did not load"):
+        with claim_run_dir(out, "train-sft", {}):
+            (out / "checkpoints" / ".step-2.tmp").mkdir(parents=True)
+            for step in range(log_steps + 1):  # a step-0 line (train-policy's first eval) is not a training step
+                with open(out / METRICS, "a") as f:
+                    f.write(json.dumps({"step": step}) + "\n")
+            raise RuntimeError("model did not load")
+
+
+def test_a_start_that_fails_before_its_first_step_leaves_out_as_it_was(tmp_path):
+    _fail_in_claim(tmp_path / "new" / "run")
+    assert not (tmp_path / "new").exists()  # --out and the parent made for it
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    _fail_in_claim(existing)
+    assert [p.name for p in existing.iterdir()] == ["notes.txt"]
+    check_run_dir(existing, "train-sft", {}, resume=False)  # the corrected command needs no --resume
+
+
+def test_a_run_that_logged_a_step_or_was_resumed_keeps_its_folder(tmp_path):
+    out = tmp_path / "run"
+    _fail_in_claim(out, log_steps=1)
+    assert (out / RUN_FILE).is_file() and (out / METRICS).is_file()
+    with pytest.raises(RuntimeError):  # a resumed run: run.json was there, nothing is taken back
+        with claim_run_dir(out, "train-sft", {}):
+            (out / METRICS).unlink()
+            raise RuntimeError
+    assert (out / RUN_FILE).is_file() and (out / "checkpoints").is_dir()
 
 
 def test_metrics_log_cuts_steps_after_the_checkpoint(tmp_path):
