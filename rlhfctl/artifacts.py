@@ -1,4 +1,4 @@
-"""Model folders, manifests and checkpoints (DESIGN.md §3).
+"""Model folders, manifests and checkpoints (docs/design.md §3).
 
 A model folder is a plain Hugging Face folder plus ``rlhfctl.json``, the
 manifest: which command made it, with which options and inputs (sha256), and

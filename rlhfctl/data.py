@@ -65,7 +65,7 @@ def render_completion(prompt: Text, completion: Text, tokenizer: Any) -> str:
 
 
 def render_conversation(prompt: Text, response: Text, tokenizer: Any) -> str:
-    """The text a reward model scores (docs/design.md, "Reward model text").
+    """The text a reward model scores (docs/design.md §7).
 
     Chat records (either side a message list): the chat template over the
     prompt's messages and the response as the assistant's turn, as

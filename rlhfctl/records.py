@@ -1,4 +1,4 @@
-"""Record kinds, JSONL reading and writing, resume bookkeeping (DESIGN.md §3).
+"""Record kinds, JSONL reading and writing, resume bookkeeping (docs/design.md §3).
 
 Records stay plain dicts, so fields rlhfctl does not know (a TRL dataset's
 extra columns, a user's ``meta``) travel through every command untouched. Each

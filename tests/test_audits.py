@@ -1,4 +1,4 @@
-"""Audits of the loading rules in DESIGN.md §3: nothing untrusted is unpickled, no folder's code runs unless asked.
+"""Audits of the loading rules in docs/design.md §3: nothing untrusted is unpickled, no folder's code runs unless asked.
 
 Two halves each: a scan of rlhfctl's source, so a new call site that breaks
 a rule fails here (with the file and line), and a behaviour check on a model

@@ -2,7 +2,7 @@
 
 A user's file can hold anything: a Windows editor's byte-order mark, a NUL
 from a crashed copy, a number with 5000 digits, JSON nested 100000 deep, a
-torn last line. Each reader (DESIGN.md §3) must turn all of it into either
+torn last line. Each reader (docs/design.md §3) must turn all of it into either
 records that the next command can use, or a `DataError` that names the file
 and line (exit status 2, one line), never another exception.
 """

@@ -423,3 +423,30 @@ def test_ppo_critic_from_a_tied_bf16_reward_model(chain, data, run_main):
                       "--algo", "ppo", "--rm", paths["rm"], "--critic-init", "rm", "--max-steps", "1", "--n", "2",
                       "--prompts-per-step", "2", "--max-new-tokens", "6", "--backend", "hf")
     assert result.code == 0, result.err
+
+
+def test_the_readme_snippet_scores_as_rlhfctl_does(chain):
+    """The README's interop snippet, run on the Qwen2-shaped chain: its response is what `rollout --temperature 0`
+    writes, its score what rlhfctl's ORM scorer gives, its step scores the PRM scorer's."""
+    import re
+
+    from rlhfctl.generation.base import SamplingParams, make_generator
+    from rlhfctl.rm.scorers import prm_step_scores, score_rollouts
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"<!-- interop-snippet -->\n```python\n(.*?)```", readme, re.S).group(1)
+    paths = chain("qwen2")
+    line = 'policy, rm, prm = "runs/sft", "runs/rm", "runs/prm"'
+    assert line in code
+    code = code.replace(line, f"policy, rm, prm = {str(paths['sft'])!r}, {str(paths['rm'])!r}, {str(paths['prm'])!r}")
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    prompt = [{"role": "user", "content": "Compute 3+4."}]
+    from rlhfctl.data import render_prompt
+
+    generator = make_generator("hf", str(paths["sft"]))
+    (sample,), = generator.generate([render_prompt(prompt, generator.tokenizer)], SamplingParams(temperature=0, max_new_tokens=32))
+    assert scope["response"] == sample.text
+    rollouts = [{"prompt": prompt, "responses": [sample.text]}]
+    assert scope["score"] == pytest.approx(score_rollouts(rollouts, str(paths["rm"]))[0][0], abs=1e-4)
+    assert scope["step_scores"] == pytest.approx(prm_step_scores(rollouts, str(paths["prm"]))[0][0], abs=1e-4)

@@ -11,7 +11,7 @@ from rlhfctl.records import (
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Compute 2+3.\n"}]
 
-# One record per kind with every optional field, and a chat-message variant (DESIGN.md §3).
+# One record per kind with every optional field, and a chat-message variant (docs/design.md §3).
 SAMPLES = {
     "prompts": [
         {"id": "p1", "prompt": "Compute 2+3.\n", "answer": "5", "task": "math", "tests": ["assert f() == 5"],

@@ -1,4 +1,4 @@
-"""Option types shared by every command (DESIGN.md §3b), defined once.
+"""Option types shared by every command (docs/design.md §3b), defined once.
 
 Also `--config FILE.yaml`: its keys are flag names (``max-steps`` or
 ``max_steps``); they become the command's defaults, so a flag given on the

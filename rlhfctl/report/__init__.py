@@ -1,4 +1,4 @@
-"""`report`: plots and tables from run folders and result files (DESIGN.md §2).
+"""`report`: plots and tables from run folders and result files (docs/design.md §2).
 
 runs.py reads and checks the inputs, numbers.py picks each one's key
 numbers, figures.py draws, markdown.py writes report.md, and build.py puts

@@ -1,4 +1,4 @@
-"""Reward shaping in the paper's order (DESIGN.md §1).
+"""Reward shaping in the paper's order (docs/design.md §1).
 
 1. standardise the RM score with the μ/σ saved beside the model;
 2. normalise: per prompt group ``(r - mean_g)/(std_g + eps)``, or over the

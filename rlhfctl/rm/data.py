@@ -1,6 +1,6 @@
 """Preference data for reward models: pairs and binary items, tokenised.
 
-A prefs file may mix the two record kinds of DESIGN.md §3, one per line:
+A prefs file may mix the two record kinds of docs/design.md §3, one per line:
 pairs (``prompt``, ``chosen``, ``rejected``, optional ``margin``) and binary
 items (``prompt``, ``completion``, ``label``). Anything else is an error that
 names the line.

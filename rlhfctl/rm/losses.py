@@ -1,4 +1,4 @@
-"""Reward-model losses (DESIGN.md §1), as small pure functions.
+"""Reward-model losses (docs/design.md §1), as small pure functions.
 
 The unified outcome reward model of the paper learns from two kinds of data
 at once: preference pairs (Bradley-Terry) and verifiable items judged

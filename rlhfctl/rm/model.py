@@ -6,7 +6,7 @@ backbone transformers has them for. `TokenValues` gives a value at every
 token, so one reader serves both: an ORM's score is the value at the last
 token of `data.encode_conversations`' ids (where transformers' sequence
 classifiers read it), a PRM's at the separator after each step
-(`rm.data.encode_steps`). docs/design.md ("Reward model text") says which
+(`rm.data.encode_steps`). docs/design.md §7 says which
 text and token, so a folder scores the same in plain transformers.
 """
 

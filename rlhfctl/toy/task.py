@@ -1,4 +1,4 @@
-"""Multi-step arithmetic with controlled slips (DESIGN.md §6).
+"""Multi-step arithmetic with controlled slips (docs/design.md §6).
 
 A problem is a chain of additions and subtractions, ``Compute 23+8-5.``,
 solved one operation per line and closed by ``Answer: X``::

@@ -32,7 +32,7 @@ METRICS = "metrics.jsonl"
 
 @dataclass(frozen=True)
 class Schedule:
-    """The flags every training command shares (DESIGN.md §3b)."""
+    """The flags every training command shares (docs/design.md §3b)."""
 
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs

@@ -22,7 +22,7 @@ from rlhfctl.rl.shaping import NORMS, Shaping
 from rlhfctl.training.scale import RESUME_IDENTITY, ScaleOptions
 
 ALGOS = ("ppo", "grpo")
-DEFAULTS = {  # per algorithm, where the paper's code and DESIGN.md differ between the two
+DEFAULTS = {  # per algorithm, where the paper's code and docs/design.md differ between the two
     "ppo": {"kl_coef": 0.005, "kl_estimator": "k1", "kl_in": "reward"},
     "grpo": {"kl_coef": 0.04, "kl_estimator": "k3", "kl_in": "loss"},
 }

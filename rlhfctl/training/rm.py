@@ -1,4 +1,4 @@
-"""Training the unified outcome reward model (DESIGN.md §1).
+"""Training the unified outcome reward model (docs/design.md §1).
 
 Pairs and binary items are mixed in one stream; a batch's loss is
 ``½(L_BT + L_cls)`` when it holds both kinds (`rm.losses.unified_loss`).

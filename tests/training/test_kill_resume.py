@@ -1,6 +1,6 @@
 """SIGKILL train-rm and train-policy at a seeded random moment, resume: the run an unbroken one would have been.
 
-DESIGN.md §3 promises that ``--resume`` continues from the newest complete
+docs/design.md §3 promises that ``--resume`` continues from the newest complete
 checkpoint and logs the same next metrics as an unbroken run with the same
 seed. Removing files by hand (test_rm, test_policy) checks the bookkeeping;
 a real kill also lands mid-step, mid-log-line or mid-checkpoint-write. The

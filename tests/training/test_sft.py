@@ -91,7 +91,7 @@ def test_manifest(sft_run, toy_dir):
     assert manifest["created"]
     # checkpoints: every --save-every steps, the newest two kept, complete
     assert sorted(p.name for p in (sft_run.path / "checkpoints").iterdir()) == ["step-4", "step-6"]
-    assert {p.name for p in (sft_run.path / "checkpoints" / "step-4").iterdir()} == {"model.safetensors", "state.pt"}
+    assert {p.name for p in (sft_run.path / "checkpoints" / "step-4").iterdir()} == {"model.safetensors", "state.pt", "checksums.json"}
 
 
 # --- tokenisation and the loss ---------------------------------------------------------------
