@@ -1,0 +1,73 @@
+"""Bad inputs end in one line on stderr and exit status 2, and leave --out as it was.
+
+Each case here once ended in a traceback: a damaged model folder, an --out of
+the wrong kind, records and caches that do not parse, flags out of range.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Toy data: sft.jsonl, train.jsonl, test.jsonl (prompts) and prefs_style.jsonl (pairs)."""
+    from rlhfctl.toy.data import ToyDataConfig, run
+    from rlhfctl.toy.task import ToyTaskConfig
+
+    out = tmp_path_factory.mktemp("data")
+    run(ToyDataConfig(out_dir=str(out), task=ToyTaskConfig(), n_sft=8, n_train=4, n_test=4, n_style=8))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    """A toy:tiny model saved as a Hugging Face folder."""
+    from rlhfctl.models import load_causal_lm, load_tokenizer, save_model
+
+    folder = tmp_path_factory.mktemp("model") / "good"
+    save_model(load_causal_lm("toy:tiny"), load_tokenizer("toy:tiny"), folder)
+    return folder
+
+
+def assert_one_line(result, *names: object) -> str:
+    """Exit status 2 and exactly one stderr line, naming each of ``names``."""
+    lines = result.err.strip().splitlines()
+    assert result.code == 2, result.err
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    for name in names:
+        assert str(name) in lines[0], lines[0]
+    return lines[0]
+
+
+def _truncate_weights(folder: Path) -> None:
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _break_config(folder: Path) -> None:
+    (folder / "config.json").write_text('{"model_type": ')
+
+
+# command -> its arguments, given the data folder, the model folder and --out
+MODEL_COMMANDS = {
+    "train-sft": lambda d, m, o: ["train-sft", d / "sft.jsonl", "--model", m, "--out", o, "--max-steps", "1"],
+    "rollout": lambda d, m, o: ["rollout", d / "test.jsonl", "--model", m, "--out", o, "--max-new-tokens", "4"],
+    "train-rm": lambda d, m, o: ["train-rm", d / "prefs_style.jsonl", "--model", m, "--out", o, "--max-steps", "1"],
+    "eval": lambda d, m, o: ["eval", "--data", d / "test.jsonl", "--model", m, "--out", o, "--max-new-tokens", "4"],
+}
+
+
+@pytest.mark.parametrize("damage", [_truncate_weights, _break_config], ids=["truncated-weights", "broken-config"])
+@pytest.mark.parametrize("command", list(MODEL_COMMANDS))
+def test_damaged_model_folder(run_main, data, model_folder, tmp_path, command, damage):
+    folder = tmp_path / "damaged"
+    shutil.copytree(model_folder, folder)
+    damage(folder)
+    out = tmp_path / "out"
+    assert_one_line(run_main(*MODEL_COMMANDS[command](data, folder, out)), folder)
+    assert not out.exists()
