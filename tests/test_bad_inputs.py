@@ -71,3 +71,23 @@ def test_damaged_model_folder(run_main, data, model_folder, tmp_path, command, d
     out = tmp_path / "out"
     assert_one_line(run_main(*MODEL_COMMANDS[command](data, folder, out)), folder)
     assert not out.exists()
+
+
+TRAIN_COMMANDS = {
+    "train-sft": lambda d, o: ["train-sft", d / "sft.jsonl", "--model", "toy:tiny", "--out", o],
+    "train-rm": lambda d, o: ["train-rm", d / "prefs_style.jsonl", "--model", "toy:tiny", "--out", o],
+    "train-policy": lambda d, o: ["train-policy", d / "train.jsonl", "--model", "toy:tiny", "--verifier", "math", "--out", o],
+}
+SHARED_FLAGS = [("--lr", "nan"), ("--lr", "-1"), ("--lr", "inf")]
+POLICY_FLAGS = [("--kl-coef", "-1"), ("--kl-coef", "nan"), ("--clip-eps", "nan"), ("--critic-lr", "-1"),
+                ("--gamma", "nan"), ("--top-p", "2")]
+FLAG_CASES = ([(c, f, v) for c in TRAIN_COMMANDS for f, v in SHARED_FLAGS]
+              + [(c, "--weight-decay", "nan") for c in ("train-sft", "train-rm")]
+              + [("train-policy", f, v) for f, v in POLICY_FLAGS])
+
+
+@pytest.mark.parametrize("command, flag, value", FLAG_CASES)
+def test_float_flag_out_of_range(run_main, data, tmp_path, command, flag, value):
+    out = tmp_path / "out"
+    assert_one_line(run_main(*TRAIN_COMMANDS[command](data, out), flag, value), flag)
+    assert not out.exists()
