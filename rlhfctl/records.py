@@ -221,8 +221,11 @@ def _parse_lines(f: Iterable[str | bytes], path: str) -> Iterator[tuple[int, Any
 
 
 def _parse_line(raw: str, path: str, lineno: int) -> Any:
+    def refuse(token: str) -> Any:  # Python's json reads these; no other JSON reader does, and writing them back is not JSON
+        raise DataError(path, lineno, f"invalid JSON: {token} is not a JSON number")
+
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=refuse)
     except json.JSONDecodeError as e:
         raise DataError(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
     except RecursionError:
@@ -281,7 +284,8 @@ def _check_unique_ids(numbered: list[tuple[int, Record]], kind: RecordKind, path
 # --- writing -------------------------------------------------------------------
 
 def dumps(record: Record) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
+    """One record as a JSON line; a NaN or infinity in it is a ValueError, never a bare ``NaN`` token."""
+    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -91,3 +91,22 @@ def test_float_flag_out_of_range(run_main, data, tmp_path, command, flag, value)
     out = tmp_path / "out"
     assert_one_line(run_main(*TRAIN_COMMANDS[command](data, out), flag, value), flag)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("command", ["rollout", "eval"])
+def test_non_json_number_in_prompts(run_main, tmp_path, command, token):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": "2+2", "answer": %s}\n' % token)
+    out = tmp_path / "out.json"
+    args = {"rollout": ["rollout", prompts], "eval": ["eval", "--data", prompts]}[command]
+    line = assert_one_line(run_main(*args, "--model", "toy:tiny", "--out", out, "--max-new-tokens", "2"), f"{prompts}:2")
+    assert token.lstrip("-") in line
+    assert not out.exists()
+
+
+def test_records_are_written_without_nan():
+    from rlhfctl.records import dumps
+
+    with pytest.raises(ValueError):
+        dumps({"id": "a", "score": float("nan")})
