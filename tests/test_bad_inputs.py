@@ -110,3 +110,30 @@ def test_records_are_written_without_nan():
 
     with pytest.raises(ValueError):
         dumps({"id": "a", "score": float("nan")})
+
+
+def _rollouts(path: Path, second_correct: str = "[true, false]") -> Path:
+    path.write_text(
+        '{"id": "a", "prompt": "1+1", "answer": "2", "responses": ["Answer: 2", "Answer: 3"], "correct": [true, false]}\n'
+        '{"id": "b", "prompt": "2+2", "answer": "4", "responses": ["Answer: 4", "Answer: 5"], "correct": %s}\n'
+        % second_correct)
+    return path
+
+
+def test_best_of_n_fewer_grades_than_responses(run_main, tmp_path):
+    rollouts = _rollouts(tmp_path / "rollouts.jsonl", "[true]")
+    out = tmp_path / "bon.json"
+    line = assert_one_line(run_main("best-of-n", rollouts, "--out", out), f"{rollouts}:2")
+    assert "field 'correct'" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("cache", ['{"responses": ', "[1, 2]", "\xff\xfe"], ids=["invalid-json", "not-a-cache", "not-utf8"])
+def test_best_of_n_damaged_score_cache(run_main, tmp_path, cache):
+    rollouts = _rollouts(tmp_path / "rollouts.jsonl")
+    out = tmp_path / "bon.json"
+    scores = tmp_path / "bon.json.scores.json"
+    scores.write_bytes(cache.encode("latin-1"))
+    line = assert_one_line(run_main("best-of-n", rollouts, "--out", out, "--vote", "majority"), scores)
+    assert "delete it" in line
+    assert not out.exists() and scores.read_bytes() == cache.encode("latin-1")
