@@ -137,3 +137,17 @@ def test_best_of_n_damaged_score_cache(run_main, tmp_path, cache):
     line = assert_one_line(run_main("best-of-n", rollouts, "--out", out, "--vote", "majority"), scores)
     assert "delete it" in line
     assert not out.exists() and scores.read_bytes() == cache.encode("latin-1")
+
+
+@pytest.mark.parametrize("command, yaml, flag", [
+    ("train-sft", "max-steps: abc\n", "--max-steps"),
+    ("train-sft", "lr: [1, 2]\n", "--lr"),
+    ("rollout", "n: many\n", "--n"),
+])
+def test_config_value_of_the_wrong_type(run_main, data, tmp_path, command, yaml, flag):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml)
+    out = tmp_path / "out"
+    inputs = {"train-sft": data / "sft.jsonl", "rollout": data / "test.jsonl"}[command]
+    assert_one_line(run_main(command, inputs, "--model", "toy:tiny", "--out", out, "--config", config), config, flag)
+    assert not out.exists()
