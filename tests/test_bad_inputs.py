@@ -151,3 +151,51 @@ def test_config_value_of_the_wrong_type(run_main, data, tmp_path, command, yaml,
     inputs = {"train-sft": data / "sft.jsonl", "rollout": data / "test.jsonl"}[command]
     assert_one_line(run_main(command, inputs, "--model", "toy:tiny", "--out", out, "--config", config), config, flag)
     assert not out.exists()
+
+
+# command -> its arguments, given the data folder, a rollouts file and --out (a file)
+FILE_OUT_COMMANDS = {
+    "rollout": lambda d, r, o: ["rollout", d / "test.jsonl", "--model", "toy:tiny", "--out", o, "--max-new-tokens", "2"],
+    "best-of-n": lambda d, r, o: ["best-of-n", r, "--out", o],
+    "build-prefs": lambda d, r, o: ["build-prefs", r, "--out", o],
+    "eval": lambda d, r, o: ["eval", "--data", d / "test.jsonl", "--model", "toy:tiny", "--out", o, "--max-new-tokens", "2"],
+}
+RUN_OUT_COMMANDS = TRAIN_COMMANDS
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"" for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("command", list(FILE_OUT_COMMANDS))
+def test_out_file_is_a_folder(run_main, data, tmp_path, command):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert_one_line(run_main(*FILE_OUT_COMMANDS[command](data, _rollouts(tmp_path / "r.jsonl"), out)), out)
+    assert _tree(out) == {"keep.txt": b"mine"}
+
+
+@pytest.mark.parametrize("command", list(RUN_OUT_COMMANDS))
+def test_out_folder_is_a_file(run_main, data, tmp_path, command):
+    out = tmp_path / "out"
+    out.write_text("mine")
+    assert_one_line(run_main(*RUN_OUT_COMMANDS[command](data, out)), out)
+    assert out.read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", list(FILE_OUT_COMMANDS) + list(RUN_OUT_COMMANDS))
+def test_out_under_a_read_only_folder(run_main, data, tmp_path, monkeypatch, command):
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    # root ignores permission bits, so a read-only folder is what os.access says of it
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != locked and real_access(p, mode, **kw))
+    out = locked / "out"
+    args = (FILE_OUT_COMMANDS[command](data, _rollouts(tmp_path / "r.jsonl"), out) if command in FILE_OUT_COMMANDS
+            else RUN_OUT_COMMANDS[command](data, out))
+    line = assert_one_line(run_main(*args), out)
+    assert "writ" in line
+    assert list(locked.iterdir()) == []

@@ -27,7 +27,7 @@ from rlhfctl.errors import ConfigError, DataError, ModelError
 from rlhfctl.eval.best_of_n import best_of_n_accuracy, oracle_accuracy
 from rlhfctl.eval.passk import ks_up_to, maj_at_k, weighted_maj_at_k
 from rlhfctl.generation.base import EngineOptions, SamplingParams
-from rlhfctl.records import ROLLOUTS, Record, read_records, write_json, write_jsonl
+from rlhfctl.records import ROLLOUTS, Record, check_out_file, read_records, write_json, write_jsonl
 
 VOTES = ("majority", "weighted")
 
@@ -66,6 +66,9 @@ class BoNConfig:
                 raise ConfigError(f"unknown --agg {agg!r}: choose from {', '.join(AGGREGATIONS)}")
         if not (self.rm or self.prm or self.votes or self.logprob or self.oracle):
             raise ConfigError("nothing to compare: give --rm, --prm, --vote, --logprob or --oracle")
+        check_out_file(self.out)
+        check_out_file(self.picks, "--picks")
+        check_out_file(self.plot, "--plot")
 
 
 def run(config: BoNConfig) -> dict[str, Any]:

@@ -139,6 +139,11 @@ def check_run_dir(out: Path, command: str, options: dict[str, Any], resume: bool
     the options named in ``identity`` must match the first run's (resuming a
     GRPO run as PPO is an error, not a silent mix).
     """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: is a file; --out needs a folder for the run")
+    parent = next((p for p in out.parents if p.exists()), Path("."))
+    if not (out if out.exists() else parent).is_dir() or not os.access(out if out.exists() else parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{out}: cannot write the run there ({out if out.exists() else parent} is not a writable folder)")
     run_file = out / RUN_FILE
     if not run_file.is_file():
         return
