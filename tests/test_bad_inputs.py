@@ -199,3 +199,36 @@ def test_out_under_a_read_only_folder(run_main, data, tmp_path, monkeypatch, com
     line = assert_one_line(run_main(*args), out)
     assert "writ" in line
     assert list(locked.iterdir()) == []
+
+
+def _pairs(path: Path, identical: int, distinct: int) -> Path:
+    lines = [{"prompt": f"q{i}", "chosen": "same", "rejected": "same"} for i in range(identical)]
+    lines += [{"prompt": f"p{i}", "chosen": f"Answer: {i}", "rejected": f"Answer: {i + 7}"} for i in range(distinct)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def test_train_rm_on_identical_pairs_only(run_main, tmp_path):
+    pairs = _pairs(tmp_path / "pairs.jsonl", identical=4, distinct=0)
+    out = tmp_path / "rm"
+    line = assert_one_line(run_main("train-rm", pairs, "--model", "toy:tiny", "--out", out, "--max-steps", "1"), pairs)
+    assert "chosen equal to rejected" in line
+    assert not out.exists()
+
+
+def test_eval_rm_drops_identical_pairs(run_main, tmp_path):
+    rm = tmp_path / "rm"
+    train = _pairs(tmp_path / "train.jsonl", identical=0, distinct=8)
+    trained = run_main("train-rm", train, "--model", "toy:tiny", "--out", rm, "--max-steps", "1", "--batch-size", "4",
+                       "--eval-fraction", "0")
+    assert trained.code == 0, trained.err
+    mixed = _pairs(tmp_path / "mixed.jsonl", identical=2, distinct=3)
+    result = run_main("eval", "--rm", rm, "--data", mixed, "--json")
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)
+    assert summary["dropped"] == {"chosen equals rejected": 2}
+    assert summary["num_pairs"] == 3
+    same = _pairs(tmp_path / "same.jsonl", identical=3, distinct=0)
+    out = tmp_path / "eval.json"
+    assert_one_line(run_main("eval", "--rm", rm, "--data", same, "--out", out), same)
+    assert not out.exists()
