@@ -9,6 +9,7 @@ with the toy tokenizer, so the whole pipeline runs with nothing downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -40,9 +41,35 @@ def check_model_spec(spec: str) -> str:
         return _hub_snapshot(spec)
     if not os.path.exists(spec):
         raise ModelError(f"{spec}: no such model folder (give a Hugging Face folder, a Hub id org/name, or toy:SIZE)")
-    if not (Path(spec) / "config.json").is_file():
+    config = Path(spec) / "config.json"
+    if not config.is_file():
         raise ModelError(f"{spec}: not a model folder (no config.json)")
+    _check_config_json(str(config), config.stat().st_mtime_ns)
     return spec
+
+
+@functools.lru_cache(maxsize=64)
+def _check_config_json(path: str, mtime_ns: int) -> None:
+    """One line on a ``config.json`` that is not a JSON object (cached per file version: specs are checked often)."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{Path(path).parent}: cannot load: config.json is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{Path(path).parent}: cannot load: config.json is not a JSON object")
+
+
+@contextlib.contextmanager
+def loading(spec: str, what: str):
+    """Turn what transformers and safetensors raise on a damaged folder (a truncated weights file,
+    a broken tokenizer or config) into one line naming the folder."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"{spec}: cannot load {what}: {first}") from None
 
 
 model_path = check_model_spec  # what loaders read: the folder behind a spec
@@ -118,7 +145,8 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
         return build_toy_tokenizer()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path(spec), trust_remote_code=trust_remote_code, padding_side="left")
+    with loading(spec, "the tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(model_path(spec), trust_remote_code=trust_remote_code, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # pad == eos, as TRL does: readers use attention masks
     return tokenizer
@@ -138,10 +166,8 @@ def load_causal_lm(spec: str, seed: int = 0, dtype: str = "float32", trust_remot
         with _seeded(seed):
             model = AutoModelForCausalLM.from_config(toy_config(spec[len(TOY_PREFIX):]), dtype=torch_dtype)
         return model
-    try:
+    with loading(spec, "as a causal LM"):
         return AutoModelForCausalLM.from_pretrained(model_path(spec), dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{spec}: cannot load as a causal LM: {str(e).splitlines()[0]}") from None
 
 
 def save_model(model: Any, tokenizer: Any, folder: str | os.PathLike, state_dict: dict | None = None,

@@ -221,8 +221,11 @@ def _parse_lines(f: Iterable[str | bytes], path: str) -> Iterator[tuple[int, Any
 
 
 def _parse_line(raw: str, path: str, lineno: int) -> Any:
+    def refuse(token: str) -> Any:  # Python's json reads these; no other JSON reader does, and writing them back is not JSON
+        raise DataError(path, lineno, f"invalid JSON: {token} is not a JSON number")
+
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=refuse)
     except json.JSONDecodeError as e:
         raise DataError(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
     except RecursionError:
@@ -281,12 +284,33 @@ def _check_unique_ids(numbered: list[tuple[int, Record]], kind: RecordKind, path
 # --- writing -------------------------------------------------------------------
 
 def dumps(record: Record) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
+    """One record as a JSON line; a NaN or infinity in it is a ValueError, never a bare ``NaN`` token."""
+    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
+
+
+def check_out_file(path: str | os.PathLike | None, flag: str = "--out") -> None:
+    """Refuse, before any work, an output file path that is a folder or lies where nothing can be written."""
+    if path is None or str(path) == "-":
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise RlhfctlError(f"{path}: is a folder; {flag} needs a file path")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise RlhfctlError(f"{path}: cannot write: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RlhfctlError(f"{path}: cannot write: {parent} is not writable")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it."""
-    path = Path(path)
+    """Write ``text`` to a temporary file beside ``path``, then rename it; one line if that cannot be done."""
+    try:
+        _atomic_write_text(Path(path), text)
+    except OSError as e:
+        raise RlhfctlError(f"{path}: cannot write: {e.strerror or e}") from None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -343,6 +367,10 @@ class ResumableWriter:
         self._file = None
         if self.path != "-" and os.path.exists(self.path):
             self._recover(kind, check)
+            if not os.access(self.path, os.W_OK):
+                raise RlhfctlError(f"{self.path}: cannot write: the file is read-only")
+        elif self.path != "-":
+            check_out_file(self.path)
 
     def _recover(self, kind: RecordKind, check: Callable[[Record], str | None] | None) -> None:
         if os.path.isdir(self.path):

@@ -37,14 +37,36 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Optional[Pat
         if p.name not in ("config", "help"):
             known[p.name] = p.name
             known.update({o.lstrip("-").replace("-", "_"): p.name for o in p.opts if o.startswith("--")})
+    params = {p.name: p for p in ctx.command.params}
     defaults: dict[str, Any] = {}
     for key, val in data.items():
         name = str(key).lstrip("-").replace("-", "_")
         if name not in known:
             raise ConfigError(f"{value}: unknown key {key!r} (not a flag of '{ctx.info_name}')")
+        _check_value(ctx, params[known[name]], key, val, value)
         defaults[known[name]] = val
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def _check_value(ctx: click.Context, param: click.Parameter, key: Any, val: Any, path: Path) -> None:
+    """A config value of the wrong type, named with its file and key (click would name only the flag)."""
+    try:
+        if hasattr(param, "get_runtime_param"):  # typer >= 0.2x converts values itself
+            param.get_runtime_param().coerce(val, param=param, ctx=ctx)
+        else:
+            param.type_cast_value(ctx, val)
+    except _bad_parameter() as e:
+        flag = next((o for o in param.opts if o.startswith("--")), param.name)
+        raise ConfigError(f"{path}: key {key!r} ({flag}): invalid value {val!r}: {getattr(e, 'message', None) or e}") from None
+
+
+def _bad_parameter() -> tuple[type[Exception], ...]:
+    try:  # typer >= 0.2x raises its own copy of click's BadParameter
+        from typer._click.exceptions import BadParameter
+    except ImportError:
+        return (click.BadParameter,)
+    return (click.BadParameter, BadParameter)
 
 
 ConfigOpt = Annotated[Optional[Path], typer.Option(

@@ -10,7 +10,7 @@ from rlhfctl.errors import DataError
 from rlhfctl.eval.passk import summarize
 from rlhfctl.generation.base import EngineOptions, SamplingParams, make_generator
 from rlhfctl.generation.rollout import check_graders, gold_field, grade, task_of
-from rlhfctl.records import PROMPTS, read_records, write_json
+from rlhfctl.records import PROMPTS, check_out_file, read_records, write_json
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ def run(config: BenchmarkConfig) -> dict[str, Any]:
     """
     from rlhfctl.grading import get_grader
 
+    check_out_file(config.out)
     records = read_records(config.data, PROMPTS)
     for i, r in enumerate(records):
         gold = gold_field(task_of(r))

@@ -27,7 +27,7 @@ from rlhfctl.errors import ConfigError, DataError, ModelError
 from rlhfctl.eval.best_of_n import best_of_n_accuracy, oracle_accuracy
 from rlhfctl.eval.passk import ks_up_to, maj_at_k, weighted_maj_at_k
 from rlhfctl.generation.base import EngineOptions, SamplingParams
-from rlhfctl.records import ROLLOUTS, Record, read_records, write_json, write_jsonl
+from rlhfctl.records import ROLLOUTS, Record, check_out_file, read_records, write_json, write_jsonl
 
 VOTES = ("majority", "weighted")
 
@@ -66,6 +66,9 @@ class BoNConfig:
                 raise ConfigError(f"unknown --agg {agg!r}: choose from {', '.join(AGGREGATIONS)}")
         if not (self.rm or self.prm or self.votes or self.logprob or self.oracle):
             raise ConfigError("nothing to compare: give --rm, --prm, --vote, --logprob or --oracle")
+        check_out_file(self.out)
+        check_out_file(self.picks, "--picks")
+        check_out_file(self.plot, "--plot")
 
 
 def run(config: BoNConfig) -> dict[str, Any]:
@@ -122,6 +125,9 @@ def _rollouts(config: BoNConfig) -> list[Record]:
     for line, r in enumerate(rollouts, start=1):
         if "correct" not in r:
             raise DataError(path, line, "missing: best-of-n needs graded rollouts (prompts with an answer)", "correct")
+        if len(r["correct"]) != len(r["responses"]):
+            raise DataError(path, line, f"{len(r['correct'])} grades for {len(r['responses'])} responses: "
+                            "needs one per response", "correct")
     return rollouts
 
 
@@ -170,7 +176,7 @@ class ScoreCache:
         self.path = path
         self.data: dict[str, dict[str, list[Any]]] = {}
         if os.path.exists(path):
-            self.data = json.loads(Path(path).read_text())
+            self.data = self._read(path)
         seen = self.data.setdefault(self.RESPONSES, {})
         for r in rollouts:
             digests = [_response_digest(r["prompt"], t) for t in r["responses"]]
@@ -181,6 +187,16 @@ class ScoreCache:
                         per_prompt.pop(r["id"], None)
                 old = None
             seen[r["id"]] = digests if old is None or len(digests) > len(old) else old
+
+    @staticmethod
+    def _read(path: str) -> dict[str, dict[str, list[Any]]]:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(path, None, f"damaged score cache ({e}): delete it and the scores are computed again") from None
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise DataError(path, None, "not a best-of-n score cache: delete it and the scores are computed again")
+        return data
 
     def get(self, scorer: str, rollouts: list[Record], compute) -> list[list[float]]:
         path, _, _ = scorer.partition("@")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlhfctl.models import inference_device
-from rlhfctl.records import write_json
+from rlhfctl.records import check_out_file, write_json
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class RMEvalConfig:
 def run(config: RMEvalConfig) -> dict[str, Any]:
     """Pair accuracy on pairs, accuracy and AUC on binary items (RewardBench style);
     for a PRM on stepwise data, step accuracy and first-error accuracy."""
+    check_out_file(config.out)
     if config.prm:
         return _run_prm(config)
     from rlhfctl.rm.data import encode_items, read_preferences

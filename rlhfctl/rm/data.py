@@ -38,10 +38,11 @@ def record_kind(record: Any) -> str | None:
 
 
 def read_preferences(paths: list[str] | tuple[str, ...]) -> PrefData:
-    """All pairs and binary items of the files; pairs with chosen == rejected are dropped and counted."""
+    """All pairs and binary items of the files; pairs with chosen == rejected are dropped and counted
+    (a file of nothing else is an error)."""
     data = PrefData()
     for path in paths:
-        count = 0
+        count = identical = 0
         for lineno, value in iter_json_lines(path):
             kind = record_kind(value)
             if kind is None:
@@ -51,10 +52,13 @@ def read_preferences(paths: list[str] | tuple[str, ...]) -> PrefData:
             count += 1
             if kind == PAIR and record["chosen"] == record["rejected"]:
                 data.dropped["chosen equals rejected"] = data.dropped.get("chosen equals rejected", 0) + 1
+                identical += 1
                 continue
             (data.pairs if kind == PAIR else data.binary).append(record)
         if count == 0:
             raise DataError(path, None, "no records (expected pairs or binary items, one JSON object per line)")
+        if identical == count:
+            raise DataError(path, None, f"all {count} pairs have chosen equal to rejected: no preference to learn or measure")
     return data
 
 
@@ -126,7 +130,7 @@ def read_steps(paths: list[str] | tuple[str, ...]) -> list[Record]:
 
     out = []
     for path in paths:
-        count = 0
+        count = identical = 0
         for lineno, value in iter_json_lines(path):
             record = STEPS.check(value, path, lineno)
             if len(record["labels"]) != len(record["completions"]):

@@ -18,7 +18,7 @@ import torch
 
 from rlhfctl.artifacts import read_manifest
 from rlhfctl.errors import ModelError
-from rlhfctl.models import TOY_PREFIX, check_model_spec, is_toy_spec, load_tokenizer, quiet_transformers
+from rlhfctl.models import TOY_PREFIX, check_model_spec, is_toy_spec, load_tokenizer, loading, quiet_transformers
 
 ORM, PRM = "orm", "prm"
 HEAD_NAMES = ("score", "classifier")  # decoders' classification heads are `score`; encoders' (and GPT-2's token one) `classifier`
@@ -94,7 +94,8 @@ def build_reward_model(spec: str, kind: str, seed: int = 0, trust_remote_code: b
             model = auto.from_config(config)
         else:
             tokenizer = load_tokenizer(spec, trust_remote_code)
-            model = auto.from_pretrained(check_model_spec(spec), num_labels=1, dtype=torch.float32, trust_remote_code=trust_remote_code)
+            with loading(spec, "as a reward model backbone"):
+                model = auto.from_pretrained(check_model_spec(spec), num_labels=1, dtype=torch.float32, trust_remote_code=trust_remote_code)
             model.config.pad_token_id = tokenizer.pad_token_id
     _zero_last_linear(getattr(model, head_names(model)[0]))
     return model
@@ -137,7 +138,9 @@ def load_reward_model(folder: str, kind: str, trust_remote_code: bool = False, d
     manifest = check_reward_folder(folder, kind)
     quiet_transformers()
     auto = AutoModelForSequenceClassification if kind == ORM else AutoModelForTokenClassification
-    model = auto.from_pretrained(check_model_spec(folder), dtype=torch.float32, trust_remote_code=trust_remote_code).eval().to(device)
+    with loading(folder, "as a reward model"):
+        model = auto.from_pretrained(check_model_spec(folder), dtype=torch.float32, trust_remote_code=trust_remote_code)
+    model = model.eval().to(device)
     tokenizer = load_tokenizer(folder, trust_remote_code)
     return model, tokenizer, manifest
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from rlhfctl.artifacts import describe_inputs, make_manifest
 from rlhfctl.errors import ConfigError, DataError
-from rlhfctl.records import ROLLOUTS, Record, read_records, write_json, write_jsonl
+from rlhfctl.records import ROLLOUTS, Record, check_out_file, read_records, write_json, write_jsonl
 
 MODES = ("verified", "rm", "import")
 
@@ -57,6 +57,7 @@ class PrefsConfig:
 
 def run(config: PrefsConfig) -> dict[str, Any]:
     config.check()
+    check_out_file(config.out)
     rng = random.Random(config.seed)
     dropped: Counter[str] = Counter()
     if config.mode == "import":

@@ -56,12 +56,26 @@ class Schedule:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"--max-steps must be at least 1, got {self.max_steps}")
-        if self.epochs <= 0:
-            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        check_positive("--epochs", self.epochs)
+        check_positive("--lr", self.lr)
+        check_in_range("--warmup-ratio", self.warmup_ratio, 0.0, 1.0)
+        check_in_range("--weight-decay", self.weight_decay, 0.0, math.inf)
+        check_positive("--max-grad-norm", self.max_grad_norm)
         if self.save_every < 1:
             raise ConfigError(f"--save-every must be at least 1, got {self.save_every}")
+
+
+def check_positive(flag: str, value: float) -> None:
+    """A float flag that must be a positive number (``not value > 0`` also catches NaN, which compares false)."""
+    if not value > 0 or math.isinf(value):
+        raise ConfigError(f"{flag} must be a positive number, got {value}")
+
+
+def check_in_range(flag: str, value: float, low: float, high: float) -> None:
+    """A float flag that must lie in [low, high] (NaN never does)."""
+    if not low <= value <= high or math.isinf(value):
+        where = f"a number >= {low:g}" if math.isinf(high) else f"in [{low:g}, {high:g}]"
+        raise ConfigError(f"{flag} must be {where}, got {value}")
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
@@ -125,6 +139,11 @@ def check_run_dir(out: Path, command: str, options: dict[str, Any], resume: bool
     the options named in ``identity`` must match the first run's (resuming a
     GRPO run as PPO is an error, not a silent mix).
     """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: is a file; --out needs a folder for the run")
+    parent = next((p for p in out.parents if p.exists()), Path("."))
+    if not (out if out.exists() else parent).is_dir() or not os.access(out if out.exists() else parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{out}: cannot write the run there ({out if out.exists() else parent} is not a writable folder)")
     run_file = out / RUN_FILE
     if not run_file.is_file():
         return

@@ -10,6 +10,7 @@ into the reward or the loss, with any of k1/k2/k3.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.rl.aggregation import LOSS_AGGREGATIONS
 from rlhfctl.rl.kl import KL_ESTIMATORS
 from rlhfctl.rl.shaping import NORMS, Shaping
+from rlhfctl.training.loop import check_in_range, check_positive
 from rlhfctl.training.scale import RESUME_IDENTITY, ScaleOptions
 
 ALGOS = ("ppo", "grpo")
@@ -90,6 +92,20 @@ class PolicyConfig:
         if self.vllm_sync_timeout <= 0:
             raise ConfigError(f"--vllm-sync-timeout must be positive, got {self.vllm_sync_timeout}")
 
+    def check_numbers(self) -> None:
+        """Float flags: NaN passes every ``<`` test, so each is checked to be in its range."""
+        for flag, value in (("--lr", self.lr), ("--critic-lr", self.critic_lr), ("--clip-eps", self.clip_eps),
+                            ("--max-grad-norm", self.max_grad_norm)):
+            check_positive(flag, value)
+        for flag, value in (("--gamma", self.gamma), ("--lam", self.lam), ("--top-p", self.top_p)):
+            check_in_range(flag, value, 0.0, 1.0)
+        check_in_range("--kl-coef", self.kl_coef, 0.0, math.inf)
+        check_in_range("--temperature", self.temperature, 0.0, math.inf)
+        check_in_range("--value-clip", self.value_clip, 0.0, math.inf)
+        for flag, value in (("--rm-weight", self.rm_weight), ("--verifier-weight", self.verifier_weight)):
+            if not math.isfinite(value):
+                raise ConfigError(f"{flag} must be a finite number, got {value}")
+
     def check(self) -> None:
         s = self.shaping
         if self.rm is None and self.verifier is None:
@@ -125,6 +141,7 @@ class PolicyConfig:
             raise ConfigError(f"--mini-batch-size must divide prompts-per-step × n = {rows}, got {self.mini_batch_size}")
         if self.max_steps < 1 or self.ppo_epochs < 1:
             raise ConfigError("--max-steps and --ppo-epochs must be at least 1")
+        self.check_numbers()
         self.scale.check()
 
 
