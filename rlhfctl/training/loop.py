@@ -17,13 +17,14 @@ import math
 import os
 import random
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from rlhfctl.artifacts import load_newest_intact_checkpoint, save_checkpoint
 from rlhfctl.errors import ConfigError
+from rlhfctl.locks import locked
 from rlhfctl.records import atomic_write_text, write_json
 
 RUN_FILE = "run.json"
@@ -169,15 +170,17 @@ def claim_run_dir(out: Path, command: str, options: dict[str, Any], main: bool =
     render, a bad option found late) thus leaves ``out`` as it was, and the
     corrected command needs no ``--resume``. Only new entries go: a folder
     that existed keeps its files, and a resumed run (its ``run.json`` already
-    there) is never touched. Rank 0 writes and undoes; the caller syncs ranks.
+    there) is never touched. Rank 0 writes and undoes, and holds the folder's
+    lock (`locks.locked`) meanwhile; the caller syncs ranks.
     """
-    undo = _write_run_file(out, command, options) if main and not (out / RUN_FILE).is_file() else None
-    try:
-        yield
-    except BaseException:
-        if undo is not None and not _logged_a_step(out):
-            undo()
-        raise
+    with locked(out, folder=True) if main else nullcontext():  # a second run on this folder is refused meanwhile
+        undo = _write_run_file(out, command, options) if main and not (out / RUN_FILE).is_file() else None
+        try:
+            yield
+        except BaseException:
+            if undo is not None and not _logged_a_step(out):
+                undo()
+            raise
 
 
 def _write_run_file(out: Path, command: str, options: dict[str, Any]):

@@ -81,3 +81,22 @@ def test_train_policy_that_fails_in_its_first_step_leaves_the_folder_as_it_was(s
     r = run_main("train-policy", toy_dir / "train.jsonl", *args)
     assert r.code == 0, r.err
     assert (out / "rlhfctl.json").is_file()
+
+
+def test_a_second_run_on_a_folder_being_trained_is_refused(toy_dir, tmp_path, run_main):
+    """The run folder is locked while it trains: another run on it (here, this process holding the lock)
+    is refused with one line naming the holder, and the folder is left as it was."""
+    import os
+
+    from rlhfctl.locks import locked
+
+    out = tmp_path / "run"
+    with locked(out, folder=True):
+        result = run_main("train-sft", toy_dir / "sft.jsonl", "--model", "toy:tiny", "--out", out, "--max-steps", "1")
+        assert result.code == 2, result.err
+        assert len(result.err.strip().splitlines()) == 1 and f"pid {os.getpid()}" in result.err
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    assert not out.exists()
+    again = run_main("train-sft", toy_dir / "sft.jsonl", "--model", "toy:tiny", "--out", out, "--max-steps", "1")
+    assert again.code == 0, again.err
+    assert not (out / ".lock").exists()
