@@ -76,7 +76,22 @@ def main() -> None:
         sys.exit(2)
     except _click_abort():
         sys.exit(1)
+    _close_distributed()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _close_distributed() -> None:
+    """Under `accelerate launch`, wait for every rank, then take the process group down.
+
+    A rank that exits while gloo's threads still run in another can abort
+    that one ("terminate called without an active exception"), failing a run
+    that finished. torch is only looked at if a command imported it.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def _click_errors():
