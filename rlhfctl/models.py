@@ -86,8 +86,8 @@ def _hub_snapshot(spec: str) -> str:
     try:
         folder = snapshot_download(repo, revision=revision or None, allow_patterns=patterns)
     except LocalEntryNotFoundError:
-        raise ModelError(f"{spec}: not in the Hugging Face cache, and downloads are off (HF_HUB_OFFLINE=1 or no "
-                         "network): download it once online, or give a local folder") from None
+        raise ModelError(f"{spec}: no such model folder, and not in the Hugging Face cache as a Hub id (downloads "
+                         "are off: HF_HUB_OFFLINE=1 or no network)") from None
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
         raise ModelError(f"{spec}: {str(e).splitlines()[0]}") from None
     except OSError as e:

@@ -366,8 +366,8 @@ def test_hub_ids_resolve_from_the_cache_offline_and_uncached_is_one_line(folders
     for spec in ("acme/not-cached", "acme/tiny-qwen@v2"):
         proc = cli("rollout", data["prompts-chat"], "--model", spec, "--out", tmp_path / "x.jsonl", env=env)
         assert proc.returncode == 2
-        assert proc.stderr.strip().splitlines() == [f"error: {spec}: not in the Hugging Face cache, and downloads are off "
-                                                    "(HF_HUB_OFFLINE=1 or no network): download it once online, or give a local folder"]
+        assert proc.stderr.strip().splitlines() == [f"error: {spec}: no such model folder, and not in the Hugging Face cache "
+                                                    "as a Hub id (downloads are off: HF_HUB_OFFLINE=1 or no network)"]
         assert not (tmp_path / "x.jsonl").exists()
 
 
