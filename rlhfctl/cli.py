@@ -76,22 +76,34 @@ def main() -> None:
         sys.exit(2)
     except _click_abort():
         sys.exit(1)
-    _close_distributed()
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if _distributed():
+        _exit_distributed(code)
+    sys.exit(code)
 
 
-def _close_distributed() -> None:
-    """Under `accelerate launch`, wait for every rank, then take the process group down.
+def _distributed() -> bool:
+    """Whether this process is a rank of a process group (torch is only looked at if a command imported it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _exit_distributed(code: int) -> None:
+    """Under `accelerate launch`: wait for every rank, take the process group down, and leave at once.
 
     A rank that exits while gloo's threads still run in another can abort
-    that one ("terminate called without an active exception"), failing a run
-    that finished. torch is only looked at if a command imported it.
+    that one, and the interpreter's own teardown can abort a rank whose
+    threads are still joinable ("terminate called without an active
+    exception"), failing a run that finished. Everything is written and
+    flushed by now, so the process ends without that teardown.
     """
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        return
+    import torch
+
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _click_errors():

@@ -37,6 +37,7 @@ def _ddp(cli_env, *args) -> subprocess.CompletedProcess:
 
 FULL_WEIGHTS_CHECK = """
 import json
+import os
 import sys
 import torch
 sys.path.insert(0, {tests!r})
@@ -73,6 +74,7 @@ with open({out!r} + f"/seen-{{acc.process_index}}.json", "w") as f:  # the ranks
     json.dump(seen, f)
 acc.wait_for_everyone()
 torch.distributed.destroy_process_group()  # a rank that exits while gloo still runs in the other may abort it
+os._exit(0)  # and so may the interpreter's teardown of threads gloo left joinable (as rlhfctl.cli leaves)
 """
 
 
