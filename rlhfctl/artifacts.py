@@ -5,7 +5,8 @@ manifest: which command made it, with which options and inputs (sha256), and
 its results. Checkpoints live in ``RUN/checkpoints/step-N/``; each is written
 to a temporary folder, flushed to disk and renamed, so a folder named
 ``step-N`` is complete even after a power cut, and ``checksums.json`` inside
-it lets a resume tell a damaged one from an intact one. Nothing is ever unpickled: weights are safetensors, the rest is loaded with
+it lets a resume tell a damaged one from an intact one. Nothing is ever
+unpickled: weights are safetensors, the rest is loaded with
 ``torch.load(..., weights_only=True)``.
 """
 
@@ -133,8 +134,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, weights: dict[str, An
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    fsync_dir(final.parent)
-    fsync_dir(final.parent.parent)  # holds checkpoints/ itself, new with the first checkpoint
+    fsync_path(final.parent)
+    fsync_path(final.parent.parent)  # holds checkpoints/ itself, new with the first checkpoint
     if keep is not None:
         prune_checkpoints(run_dir, step, keep)
     return final
@@ -164,20 +165,16 @@ def seal_folder(folder: Path) -> None:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS)
     record = {p.name: {"size": p.stat().st_size, "crc32": crc32_file(p)} for p in files}
     (folder / CHECKSUMS).write_text(json.dumps({"files": record}, indent=1) + "\n", encoding="utf-8")
-    for path in [*files, folder / CHECKSUMS]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fsync_dir(folder)
+    for path in [*files, folder / CHECKSUMS, folder]:
+        fsync_path(path)
 
 
-def fsync_dir(folder: Path) -> None:
-    """Flush a folder's entries (a rename, a new file) to disk; a no-op where folders cannot be opened (Windows)."""
-    if os.name == "nt":
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename, a new file), to disk; folders are skipped on
+    Windows, where they cannot be opened."""
+    if os.name == "nt" and path.is_dir():
         return
-    fd = os.open(folder, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -253,14 +250,12 @@ def load_newest_intact_checkpoint(
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     """(weights, state) of one checkpoint folder."""
     import torch
-    from safetensors.torch import load_file
-
     from safetensors import safe_open
 
     path = Path(path)
-    weights = load_file(str(path / "model.safetensors"))
     with safe_open(str(path / "model.safetensors"), "pt") as f:
-        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+        weights = {name: f.get_tensor(name) for name in f.keys()}
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))  # tied names `untie` wrote once
     weights.update({alias: weights[name] for alias, name in aliases.items()})
     state = torch.load(path / "state.pt", weights_only=True)
     return weights, state

@@ -17,7 +17,6 @@ import fcntl
 import json
 import os
 import socket
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
+from rlhfctl.console import log
 from rlhfctl.errors import RlhfctlError
 
 
@@ -100,8 +100,7 @@ def _acquire(where: Path, path: str | os.PathLike) -> int:
         os.ftruncate(fd, 0)
         os.pwrite(fd, owner.encode(), 0)
         os.fsync(fd)
-        print(f"{path}: took over the lock of a run that is gone (pid {holder['pid']}, since {holder['since']})",
-              file=sys.stderr)
+        log(f"{path}: took over the lock of a run that is gone (pid {holder['pid']}, since {holder['since']})")
         return fd
 
 

@@ -204,10 +204,11 @@ def _retied(model: Any, state_dict: dict, dtype) -> dict:
             key = (value.data_ptr(), tuple(value.shape), value.dtype)
             value = converted.setdefault(key, value.to(dtype))
         out[name] = value
-    tied = getattr(model.config.get_text_config(), "tie_word_embeddings", False)
+    if not getattr(model.config.get_text_config(), "tie_word_embeddings", False):
+        return out
     names = {id(m): n for n, m in model.named_modules()}
     inp, outp = model.get_input_embeddings(), model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if tied and outp is not None and id(inp) in names and id(outp) in names:
+    if outp is not None and id(inp) in names and id(outp) in names:
         src, dst = f"{names[id(inp)]}.weight", f"{names[id(outp)]}.weight"
         if src in out and dst in out:
             out[dst] = out[src]

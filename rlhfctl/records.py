@@ -295,11 +295,16 @@ def check_out_file(path: str | os.PathLike | None, flag: str = "--out") -> None:
     path = Path(path)
     if path.is_dir():
         raise RlhfctlError(f"{path}: is a folder; {flag} needs a file path")
-    parent = next((p for p in path.parents if p.exists()), Path("."))
+    parent = nearest_existing(path.parent)
     if not parent.is_dir():
         raise RlhfctlError(f"{path}: cannot write: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise RlhfctlError(f"{path}: cannot write: {parent} is not writable")
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` if it exists, else its closest existing parent: where creating it would start."""
+    return next((p for p in (path, *path.parents) if p.exists()), Path("."))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

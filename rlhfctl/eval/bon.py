@@ -89,7 +89,8 @@ def run(config: BoNConfig) -> dict[str, Any]:
     if config.prm and config.aggs:  # the step scores are cached once; each --agg is computed from them
         from rlhfctl.rm.metrics import aggregate_steps
 
-        steps = scores.get(model_key("prm-steps", config.prm), rollouts, lambda todo: _score_prm_steps(todo, config.prm, config.rm_max_length, counts))
+        steps = scores.get(model_key("prm-steps", config.prm), rollouts,
+                           lambda todo: _score_prm_steps(todo, config.prm, config.rm_max_length, counts))
         for agg in config.aggs:
             ranked[f"prm-{agg}"] = [[aggregate_steps(s, agg) for s in per_prompt] for per_prompt in steps]
     if config.logprob:

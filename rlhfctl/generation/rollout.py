@@ -7,7 +7,6 @@ A lock beside the output (`locks`) keeps a second run off the same file.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.generation.base import EngineOptions, SamplingParams, make_generator, resolve_backend
 from rlhfctl.locks import locked
 from rlhfctl.records import PROMPTS, ROLLOUTS, Record, ResumableWriter, read_records
-from rlhfctl.console import Progress
+from rlhfctl.console import Progress, log
 
 
 @dataclass(frozen=True)
@@ -167,8 +166,8 @@ def _skip_too_long(todo: list[Record], generator, max_new_tokens: int, summary: 
     kept = [r for r in todo if not too_long(render_prompt(r["prompt"], generator.tokenizer), generator.tokenizer, limit)]
     summary["skipped_too_long"] = len(todo) - len(kept)
     if len(kept) < len(todo):
-        print(f"skipped {len(todo) - len(kept)} prompts longer than the model's context ({limit} tokens: {context} "
-              f"less --max-new-tokens {max_new_tokens})", file=sys.stderr)
+        log(f"skipped {len(todo) - len(kept)} prompts longer than the model's context ({limit} tokens: {context} "
+            f"less --max-new-tokens {max_new_tokens})")
     return kept
 
 

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from rlhfctl.artifacts import load_newest_intact_checkpoint, save_checkpoint
 from rlhfctl.errors import ConfigError
 from rlhfctl.locks import locked
-from rlhfctl.records import atomic_write_text, write_json
+from rlhfctl.records import atomic_write_text, nearest_existing, write_json
 
 RUN_FILE = "run.json"
 METRICS = "metrics.jsonl"
@@ -142,9 +142,9 @@ def check_run_dir(out: Path, command: str, options: dict[str, Any], resume: bool
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: is a file; --out needs a folder for the run")
-    parent = next((p for p in out.parents if p.exists()), Path("."))
-    if not (out if out.exists() else parent).is_dir() or not os.access(out if out.exists() else parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{out}: cannot write the run there ({out if out.exists() else parent} is not a writable folder)")
+    place = nearest_existing(out)
+    if not place.is_dir() or not os.access(place, os.W_OK | os.X_OK):
+        raise ConfigError(f"{out}: cannot write the run there ({place} is not a writable folder)")
     run_file = out / RUN_FILE
     if not run_file.is_file():
         return

@@ -79,6 +79,24 @@ def _count_lines(path) -> int:
         return 0
 
 
+def _start_until_lines(args: list[str], out, lines: int, log_path, env) -> subprocess.Popen:
+    """Start ``rlhfctl ARGS`` in a subprocess (output to ``log_path``) and return it once ``out`` holds ``lines`` lines;
+    a run that ends or writes nothing for 240 s fails the test (and is killed)."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "rlhfctl", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    try:
+        while _count_lines(out) < lines:
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "no output appeared"
+            time.sleep(0.005)
+    except BaseException:
+        proc.kill()
+        proc.wait(timeout=60)
+        raise
+    return proc
+
+
 def test_rollout_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path, cli_env, run_main):
     """SIGKILL a rollout once a few prompts are on disk, tear its last line, rerun the same command (in this
     process, to spare a second interpreter start-up): every prompt exactly once, as an unbroken run gives it."""
@@ -86,17 +104,11 @@ def test_rollout_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path, cli
     out = tmp_path / "rollouts.jsonl"
     args = ["rollout", str(tmp_path / "prompts.jsonl"), "--model", "toy:tiny", "--out", str(out), "--n", "2",
             "--batch-size", "2", "--max-new-tokens", "16", "--seed", "0"]
-    with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "rlhfctl", *args], env=cli_env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 240
-            while _count_lines(out) < 3:
-                assert proc.poll() is None, (tmp_path / "first.log").read_text()
-                assert time.monotonic() < deadline, "no output appeared"
-                time.sleep(0.005)
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.wait(timeout=60)
+    proc = _start_until_lines(args, out, 3, tmp_path / "first.log", cli_env)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     done_at_kill = _count_lines(out)
     assert 3 <= done_at_kill < 40, "the run was not killed mid-way"
@@ -193,20 +205,14 @@ def test_a_second_rollout_on_one_out_is_refused_and_a_killed_ones_lock_taken_ove
     out = tmp_path / "rollouts.jsonl"
     args = ["rollout", str(tmp_path / "prompts.jsonl"), "--model", "toy:tiny", "--out", str(out), "--n", "2",
             "--batch-size", "2", "--max-new-tokens", "16"]
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen([sys.executable, "-m", "rlhfctl", *args], env=cli_env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 240
-            while _count_lines(out) < 2:
-                assert first.poll() is None, (tmp_path / "first.log").read_text()
-                assert time.monotonic() < deadline, "no output appeared"
-                time.sleep(0.01)
-            os.kill(first.pid, signal.SIGSTOP)
-            assert first.poll() is None, "the first run ended before it was paused"
-            second = cli(*args)
-            os.kill(first.pid, signal.SIGKILL)
-        finally:
-            first.wait(timeout=60)
+    first = _start_until_lines(args, out, 2, tmp_path / "first.log", cli_env)
+    try:
+        os.kill(first.pid, signal.SIGSTOP)
+        assert first.poll() is None, "the first run ended before it was paused"
+        second = cli(*args)
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.wait(timeout=60)
     assert second.returncode == 2, second.stderr
     assert second.stderr.strip().splitlines() == [
         f"error: {out}: another run is writing it (pid {first.pid}, since {json.loads((tmp_path / 'rollouts.jsonl.lock').read_text())['since']}); "
