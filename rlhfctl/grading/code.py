@@ -31,6 +31,7 @@ from typing import Any, Union
 
 from rlhfctl.errors import DataError, RlhfctlError
 from rlhfctl.grading import asserts, sandbox
+from rlhfctl.grading.registry import Extracted
 from rlhfctl.grading.sandbox import Limits
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n", re.MULTILINE)
@@ -233,6 +234,17 @@ class CodeGrader:
     def __init__(self, limits: Limits | None = None, workers: int | None = None):
         self.limits = limits  # None: `Limits.from_env()` at each use
         self.workers = workers
+
+    def with_extract(self, mode: str) -> "CodeGrader":
+        """Programs have one extraction mode; `mode` changes nothing."""
+        return self
+
+    def find(self, response: str) -> Extracted | None:
+        """The program `response` holds, with rule ``fenced`` (a code block) or ``whole`` (no fence), or None."""
+        program = extract_program(response)
+        if program is None:
+            return None
+        return Extracted(program, "fenced" if _fenced_blocks(response) else "whole")
 
     def extract(self, response: str) -> str | None:
         """The program, canonicalised (the majority-vote key), or None if the response has none."""

@@ -1,16 +1,19 @@
 """Multiple-choice grading: the letter a response chooses, against the gold letter.
 
-A response states its choice in one of the common forms, strongest first:
+A response states its choice in one of the common forms, strongest first
+(the name of each is the ``extract_rule`` recorded with it):
 
-1. ``\\boxed{C}`` (also ``\\boxed{(C)}``, ``\\boxed{\\text{C}}``);
-2. an answer statement: ``Answer: C``, ``**Final answer:** (C)``,
+1. ``boxed``: ``\\boxed{C}`` (also ``\\boxed{(C)}``, ``\\boxed{\\text{C}}``);
+2. ``answer_is``: an answer statement: ``Answer: C``, ``**Final answer:** (C)``,
    ``The answer is C``, ``the correct answer is: C.``;
-3. a parenthesised letter on its own, ``(C)``.
+3. ``paren``: a parenthesised letter on its own, ``(C)``;
+4. ``letter_paren``: a letter with a closing parenthesis, ``C)``;
+5. ``last_letter``: a lone letter ending the response, ``... so\n\nC.``
 
 The last statement of the strongest form present is the choice. Letters are
 capitals (a lower-case ``a`` is too often the article). A statement that names
 two different letters (``Answer: A or C``, ``Answer: AC``, ``\\boxed{A, C}``),
-or bare parenthesised letters that disagree, choose nothing: graded wrong.
+or bare letters (forms 3 and 4) that disagree, choose nothing: graded wrong.
 
 The prompt record carries ``answer`` (the gold letter, or the text of the
 right choice) and ``choices`` (a list of option texts, lettered A, B, ...; or
@@ -26,12 +29,15 @@ from typing import Any
 
 from rlhfctl.errors import DataError
 from rlhfctl.grading.math import last_boxed
+from rlhfctl.grading.registry import Extracted
 
 _STATEMENT = re.compile(r"answer\s*(?:is\b|:)\s*(.*)", re.IGNORECASE)
 _MARKUP = re.compile(r"\\text\{|\\textbf\{|\\mathrm\{|[*_`$]")
 _HEAD = re.compile(r"^[\s(\[{:]*([A-Z]+)(?![A-Za-z0-9])")  # the first word, if it is all capitals
 _ALSO = re.compile(r"^[\s)\]}.]*(?:,|/|&|\band\b|\bor\b)[\s(\[{]*([A-Z])(?![A-Za-z0-9])")
 _PAREN = re.compile(r"\(([A-Z])\)")
+_LETTER_PAREN = re.compile(r"(?<![A-Za-z0-9(])([A-Z])\)")
+_LAST_LETTER = re.compile(r"(?:^|\s)\**([A-Z])\**[.!]?\s*$")
 
 
 def _letter(text: str) -> str | None:
@@ -49,16 +55,30 @@ def _letter(text: str) -> str | None:
     return word
 
 
-def extract_choice(response: str) -> str | None:
-    """The capital letter `response` chooses, or None (no choice, or an ambiguous one)."""
+def find_choice(response: str) -> Extracted | None:
+    """The capital letter `response` chooses and the rule that found it, or None (no or an ambiguous choice)."""
     boxed = last_boxed(response)
     if boxed is not None:
-        return _letter(boxed)
+        return _found(_letter(boxed), "boxed")
     statements = list(_STATEMENT.finditer(response))
     if statements:
-        return _letter(statements[-1].group(1).split("\n", 1)[0])
-    letters = set(_PAREN.findall(response))
-    return letters.pop() if len(letters) == 1 else None
+        return _found(_letter(statements[-1].group(1).split("\n", 1)[0]), "answer_is")
+    for rule, pattern in (("paren", _PAREN), ("letter_paren", _LETTER_PAREN)):
+        letters = set(pattern.findall(response))
+        if letters:
+            return _found(letters.pop() if len(letters) == 1 else None, rule)
+    last = _LAST_LETTER.search(response)
+    return _found(last and last.group(1), "last_letter")
+
+
+def _found(letter: str | None, rule: str) -> Extracted | None:
+    return None if letter is None else Extracted(letter, rule)
+
+
+def extract_choice(response: str) -> str | None:
+    """The capital letter `response` chooses, or None (no choice, or an ambiguous one)."""
+    found = find_choice(response)
+    return None if found is None else found.answer
 
 
 def _choice_letters(choices: Any) -> list[str] | None:
@@ -90,6 +110,14 @@ class MCQGrader:
     """Grades multiple-choice responses by the letter they choose."""
 
     name = "mcq"
+
+    def with_extract(self, mode: str) -> "MCQGrader":
+        """Extraction has one mode for letters; `mode` changes nothing."""
+        return self
+
+    def find(self, response: str) -> Extracted | None:
+        """The chosen letter with the rule that found it, or None."""
+        return find_choice(response)
 
     def extract(self, response: str) -> str | None:
         """The chosen letter (the majority-vote key), or None if none is chosen unambiguously."""

@@ -9,9 +9,18 @@ types (mcq, code, ...) plug in with one `register` call and no CLI changes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from rlhfctl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """An answer as a response states it, and the name of the extraction rule that found it."""
+
+    answer: str
+    rule: str
 
 
 @runtime_checkable
@@ -23,9 +32,18 @@ class Grader(Protocol):
     it doubles as the majority-vote key), or None when the response states no
     answer. `is_correct` grades a response against its prompt record and must
     return False, not raise, for malformed responses.
+
+    `find` returns the answer as stated with the name of the rule that found
+    it (for records and summaries), and `with_extract(mode)` the grader with
+    extraction mode ``strict`` or ``flexible`` (graders with one mode return
+    themselves).
     """
 
     name: str
+
+    def with_extract(self, mode: str) -> "Grader": ...
+
+    def find(self, response: str) -> Extracted | None: ...
 
     def extract(self, response: str) -> str | None: ...
 
@@ -55,10 +73,16 @@ def known_tasks() -> list[str]:
     return sorted(_GRADERS)
 
 
-def get_grader(task: str) -> Grader:
-    """The grader registered for `task`; ConfigError naming the known ones if none."""
+EXTRACT_MODES = ("strict", "flexible")
+
+
+def get_grader(task: str, extract: str = "strict") -> Grader:
+    """The grader registered for `task`, extracting in mode `extract`; ConfigError naming the known ones if none."""
+    if extract not in EXTRACT_MODES:
+        raise ConfigError(f"unknown extraction mode '{extract}'; known: {', '.join(EXTRACT_MODES)}")
     try:
-        return _GRADERS[task]
+        grader = _GRADERS[task]
     except KeyError:
         known = ", ".join(known_tasks()) or "(none)"
         raise ConfigError(f"unknown task '{task}'; known graders: {known}") from None
+    return grader.with_extract(extract)

@@ -26,7 +26,7 @@ def test_registry():
         ("**Answer:** 9", "9"),
         ("Final answer: 12", "12"),
         ("Answer: 1\nthinking again...\nAnswer: 2\n", "2"),
-        ("Answer: 3\n\\boxed{4}", "3"),  # an Answer line beats a box
+        ("Answer: 3\n\\boxed{4}", "4"),  # a box beats an Answer line, as in the common harnesses
         ("so \\boxed{\\frac{1}{\\sqrt{2}}}.", "\\frac{1}{\\sqrt{2}}"),
         ("\\boxed{1} then \\boxed{ {a}^{2} }", "{a}^{2}"),
         ("\\boxed{5} and a broken \\boxed{6", "5"),
@@ -39,6 +39,22 @@ def test_registry():
 )
 def test_extract_answer(response, expected):
     assert extract_answer(response) == expected
+
+
+def test_flexible_extraction_takes_the_last_number_only_when_nothing_is_stated():
+    assert extract_answer("so 12 and then 15") is None
+    assert extract_answer("so 12 and then 15", flexible=True) == "15"
+    assert extract_answer("Answer: 12, then 15", flexible=True) == "12, then 15"
+    assert get_grader("math", extract="flexible").is_correct("so 12 and then 15", {"answer": "15"})
+    with pytest.raises(ConfigError, match="unknown extraction mode 'loose'"):
+        get_grader("math", extract="loose")
+
+
+def test_gsm8k_gold_answers_are_read_after_the_hashes():
+    record = {"answer": "Natalia sold 48/2 = <<48/2=24>>24 clips.\nAltogether 48+24 = <<48+24=72>>72.\n#### 72"}
+    assert GRADER.is_correct("The answer is 72.", record)
+    assert not GRADER.is_correct("The answer is 24.", record)
+    assert GRADER.is_correct("#### 1,200", {"answer": "#### 1200"})
 
 
 def test_last_boxed_nested():
