@@ -23,10 +23,12 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from rlhfctl import sources
 from rlhfctl.errors import DataError, RlhfctlError
 
 Record = dict[str, Any]
@@ -256,17 +258,21 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def read_records(path: str | os.PathLike, kind: RecordKind | str, allow_empty: bool = False) -> list[Record]:
-    """All records of one kind from a JSONL file, validated.
+def read_records(path: str | os.PathLike, kind: RecordKind | str, allow_empty: bool = False,
+                 fields: Mapping[str, str] | None = None) -> list[Record]:
+    """All records of one kind from a JSONL file or another source (`rlhfctl.sources`), validated.
 
-    Raises `DataError` at the first bad line, and for an empty file unless
+    `fields` renames columns to fields (``{"prompt": "question"}``). Raises
+    `DataError` at the first bad row, and for an empty source unless
     ``allow_empty``.
     """
     kind = KINDS[kind] if isinstance(kind, str) else kind
     shown = "<stdin>" if str(path) == "-" else str(path)
-    numbered = [(lineno, kind.check(value, shown, lineno)) for lineno, value in iter_json_lines(path)]
+    rows = sources.iter_rows(path) if sources.is_table(path) else iter_json_lines(path)
+    numbered = [(n, kind.check(sources.map_fields(value, fields or {}, f"{shown}:{n}"), shown, n)) for n, value in rows]
     if not numbered and not allow_empty:
-        raise DataError(shown, None, f"no records (expected {kind.name} JSONL, one object per line)")
+        expected = "rows" if sources.is_table(path) else "JSONL, one object per line"
+        raise DataError(shown, None, f"no records (expected {kind.name} {expected})")
     _check_unique_ids(numbered, kind, shown)
     return [r for _, r in numbered]
 
