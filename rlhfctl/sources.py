@@ -54,7 +54,7 @@ def iter_rows(spec: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """
     rows = _rows(str(spec))
     total = next(rows)
-    with Progress(f"reading {spec}", total or 0, 0, enabled=(total or 0) >= LARGE) as bar:
+    with Progress(f"reading {Path(str(spec)).name}", total or 0, 0, enabled=(total or 0) >= LARGE) as bar:
         for numbered in rows:
             yield numbered
             bar.advance()

@@ -132,4 +132,4 @@ def test_large_sources_show_a_progress_bar(tmp_path, monkeypatch, capsys):
     assert "reading" not in capsys.readouterr().err
     monkeypatch.setattr(sources, "LARGE", 2)
     read_records(tmp_path / "gsm.parquet", PROMPTS, fields=QA)
-    assert f"reading {tmp_path / 'gsm.parquet'}" in capsys.readouterr().err.replace("\n", "")
+    assert "reading gsm.parquet" in capsys.readouterr().err
