@@ -61,10 +61,11 @@ class Sample:
     token_ids: list[int] = field(repr=False)  # the response, with the eos token when it stopped on one
     finish_reason: str  # "stop" (eos) or "length" (max_new_tokens)
     logprobs: list[float] | None = field(default=None, repr=False)  # the engine's log p of each token, when it reports them
+    reported_tokens: int | None = None  # a server's count of the response's tokens, when it sends no ids
 
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        return self.reported_tokens if self.reported_tokens is not None and not self.token_ids else len(self.token_ids)
 
 
 def decoded_sample(tokenizer: Any, token_ids: list[int], finish_reason: str, logprobs: list[float] | None = None) -> Sample:
