@@ -7,7 +7,7 @@ the server applies its chat template; string prompts, and every text that
 rlhfctl has already rendered (label-prm's step prefixes), go to
 ``/v1/completions`` as they are.
 
-Each sample is one request with ``n=1`` and its own seed derived from
+Each sample is one request (no ``n``) with its own seed derived from
 ``--seed``, the prompt's id and the sample's index, so a rerun asks for the
 same samples, and token counts come from the server's ``usage``. Requests run
 ``concurrency`` at a time. A request that fails with 408/409/429/5xx, a
@@ -116,7 +116,7 @@ class OpenAIGenerator:
 
     def _sample(self, prompt: Any, params: SamplingParams, seed: int) -> Sample:
         chat = isinstance(prompt, list)
-        body: dict[str, Any] = {"model": self.options.served_model, "n": 1, "temperature": params.temperature,
+        body: dict[str, Any] = {"model": self.options.served_model, "temperature": params.temperature,
                                 "top_p": params.top_p, "max_tokens": params.max_new_tokens, "seed": seed}
         if self.options.stop:
             body["stop"] = list(self.options.stop)
