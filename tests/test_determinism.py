@@ -3,7 +3,7 @@
 Two processes rather than one process twice: each starts with its own hash
 seed (``PYTHONHASHSEED``), so an output that follows a set's iteration order
 differs between them, as it would between a user's two runs. What GPUs do
-differently is in README.md (Artifacts).
+differently is in docs/training.md (Reproducibility).
 """
 
 from __future__ import annotations
