@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("RLHFCTL_DEBUG", None)
 
-# The session's tiny SFT run; test_sft, test_cli and the two-rank test compare against it.
+# The test run's tiny SFT run (built once); test_sft, test_cli and the two-rank test compare against it.
 SFT_ARGS = ["--model", "toy:tiny", "--max-steps", "6", "--save-every", "2", "--batch-size", "8", "--seed", "0"]
 
 

@@ -3,7 +3,7 @@
 Two processes rather than one process twice: each starts with its own hash
 seed (``PYTHONHASHSEED``), so an output that follows a set's iteration order
 differs between them, as it would between a user's two runs. What GPUs do
-differently is in README.md (Artifacts).
+differently is in docs/training.md (Reproducibility).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def test_rollout_writes_the_same_bytes(toy_dir, tmp_path, cli, hash_seeds, run_m
 
 
 def test_train_sft_writes_the_same_weights(sft_run, toy_dir, tmp_path, cli, hash_seeds):
-    """A second run of the session's SFT run: the same safetensors bytes, checkpoints, optimizer state, metrics."""
+    """A second run of the test run's tiny SFT run: the same safetensors bytes, checkpoints, optimizer state, metrics."""
     import torch
 
     again = tmp_path / "again"

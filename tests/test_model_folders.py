@@ -4,7 +4,7 @@ The folders (tests/model_folders.py) mimic Qwen2.5 Instruct (tied, ChatML, bf16,
 pad distinct from eos), Llama 3 Instruct (no pad, three eos ids, untied), GPT-2
 (no chat template, no pad, Conv1D) and a BERT encoder as a reward-model base.
 For each, the pipeline runs from the CLI, and what it writes is read back in
-plain transformers the way the README's Artifacts section documents.
+plain transformers the way docs/models.md documents.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def _eos(model) -> set[int]:
 
 
 def _documented_text(tokenizer, prompt, response) -> str:
-    """The README's rule: chat records through the chat template, strings as prompt + response + eos."""
+    """docs/models.md's rule: chat records through the chat template, strings as prompt + response + eos."""
     if isinstance(prompt, list):
         return tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
     return prompt + response + tokenizer.eos_token

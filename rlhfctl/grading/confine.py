@@ -27,7 +27,7 @@ pid 1; one quirk follows: a signal it sends itself is ignored unless it has
 a handler for it (the kernel's kills, such as the CPU limit, still work).
 
 Each measure is tried on its own; what failed is left out of the report and
-the run goes on with what remains (the weaker fallbacks are in README.md).
+the run goes on with what remains (the weaker fallbacks are in docs/graders.md).
 """
 
 from __future__ import annotations

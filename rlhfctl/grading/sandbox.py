@@ -22,7 +22,7 @@ machine where rlhfctl runs as root (this one):
 
 As an ordinary user the namespaces come from a user namespace where the
 kernel allows one; without them, the weaker fallback is rlimits, a fresh
-work folder and the process-group kill only (README.md, "Graders").
+work folder and the process-group kill only (docs/graders.md).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Toy model sizes: Llama-style configs trained from scratch.
 
-Roughly 0.1M / 1M / 5M parameters (`rlhfctl toy-data --help` and the README
-give the exact counts). No dropout, so a training step is a pure function of
-the weights and the batch, which is what makes `--resume` exact.
+Roughly 0.1M / 1M / 5M parameters (`rlhfctl toy-data --help` and
+docs/toy-task.md give the exact counts). No dropout, so a training step is a
+pure function of the weights and the batch, which is what makes `--resume`
+exact.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`rlhfctl train-policy` through the command line: GRPO and PPO tiny runs, their artifacts, and bad input.
 
 The two runs are module-scoped (one subprocess each) and start from the
-session's tiny SFT model; the error cases run in-process (`run_main`), since
+test run's tiny SFT model; the error cases run in-process (`run_main`), since
 they must fail before any model is loaded.
 """
 

@@ -259,16 +259,17 @@ def test_moving_average_is_trailing():
     assert moving_average([1.0, 2.0], 1) == [1.0, 2.0]
 
 
-# --- the README's example ---------------------------------------------------------------------------------
+# --- the documented examples -----------------------------------------------------------------------------
 
-def test_readme_examples_parse():
+def test_documented_examples_parse():
     import typer
 
     from rlhfctl.cli import app
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme.split("### `rlhfctl report", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
-    examples = [line for line in section.splitlines() if line.startswith("rlhfctl report ")]
+    root = Path(__file__).parents[2]
+    section = (root / "docs" / "commands.md").read_text().split("\n## report\n", 1)[1].split("\n## ", 1)[0]
+    examples = [line for line in section.splitlines() + (root / "README.md").read_text().splitlines()
+                if line.startswith("rlhfctl report ")]
     assert examples
     command = typer.main.get_command(app).commands["report"]
     for line in examples:

@@ -1,7 +1,7 @@
 """A damaged newest checkpoint: --resume continues from the newest intact one, or stops with one line.
 
 What a power cut leaves (a truncated file, an empty ``step-N``, a flipped
-byte) is built by hand on a copy of the session's tiny SFT run, whose
+byte) is built by hand on a copy of the test run's tiny SFT run, whose
 ``step-4`` and ``step-6`` checkpoints are kept. Resumed from ``step-4``, the
 run must log steps 5-6 and end with the unbroken run's weights.
 """

@@ -29,7 +29,7 @@ import pytest
 from conftest import read_jsonl
 from rlhfctl.artifacts import list_checkpoints
 
-KILL_SEED = 6  # issue 6; change it to try other kill moments
+KILL_SEED = 6  # change it to try other kill moments
 TIMING_KEYS = {"seconds", "samples_per_s"}  # wall-clock numbers, never equal between two runs
 RM_STEPS, RM_SAVE_EVERY = 40, 4
 RM_ARGS = ["--model", "toy:tiny", "--max-steps", str(RM_STEPS), "--save-every", str(RM_SAVE_EVERY), "--batch-size", "4",

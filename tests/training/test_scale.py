@@ -1,7 +1,7 @@
 """--bf16, --gradient-checkpointing and LoRA (--lora-*) on train-sft and train-rm; the accelerate configs.
 
 Each flag runs through the real CLI on toy:tiny and is checked against the
-plain run of the session (`sft_run`) or against an independent computation:
+plain tiny SFT run shared by the whole test run (`sft_run`) or against an independent computation:
 peft's own merge for the published LoRA weights, a fresh model for the
 weights LoRA must leave alone. train-policy with LoRA is in test_policy_lora.py.
 """

@@ -41,7 +41,7 @@ def _assert_close_on_average(a, b, mean_atol):
         assert float((wa[k] - wb[k]).abs().mean()) < mean_atol, k
 
 
-# --- the session run: artifacts ----------------------------------------------------------------
+# --- the test run's shared SFT run: artifacts ---------------------------------------------------
 
 def test_metrics_one_line_per_step(sft_run):
     m = sft_run.metrics
