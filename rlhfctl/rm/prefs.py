@@ -7,7 +7,10 @@ binary items ``prompt/completion/label``, mixed in one JSONL):
   incorrect response to the same prompt) and binary items;
 - ``rm``: responses ranked by a reward model give pairs (k-th best vs k-th
   worst);
-- ``import``: pairs from a JSONL file or a Hugging Face dataset, mapped by key.
+- ``import``: pairs from the public preference formats (TRL's explicit- and
+  implicit-prompt pairs, UltraFeedback-binarized conversations,
+  score-annotated response sets) in JSONL, Parquet, CSV, a datasets folder
+  or a Hub dataset.
 
 The paper's data-scaling knobs (prompts, pairs per prompt, binary items per
 prompt) are options; every drop is counted and reported.
@@ -15,14 +18,18 @@ prompt) are options; every drop is counted and reported.
 
 from __future__ import annotations
 
+import json
+import os
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from rlhfctl.artifacts import describe_inputs, make_manifest
 from rlhfctl.errors import ConfigError, DataError
-from rlhfctl.records import ROLLOUTS, Record, check_out_file, read_records, write_json, write_jsonl
+from rlhfctl import sources
+from rlhfctl.records import PAIRS, ROLLOUTS, Record, check_out_file, iter_json_lines, read_records, write_json, write_jsonl
 
 MODES = ("verified", "rm", "import")
 
@@ -123,52 +130,117 @@ def ranked_prefs(rollouts: list[Record], config: PrefsConfig, dropped: Counter) 
 
 
 def import_pairs(config: PrefsConfig, dropped: Counter) -> tuple[list[Record], int]:
-    """Pairs from a JSONL file or a Hugging Face dataset (name or local folder)."""
-    rows = _load_rows(config)
+    """Pairs from a public preference format, read from any source (`rlhfctl.sources`).
+
+    Each row is one of: explicit prompt (``prompt``, ``chosen``, ``rejected``;
+    strings or message lists, where chosen/rejected conversations that repeat
+    the prompt's turns, as UltraFeedback-binarized does, are cut after them);
+    implicit prompt (no prompt: the conversations' shared beginning is the
+    prompt, as TRL reads it); or a score-annotated set (``responses`` with
+    ``scores``, or ``completions`` of ``{response|text, score|overall_score|rating}``),
+    from which the best-scored response is chosen over the worst.
+    """
     out: list[Record] = []
-    for line, row in enumerate(rows, start=1):
-        for key in (config.prompt_key, config.chosen_key, config.rejected_key):
-            if key not in row:
-                raise DataError(config.source, line, "missing (map it with --prompt-key/--chosen-key/--rejected-key)", key)
-        chosen, rejected = row[config.chosen_key], row[config.rejected_key]
-        if chosen == rejected:
-            dropped["chosen equals rejected"] += 1
+    for line, row in _load_rows(config):
+        if not isinstance(row, dict):
+            raise DataError(config.source, line, "expected a JSON object")
+        record = _import_row(row, config, line, dropped)
+        if record is None:
             continue
-        record = {"prompt": row[config.prompt_key], "chosen": chosen, "rejected": rejected, "source": "import"}
-        if row.get("margin") is not None:
-            record["margin"] = row["margin"]
-        out.append(record)
+        out.append(PAIRS.check(record, config.source, line))
         if config.max_prompts is not None and len(out) >= config.max_prompts:
             break
-    from rlhfctl.records import PAIRS
-
-    checked = [PAIRS.check(r, config.source, i + 1) for i, r in enumerate(out)]
-    return checked, len({str(r["prompt"]) for r in checked})
+    return out, len({json.dumps(r["prompt"], sort_keys=True) for r in out})
 
 
-def _load_rows(config: PrefsConfig) -> list[dict[str, Any]]:
-    import os
+def _import_row(row: Record, config: PrefsConfig, line: int, dropped: Counter) -> Record | None:
+    row = {k: v for k, v in row.items() if v is not None}  # a table's empty cells are absent fields
+    if config.chosen_key in row or config.rejected_key in row:
+        for key in (config.chosen_key, config.rejected_key):
+            if key not in row:
+                raise DataError(config.source, line, "missing (map it with --chosen-key/--rejected-key)", key)
+        chosen, rejected = row[config.chosen_key], row[config.rejected_key]
+    else:
+        best_worst = _best_and_worst(row, config, line)
+        if best_worst is None:
+            dropped["all responses scored the same"] += 1
+            return None
+        chosen, rejected = best_worst
+    prompt = row.get(config.prompt_key)
+    prompt, chosen, rejected = _split_prompt(prompt, chosen, rejected, config.source, line, config.prompt_key)
+    if chosen == rejected:
+        dropped["chosen equals rejected"] += 1
+        return None
+    record = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": "import"}
+    if row.get("margin") is not None:
+        record["margin"] = row["margin"]
+    return record
 
-    from rlhfctl.records import iter_json_lines
 
-    if os.path.isfile(config.source):
-        rows = []
-        for line, value in iter_json_lines(config.source):
-            if not isinstance(value, dict):
-                raise DataError(config.source, line, "expected a JSON object")
-            rows.append(value)
-        return rows
-    from datasets import load_dataset, load_from_disk
+_SCORE_KEYS = ("score", "overall_score", "rating", "reward")
+_TEXT_KEYS = ("response", "text", "completion", "content")
 
-    try:
-        if os.path.isdir(config.source) and os.path.exists(os.path.join(config.source, "dataset_info.json")):
-            ds = load_from_disk(config.source)
-            ds = ds[config.split] if hasattr(ds, "keys") else ds
-        else:
-            ds = load_dataset(config.source, split=config.split)
-    except Exception as e:  # datasets raises many types for "not found"
-        raise DataError(config.source, None, f"cannot load as a file or dataset: {str(e).splitlines()[0]}") from None
-    return [dict(row) for row in ds]
+
+def _best_and_worst(row: Record, config: PrefsConfig, line: int) -> tuple[Any, Any] | None:
+    """(best, worst) response of a score-annotated row; None when every score ties."""
+    if isinstance(row.get("responses"), list) and isinstance(row.get("scores"), list):
+        scored = list(zip(row["scores"], row["responses"]))
+        if len(row["scores"]) != len(row["responses"]):
+            raise DataError(config.source, line, f"has {len(row['scores'])} scores for {len(row['responses'])} responses", "scores")
+    elif isinstance(row.get("completions"), list):
+        scored = [(_first(c, _SCORE_KEYS), _first(c, _TEXT_KEYS)) for c in row["completions"] if isinstance(c, dict)]
+    else:
+        raise DataError(config.source, line, f"missing: expected {config.chosen_key}/{config.rejected_key}, "
+                        "responses with scores, or completions with scores (map fields with --chosen-key/--rejected-key)",
+                        config.chosen_key)
+    scored = [(float(s), t) for s, t in scored if isinstance(s, (int, float)) and not isinstance(s, bool) and t is not None]
+    if len(scored) < 2:
+        raise DataError(config.source, line, "needs at least two scored responses", "scores")
+    best, worst = max(scored, key=lambda x: x[0]), min(scored, key=lambda x: x[0])
+    return None if best[0] == worst[0] else (best[1], worst[1])
+
+
+def _first(item: dict, keys: tuple[str, ...]) -> Any:
+    return next((item[k] for k in keys if item.get(k) is not None), None)
+
+
+def _split_prompt(prompt: Any, chosen: Any, rejected: Any, source: str, line: int, key: str) -> tuple[Any, Any, Any]:
+    """(prompt, chosen, rejected) with the prompt's turns cut from conversations that repeat them.
+
+    Without a prompt (TRL's implicit-prompt format) the prompt is the shared
+    beginning: leading messages both conversations share, or for strings
+    their common prefix, ending before a space (TRL's rule).
+    """
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+            shared += 1
+        if prompt is None or (shared and chosen[:shared] in ([{"role": "user", "content": prompt}], prompt)):
+            if shared == 0:
+                raise DataError(source, line, "missing: the conversations share no prompt turns", key)
+            return chosen[:shared], chosen[shared:], rejected[shared:]
+        return prompt, chosen, rejected
+    if prompt is not None:
+        return prompt, chosen, rejected
+    if not isinstance(chosen, str) or not isinstance(rejected, str):
+        raise DataError(source, line, "missing (map it with --prompt-key)", key)
+    idx = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+    if idx > 0 and chosen[idx - 1] == " ":
+        idx -= 1
+    if idx == 0:
+        raise DataError(source, line, "missing: chosen and rejected share no prompt text", key)
+    return chosen[:idx], chosen[idx:], rejected[idx:]
+
+
+def _load_rows(config: PrefsConfig) -> Iterator[tuple[int, Any]]:
+    """Rows of the import source: JSONL, any `rlhfctl.sources` source, or a Hub name read at --split."""
+    source = config.source
+    if sources.is_table(source):
+        saved = os.path.isdir(source) and os.path.exists(os.path.join(source, "dataset_dict.json"))
+        return sources.iter_rows(f"{source}@{config.split}" if saved else source)
+    if os.path.exists(source) or source == "-":
+        return iter_json_lines(source)
+    return sources.iter_rows(f"{sources.HUB_PREFIX}{source}@{config.split}")
 
 
 def summarize(records: list[Record], prompts: int, dropped: Counter) -> dict[str, Any]:

@@ -130,8 +130,56 @@ def test_import_with_custom_keys(tmp_path, run_main):
     assert [x["prompt"] for x in read_jsonl(tmp_path / "two.jsonl")] == ["Say hi.", "Say yes."]
     # the default keys do not exist in this file: the error names the line and the key
     r = run_main("build-prefs", src, "--mode", "import", "--out", tmp_path / "bad.jsonl")
-    _assert_one_line_error(r, re.escape(f"{src}:1: field 'prompt': missing"))
+    _assert_one_line_error(r, re.escape(f"{src}:1: field 'chosen': missing: expected chosen/rejected, responses with scores"))
     assert not (tmp_path / "bad.jsonl").exists()
+
+
+USER = {"role": "user", "content": "Name a prime."}
+SYS = {"role": "system", "content": "Be brief."}
+
+
+def _say(text):
+    return {"role": "assistant", "content": text}
+
+
+def test_import_public_preference_formats(tmp_path, run_main):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        # TRL implicit prompt, strings: the shared beginning is the prompt, the space goes with the answers
+        {"chosen": "Q: 2+2? A: 4", "rejected": "Q: 2+2? A: 5"},
+        # TRL implicit prompt, conversations: the shared turns are the prompt
+        {"chosen": [SYS, USER, _say("7")], "rejected": [SYS, USER, _say("8")]},
+        # UltraFeedback-binarized: a string prompt and conversations that repeat it
+        {"prompt": "Name a prime.", "chosen": [USER, _say("3")], "rejected": [USER, _say("9")]},
+        # scored response sets, two layouts; a set whose scores all tie is dropped
+        {"prompt": "Pick.", "responses": ["a", "b", "c"], "scores": [1.0, 3.5, -2]},
+        {"prompt": "Pick.", "completions": [{"response": "x", "overall_score": 2}, {"text": "y", "score": 7}]},
+        {"prompt": "Tie.", "responses": ["a", "b"], "scores": [1, 1]},
+    ]
+    src = tmp_path / "public.parquet"
+    write_jsonl(tmp_path / "public.jsonl", rows)
+    out = tmp_path / "prefs.jsonl"
+    r = run_main("build-prefs", tmp_path / "public.jsonl", "--mode", "import", "--out", out, "--json")
+    assert r.code == 0, r.err
+    got = [(x["prompt"], x["chosen"], x["rejected"]) for x in read_jsonl(out)]
+    assert got == [
+        ("Q: 2+2? A:", " 4", " 5"),
+        ([SYS, USER], [_say("7")], [_say("8")]),
+        ([USER], [_say("3")], [_say("9")]),
+        ("Pick.", "b", "c"),
+        ("Pick.", "y", "x"),
+    ]
+    assert json.loads(r.out)["dropped"] == {"all responses scored the same": 1}
+    # the same pairs from Parquet, whose empty cells are absent fields
+    table_rows = rows[:1] + rows[3:4]
+    pq.write_table(pa.table({"chosen": [r.get("chosen") for r in table_rows], "rejected": [r.get("rejected") for r in table_rows],
+                             "prompt": [r.get("prompt") for r in table_rows], "responses": [r.get("responses") for r in table_rows],
+                             "scores": [r.get("scores") for r in table_rows]}), src)
+    r = run_main("build-prefs", src, "--mode", "import", "--out", tmp_path / "pq.jsonl")
+    assert r.code == 0, r.err
+    assert [(x["prompt"], x["chosen"]) for x in read_jsonl(tmp_path / "pq.jsonl")] == [("Q: 2+2? A:", " 4"), ("Pick.", "b")]
 
 
 def _outputs(tmp_path, keep):
