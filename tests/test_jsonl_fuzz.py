@@ -225,14 +225,14 @@ def test_written_records_read_back_unchanged(scratch, records):
     assert [{k: v for k, v in r.items() if k != "id"} for r in got] == records
 
 
-def test_bad_bytes_on_stdin_are_a_located_error(cli_env, tmp_path):
+def test_bad_bytes_on_stdin_are_a_located_error(run_main, monkeypatch, tmp_path):
     """``-`` reads stdin as strictly as a file: a byte that is not UTF-8 is ``<stdin>:LINE:``, exit status 2
     (a text stdin would have smuggled it in as a lone surrogate that crashed the run later)."""
-    import subprocess
+    import io
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "rlhfctl", "rollout", "-", "--model", "toy:tiny", "--out", str(tmp_path / "r.jsonl")],
-                          input=b'{"prompt": "a"}\n{"prompt": "b\xff"}\n', env=cli_env, capture_output=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr.decode(errors="replace")
-    assert proc.stderr.decode().strip() == "error: <stdin>:2: not valid UTF-8 (invalid start byte at byte 13)"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"prompt": "a"}\n{"prompt": "b\xff"}\n'), encoding="utf-8"))
+    r = run_main("rollout", "-", "--model", "toy:tiny", "--out", tmp_path / "r.jsonl")
+    assert r.code == 2, r.err
+    assert r.err.strip() == "error: <stdin>:2: not valid UTF-8 (invalid start byte at byte 13)"
     assert not (tmp_path / "r.jsonl").exists()

@@ -121,15 +121,15 @@ def _outputs_left(tmp_path, data):
 
 @pytest.mark.parametrize("case", sorted(BAD_PROMPTS))
 @pytest.mark.parametrize("command", ["rollout", "eval"])
-def test_bad_prompts_file(command, case, cli, tmp_path):
+def test_bad_prompts_file(command, case, run_main, tmp_path):
     text, pattern = BAD_PROMPTS[case]
     data = _data_file(tmp_path, text)
     if command == "rollout":
-        proc = cli("rollout", data, "--model", "toy:tiny", "--out", tmp_path / "out.jsonl", "--n", "1", "--max-new-tokens", "8")
+        r = run_main("rollout", data, "--model", "toy:tiny", "--out", tmp_path / "out.jsonl", "--n", "1", "--max-new-tokens", "8")
     else:
-        proc = cli("eval", "--model", "toy:tiny", "--data", data, "--out", tmp_path / "eval.json", "--max-new-tokens", "8")
-    _assert_one_line_error(proc.returncode, proc.stderr, re_path(data) + pattern)
-    assert proc.stdout == ""
+        r = run_main("eval", "--model", "toy:tiny", "--data", data, "--out", tmp_path / "eval.json", "--max-new-tokens", "8")
+    _assert_one_line_error(r.code, r.err, re_path(data) + pattern)
+    assert r.out == ""
     assert _outputs_left(tmp_path, data) == []
 
 
@@ -155,10 +155,10 @@ def test_bad_sft_file_in_a_real_process(cli, tmp_path):
     assert _outputs_left(tmp_path, data) == []
 
 
-def test_eval_needs_an_answer(cli, tmp_path):
+def test_eval_needs_an_answer(run_main, tmp_path):
     data = _data_file(tmp_path, '{"prompt": "a", "answer": "1"}\n{"prompt": "b"}\n')
-    proc = cli("eval", "--model", "toy:tiny", "--data", data, "--out", tmp_path / "eval.json")
-    _assert_one_line_error(proc.returncode, proc.stderr, re_path(data) + r":2: field 'answer': ")
+    r = run_main("eval", "--model", "toy:tiny", "--data", data, "--out", tmp_path / "eval.json")
+    _assert_one_line_error(r.code, r.err, re_path(data) + r":2: field 'answer': ")
     assert _outputs_left(tmp_path, data) == []
 
 
@@ -177,9 +177,9 @@ def test_eval_needs_an_answer(cli, tmp_path):
     ],
     ids=["toy-size", "missing-model", "not-a-model", "n0", "top-p", "backend", "eval-toy-size", "eval-n0", "toy-data-flag"],
 )
-def test_bad_flags(args, pattern, cli, toy_dir, tmp_path):
-    proc = cli(*(a.format(test=toy_dir / "test.jsonl", tmp=tmp_path) for a in args))
-    _assert_one_line_error(proc.returncode, proc.stderr, pattern)
+def test_bad_flags(args, pattern, run_main, toy_dir, tmp_path):
+    r = run_main(*(a.format(test=toy_dir / "test.jsonl", tmp=tmp_path) for a in args))
+    _assert_one_line_error(r.code, r.err, pattern)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -193,14 +193,14 @@ def test_bad_flags(args, pattern, cli, toy_dir, tmp_path):
     ],
     ids=["not-an-int", "missing-option", "unknown-option", "unknown-command"],
 )
-def test_usage_errors(args, pattern, cli, toy_dir, tmp_path):
+def test_usage_errors(args, pattern, run_main, toy_dir, tmp_path):
     """Click's usage errors: its usual three lines (usage, hint, error), exit status 2, no traceback."""
     import re
 
-    proc = cli(*(a.format(test=toy_dir / "test.jsonl", tmp=tmp_path) for a in args))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert re.search(r"^Error: " + pattern, proc.stderr, re.M), proc.stderr
-    assert proc.stderr.startswith("Usage: ")
+    r = run_main(*(a.format(test=toy_dir / "test.jsonl", tmp=tmp_path) for a in args))
+    assert r.code == 2 and "Traceback" not in r.err, r.err
+    assert re.search(r"^Error: " + pattern, r.err, re.M), r.err
+    assert r.err.startswith("Usage: ")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -256,17 +256,17 @@ def test_config_keys_are_flag_names(run_main, tmp_path):
     ("max-new-tokens: [4\n", r"invalid YAML"),
     ("max-new-tokens: four\n", r"(?i)invalid value|four"),
 ])
-def test_bad_config_file(text, pattern, cli, toy_dir, tmp_path):
+def test_bad_config_file(text, pattern, run_main, toy_dir, tmp_path):
     import re
 
     config = tmp_path / "c.yaml"
     config.write_text(text)
-    proc = cli("rollout", toy_dir / "test.jsonl", "--model", "toy:tiny", "--out", tmp_path / "out.jsonl", "--config", config)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert re.search(pattern, proc.stderr), proc.stderr
+    r = run_main("rollout", toy_dir / "test.jsonl", "--model", "toy:tiny", "--out", tmp_path / "out.jsonl", "--config", config)
+    assert r.code == 2 and "Traceback" not in r.err, r.err
+    assert re.search(pattern, r.err), r.err
     assert not (tmp_path / "out.jsonl").exists()
 
 
-def test_missing_config_file(cli, toy_dir, tmp_path):
-    proc = cli("rollout", toy_dir / "test.jsonl", "--model", "toy:tiny", "--out", tmp_path / "o.jsonl", "--config", tmp_path / "nope.yaml")
-    _assert_one_line_error(proc.returncode, proc.stderr, r"nope.yaml: no such config file")
+def test_missing_config_file(run_main, toy_dir, tmp_path):
+    r = run_main("rollout", toy_dir / "test.jsonl", "--model", "toy:tiny", "--out", tmp_path / "o.jsonl", "--config", tmp_path / "nope.yaml")
+    _assert_one_line_error(r.code, r.err, r"nope.yaml: no such config file")

@@ -104,10 +104,10 @@ def test_summary_table_reads_the_artifacts(tmp_path):
 
 
 @pytest.mark.parametrize("flag", ["--sft-steps", "--policy-steps", "--train-prompts"])
-def test_a_budget_of_zero_is_a_one_line_error(flag, cli, tmp_path):
-    proc = cli("demo", "--workdir", tmp_path / "w", flag, "0")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "must be positive" in proc.stderr
+def test_a_budget_of_zero_is_a_one_line_error(flag, run_main, tmp_path):
+    r = run_main("demo", "--workdir", tmp_path / "w", flag, "0")
+    assert r.code == 2
+    assert r.err.strip().count("\n") == 0 and "must be positive" in r.err
     assert not (tmp_path / "w").exists()
 
 

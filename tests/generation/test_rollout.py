@@ -197,7 +197,7 @@ def test_resuming_with_other_settings_is_refused(toy_dir, tmp_path, run_main, fl
     assert len(read_records(out, ROLLOUTS)) == 8
 
 
-def test_a_second_rollout_on_one_out_is_refused_and_a_killed_ones_lock_taken_over(tmp_path, cli, cli_env, run_main):
+def test_a_second_rollout_on_one_out_is_refused_and_a_killed_ones_lock_taken_over(tmp_path, cli_env, run_main):
     """A rollout starts (and is paused, so it cannot finish first); a second one on its --out is refused naming
     it (exit 2, one line). The first is then killed, leaving its lock: the rerun takes it over and the file ends
     with each prompt once."""
@@ -209,12 +209,12 @@ def test_a_second_rollout_on_one_out_is_refused_and_a_killed_ones_lock_taken_ove
     try:
         os.kill(first.pid, signal.SIGSTOP)
         assert first.poll() is None, "the first run ended before it was paused"
-        second = cli(*args)
+        second = run_main(*args)
         os.kill(first.pid, signal.SIGKILL)
     finally:
         first.wait(timeout=60)
-    assert second.returncode == 2, second.stderr
-    assert second.stderr.strip().splitlines() == [
+    assert second.code == 2, second.err
+    assert second.err.strip().splitlines() == [
         f"error: {out}: another run is writing it (pid {first.pid}, since {json.loads((tmp_path / 'rollouts.jsonl.lock').read_text())['since']}); "
         "wait for it to finish or pass another --out"]
     again = run_main(*args)

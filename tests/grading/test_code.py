@@ -148,17 +148,17 @@ def test_rollout_grades_code(tmp_path, run_main):
     assert '"correct": [false, false]' in out.read_text()
 
 
-def test_a_code_prompt_needs_tests_not_an_answer(cli, tmp_path):
+def test_a_code_prompt_needs_tests_not_an_answer(run_main, tmp_path):
     """A code prompt's gold is its `tests`: eval runs without `answer`, and names `tests` when they are missing."""
     good = {"id": "c1", "prompt": "Print 3.\n", "task": "code", "tests": [{"stdin": "", "stdout": "3"}]}
     (tmp_path / "good.jsonl").write_text(json.dumps(good) + "\n")
-    proc = cli("eval", "--model", "toy:tiny", "--data", tmp_path / "good.jsonl", "--max-new-tokens", "8", "--out", tmp_path / "e.json")
-    assert proc.returncode == 0, proc.stderr
+    r = run_main("eval", "--model", "toy:tiny", "--data", tmp_path / "good.jsonl", "--max-new-tokens", "8", "--out", tmp_path / "e.json")
+    assert r.code == 0, r.err
     assert json.loads((tmp_path / "e.json").read_text())["pass@1"] == 0.0
     bad = {"id": "c2", "prompt": "Print 3.\n", "task": "code", "answer": "print(3)"}
     (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n")
-    proc = cli("eval", "--model", "toy:tiny", "--data", tmp_path / "bad.jsonl", "--out", tmp_path / "b.json")
-    assert proc.returncode == 2 and "bad.jsonl:1: field 'tests'" in proc.stderr
+    r = run_main("eval", "--model", "toy:tiny", "--data", tmp_path / "bad.jsonl", "--out", tmp_path / "b.json")
+    assert r.code == 2 and "bad.jsonl:1: field 'tests'" in r.err
     assert not (tmp_path / "b.json").exists()
 
 
