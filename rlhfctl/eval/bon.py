@@ -28,6 +28,7 @@ from rlhfctl.eval.best_of_n import best_of_n_accuracy, oracle_accuracy
 from rlhfctl.eval.passk import ks_up_to, maj_at_k, weighted_maj_at_k
 from rlhfctl.generation.base import EngineOptions, SamplingParams
 from rlhfctl.records import ROLLOUTS, Record, check_out_file, read_records, write_json, write_jsonl
+from rlhfctl.rm.metrics import sigmoid
 
 VOTES = ("majority", "weighted")
 
@@ -99,7 +100,7 @@ def run(config: BoNConfig) -> dict[str, Any]:
         curves[name] = [_mean(best_of_n_accuracy(s, r["correct"], k) for s, r in zip(per_prompt, rollouts)) for k in ns]
     keys = _vote_keys(rollouts) if config.votes else []
     for vote in config.votes:
-        weights = [[_sigmoid(x) for x in s] for s in ranked["rm"]] if vote == "weighted" else [None] * len(rollouts)
+        weights = [[sigmoid(x) for x in s] for s in ranked["rm"]] if vote == "weighted" else [None] * len(rollouts)
         curves[vote] = [_mean(_vote_accuracy(kk, r["correct"], w, k) for kk, r, w in zip(keys, rollouts, weights)) for k in ns]
     scores.save()
     result = {"n": ns, "curves": curves, "num_prompts": len(rollouts), "source": config.source}
@@ -292,7 +293,3 @@ def plot_curves(result: dict[str, Any], path: str) -> None:
 def _mean(values) -> float:
     values = list(values)
     return math.fsum(values) / len(values)
-
-
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))

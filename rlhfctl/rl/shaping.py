@@ -52,7 +52,9 @@ def place_on_eos(scores, mask):
     """(B,) scores -> (B, T) token rewards: the score at each row's last real token."""
     import torch
 
-    last = (mask.long() * torch.arange(1, mask.shape[1] + 1, device=mask.device)).argmax(-1)  # (B,)
+    from rlhfctl.rm.model import last_real_index  # imports torch: not at this module's top, which stays light
+
+    last = last_real_index(mask)  # (B,)
     rewards = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
     rewards[torch.arange(mask.shape[0], device=mask.device), last] = scores
     return rewards * mask

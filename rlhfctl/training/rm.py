@@ -122,8 +122,7 @@ def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float, packi
 
     from rlhfctl.packing import attention_implementation, pack
     from rlhfctl.rm.losses import binary_loss, bradley_terry_loss
-    from rlhfctl.rm.model import right_pad
-    from rlhfctl.rm.scoring import gather_last
+    from rlhfctl.rm.model import gather_last, right_pad
 
     acc = run.accelerator
     n_pairs = sum(it.kind == PAIR for it in batch)

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from rlhfctl.rm.losses import binary_loss, bradley_terry_loss, step_bce_loss, unified_loss
-from rlhfctl.rm.scoring import gather_last, last_real_index
 
 
 def _nll_sigmoid(x):
@@ -46,13 +45,3 @@ def test_step_bce_soft_labels_by_hand():
     expected = (-(0.25 * math.log(0.5) + 0.75 * math.log(0.5)) - math.log(p)) / 2
     assert float(step_bce_loss(s, y)) == pytest.approx(expected)
 
-
-def test_last_real_token_right_left_and_pad_equals_eos():
-    eos = pad = 2
-    # right padding, pad == eos: the real eos at index 3 must be read, not the pads after it
-    ids = torch.tensor([[5, 6, 7, eos, pad, pad], [pad, pad, 5, 6, 7, eos]])
-    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1]])
-    assert last_real_index(mask).tolist() == [3, 5]
-    values = torch.arange(12, dtype=torch.float).view(2, 6)
-    assert gather_last(values, mask).tolist() == [3.0, 11.0]
-    assert ids[0, 3] == eos and ids[1, 5] == eos

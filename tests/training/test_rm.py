@@ -127,8 +127,7 @@ def test_train_steps_unmasked_right_padded_forward_reads_each_sequences_own_scor
     token's value must equal the value of that sequence scored alone, unpadded."""
     import torch
 
-    from rlhfctl.rm.model import TokenValues, build_reward_model, right_pad
-    from rlhfctl.rm.scoring import gather_last
+    from rlhfctl.rm.model import TokenValues, build_reward_model, gather_last, right_pad
 
     values = TokenValues(build_reward_model("toy:tiny", "orm", seed=0)).eval()
     seqs = [[1, 20, 21, 22, 23, 24, 25], [1, 30, 31], [1, 40, 41, 42, 43]]
