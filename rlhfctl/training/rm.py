@@ -121,7 +121,7 @@ def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float, packi
     import torch
 
     from rlhfctl.packing import attention_implementation, pack
-    from rlhfctl.rm.losses import binary_loss, bradley_terry_loss
+    from rlhfctl.rm.losses import unified_loss
     from rlhfctl.rm.model import gather_last, right_pad
 
     acc = run.accelerator
@@ -143,18 +143,15 @@ def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float, packi
         # A pooled (encoder) head sees every position, so it gets the mask.
         scores = gather_last(run.model(ids, mask if getattr(_unwrap(run.model), "pooled", False) else None), mask).float()  # (2P + B,)
     chosen, rejected, bin_scores = scores[0:2 * len(pairs):2], scores[1:2 * len(pairs):2], scores[2 * len(pairs):]
-    parts, stats = [], {}
+    margin = torch.tensor([it.margin for it in pairs], device=acc.device)
+    labels = torch.tensor([it.label for it in binary], device=acc.device)
+    loss, _ = unified_loss(chosen, rejected, margin, bin_scores, labels, pair_count=n_pairs, binary_count=n_bin)
+    loss = weight * loss
+    stats = {}
     if n_pairs:
-        margin = torch.tensor([it.margin for it in pairs], device=acc.device)
-        bt = bradley_terry_loss(chosen, rejected, margin) * len(pairs) / n_pairs if pairs else scores.sum() * 0
-        parts.append(bt)
         stats["pair_acc"] = (weight * (chosen > rejected).float().sum(), n_pairs)
     if n_bin:
-        labels = torch.tensor([it.label for it in binary], device=acc.device)
-        cls = binary_loss(bin_scores, labels) * len(binary) / n_bin if binary else scores.sum() * 0
-        parts.append(cls)
         stats["binary_acc"] = (weight * ((bin_scores > 0) == labels).float().sum(), n_bin)
-    loss = weight * sum(parts) / len(parts)
     acc.backward(loss * acc.num_processes)
     grad_norm = optimizer_step(run, max_grad_norm)
     out = {"loss": float(acc.reduce(loss.detach(), reduction="sum")), "grad_norm": grad_norm,

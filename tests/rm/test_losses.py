@@ -39,6 +39,27 @@ def test_unified_averages_the_two_kinds():
         unified_loss()
 
 
+def test_unified_shares_of_a_batch_add_up_to_the_batch_loss():
+    """Two ranks' shares of 3 pairs + 2 binary items, each scaled by the batch's counts: their sum is
+    ½(mean BT + mean cls) over the whole batch; a share without binary items adds a zero that backpropagates."""
+    c = torch.tensor([1.0, -0.5, 2.0], requires_grad=True)
+    r = torch.tensor([0.0, 0.5, 1.0])
+    m = torch.tensor([0.0, 0.5, 0.0])
+    s = torch.tensor([0.3, -1.2], requires_grad=True)
+    y = torch.tensor([False, True])
+    bt = [_nll_sigmoid(1.0), _nll_sigmoid(-1.5), _nll_sigmoid(1.0)]
+    cls = [_nll_sigmoid(-0.3), _nll_sigmoid(-1.2)]
+    expected = 0.5 * (sum(bt) / 3 + sum(cls) / 2)
+    first, parts = unified_loss(c[:2], r[:2], m[:2], s[:0], y[:0], pair_count=3, binary_count=2)
+    assert float(parts["cls"]) == 0.0 and float(parts["bt"]) == pytest.approx((bt[0] + bt[1]) / 3)
+    second, _ = unified_loss(c[2:], r[2:], m[2:], s, y, pair_count=3, binary_count=2)
+    assert float((first + second).detach()) == pytest.approx(expected)
+    (first + second).backward()
+    assert c.grad is not None and s.grad is not None
+    whole, _ = unified_loss(c, r, m, s, y)
+    assert float(whole.detach()) == pytest.approx(expected)
+
+
 def test_step_bce_soft_labels_by_hand():
     s, y = torch.tensor([0.0, 2.0]), torch.tensor([0.25, 1.0])
     p = 1 / (1 + math.exp(-2.0))

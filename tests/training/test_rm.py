@@ -161,20 +161,6 @@ def test_a_packed_step_equals_a_padded_step_on_a_real_model(tmp_path):
     torch.testing.assert_close(updates[1], updates[0], atol=1e-6, rtol=1e-4)
 
 
-def test_unified_loss_agrees_with_the_step(tmp_path):
-    import torch
-
-    from rlhfctl.rm.losses import unified_loss
-
-    pairs, binary = _items()
-    last = lambda seq: VALUES[seq[-1]]  # noqa: E731
-    loss, parts = unified_loss(torch.tensor([last(p.seqs[0]) for p in pairs]), torch.tensor([last(p.seqs[1]) for p in pairs]),
-                               torch.tensor([p.margin for p in pairs]), torch.tensor([last(b.seqs[0]) for b in binary]),
-                               torch.tensor([b.label for b in binary]))
-    assert float(loss) == pytest.approx(_expected(pairs, binary), rel=1e-6)
-    assert float(loss) == pytest.approx((parts["bt"] + parts["cls"]) / 2, rel=1e-6)
-
-
 # --- end to end -----------------------------------------------------------------------------------------
 
 WRONG = "Answer: -1"  # toy answers are never negative
