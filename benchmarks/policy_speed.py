@@ -85,7 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def worker_rlhfctl(args, gate: Gate, algo: str) -> dict:
     from rlhfctl.training import loop, policy_run
-    from rlhfctl.training.loop import read_metrics
+    from rlhfctl.records import read_metrics
     from rlhfctl.training.policy import PolicyConfig, run
 
     write = policy_run.MetricsLog.write

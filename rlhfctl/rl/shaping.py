@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from rlhfctl.rl.advantages import batch_normalize, group_normalize
 
@@ -26,6 +27,14 @@ class Shaping:
     clip: float | None = 5.0
     neg_scale: float = 1.0  # α; 1 = symmetric
     clip_range: tuple[float, float] | None = None  # [lo, hi], the asymmetric-clip form
+
+    def as_options(self) -> dict[str, Any]:
+        """One key per flag (``--reward-norm`` -> ``reward_norm``) for the manifest."""
+        return {OPTION_NAMES[k]: v for k, v in asdict(self).items()}
+
+
+OPTION_NAMES = {"norm": "reward_norm", "std_floor": "reward_std_floor", "eps": "reward_eps", "clip": "reward_clip",
+                "neg_scale": "neg_reward_scale", "clip_range": "reward_clip_range"}
 
 
 def standardize(scores, mean: float, std: float):

@@ -20,7 +20,7 @@ from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.rl.aggregation import LOSS_AGGREGATIONS
 from rlhfctl.rl.kl import KL_ESTIMATORS
 from rlhfctl.rl.shaping import NORMS, Shaping
-from rlhfctl.training.loop import check_in_range, check_positive
+from rlhfctl.training.loop import check_in_range, check_positive, manifest_options
 from rlhfctl.training.scale import RESUME_IDENTITY, ScaleOptions
 
 ALGOS = ("ppo", "grpo")
@@ -63,6 +63,7 @@ class PolicyConfig:
     top_p: float = 1.0
     max_steps: int = 100
     save_every: int = 50
+    keep_checkpoints: int = 2  # as `loop.Schedule`'s
     eval_data: str | None = None
     eval_every: int = 10
     eval_max_prompts: int | None = 200
@@ -184,7 +185,7 @@ def check_prompts(records: list[dict[str, Any]], config: PolicyConfig) -> None:
 
 def options_table(config: PolicyConfig) -> list[tuple[str, str]]:
     """The resolved settings, flag by flag, for the table printed at start."""
-    return [(k.replace("_", "-"), str(v)) for k, v in _options(config).items()]
+    return [(k.replace("_", "-"), str(v)) for k, v in manifest_options(config).items()]
 
 
 def print_settings(config: PolicyConfig, enabled: bool) -> None:
@@ -231,23 +232,12 @@ def run(config: PolicyConfig) -> dict[str, Any]:
         raise ConfigError(f"--prompts-per-step {config.prompts_per_step} must be a multiple of the {accelerator.num_processes} ranks")
     out, main = Path(config.out), accelerator.is_main_process
     if main:
-        check_run_dir(out, "train-policy", _options(config), config.resume, identity=("algo", *RESUME_IDENTITY))
+        check_run_dir(out, "train-policy", manifest_options(config), config.resume, identity=("algo", *RESUME_IDENTITY))
     print_settings(config, main)
     from rlhfctl.training.policy_run import train
 
     # Models, reward model and engine load inside the claim: a start that fails there or in the
     # first step (a prompt the chat template cannot render) takes the run folder back.
-    with claim_run_dir(out, "train-policy", _options(config), main):
+    with claim_run_dir(out, "train-policy", manifest_options(config), main):
         accelerator.wait_for_everyone()
-        return train(config, records, eval_records, accelerator, out, _options(config))
-
-
-def _options(config: PolicyConfig) -> dict[str, Any]:
-    """The resolved options as the manifest keeps them: one key per flag (underscores), plain values."""
-    flat = asdict(config)
-    names = {"norm": "reward_norm", "std_floor": "reward_std_floor", "eps": "reward_eps", "clip": "reward_clip",
-             "neg_scale": "neg_reward_scale", "clip_range": "reward_clip_range"}
-    flat.update({names[k]: v for k, v in flat.pop("shaping").items()})
-    flat.pop("scale")
-    flat.update(config.scale.as_options())
-    return flat
+        return train(config, records, eval_records, accelerator, out, manifest_options(config))

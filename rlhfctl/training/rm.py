@@ -10,7 +10,7 @@ the manifest, for every consumer to standardise scores with.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from rlhfctl.errors import ConfigError
 from rlhfctl.rm.data import BINARY_ITEM, PAIR, Item, PrefData, encode_items, read_preferences, split_by_prompt
 from rlhfctl.rm.evaluate import evaluate_items
 from rlhfctl.training.loop import (
-    Schedule, check_run_dir, claim_run_dir, fit, optimizer_step, seed_global_rngs, shard, start_training,
+    Schedule, check_run_dir, claim_run_dir, fit, manifest_options, optimizer_step, seed_global_rngs, shard, start_training,
 )
 from rlhfctl.training.scale import RESUME_IDENTITY, ScaleOptions, final_state_dict, make_accelerator, model_for_inference, prepare_model
 
@@ -61,7 +61,7 @@ def load_splits(config: RMConfig, read, split):
 def open_run(config: RMConfig):
     """(accelerator, run folder, options): the folder checked by rank 0 (`claim_run_dir` writes it)."""
     accelerator = make_accelerator(config.scale.bf16)
-    out, options = Path(config.out), _options(config)
+    out, options = Path(config.out), manifest_options(config)
     if accelerator.is_main_process:
         check_run_dir(out, "train-rm", options, config.resume, identity=("prm", *RESUME_IDENTITY))
     return accelerator, out, options
@@ -153,7 +153,7 @@ def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float, packi
     if n_bin:
         stats["binary_acc"] = (weight * ((bin_scores > 0) == labels).float().sum(), n_bin)
     acc.backward(loss * acc.num_processes)
-    grad_norm = optimizer_step(run, max_grad_norm)
+    grad_norm = optimizer_step(run.accelerator, run.model, run.optimizer, max_grad_norm, run.scheduler)
     out = {"loss": float(acc.reduce(loss.detach(), reduction="sum")), "grad_norm": grad_norm,
            "pairs": n_pairs, "binary": n_bin}
     for name, (hits, count) in stats.items():
@@ -175,11 +175,3 @@ def _inputs(config: RMConfig) -> dict[str, Any]:
     paths.update({f"eval_data{i}": p for i, p in enumerate(config.eval_data)})
     paths["model"] = config.model
     return paths
-
-
-def _options(config: RMConfig) -> dict[str, Any]:
-    options = asdict(config)
-    options.update(options.pop("schedule"))
-    options.pop("scale")
-    options.update(config.scale.as_options())
-    return options
