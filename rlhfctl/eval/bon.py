@@ -28,6 +28,8 @@ from rlhfctl.eval.best_of_n import best_of_n_accuracy, oracle_accuracy
 from rlhfctl.eval.passk import ks_up_to, maj_at_k, weighted_maj_at_k
 from rlhfctl.generation.base import EngineOptions, SamplingParams
 from rlhfctl.records import ROLLOUTS, Record, check_out_file, read_records, write_json, write_jsonl
+from rlhfctl.report.figures import best_of_n_figure
+from rlhfctl.report.runs import BestOfNResult
 from rlhfctl.rm.metrics import sigmoid
 
 VOTES = ("majority", "weighted")
@@ -110,7 +112,7 @@ def run(config: BoNConfig) -> dict[str, Any]:
     if config.picks:
         write_jsonl(config.picks, _picks(rollouts, ranked))
     if config.plot:
-        plot_curves(result, config.plot)
+        plot_curves(result, config.plot, Path(config.out).stem)
     return result
 
 
@@ -265,29 +267,14 @@ def _picks(rollouts: list[Record], ranked: dict[str, list[list[float]]]) -> list
     return out
 
 
-def plot_curves(result: dict[str, Any], path: str) -> None:
-    """Every curve against N (log2 axis) on one labelled figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, ys in result["curves"].items():
-        ax.plot(result["n"], ys, marker="o", label=name, linestyle="--" if name == "oracle" else "-")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(result["n"], [str(n) for n in result["n"]])
-    ax.set_xlabel("N (samples per prompt)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Best-of-N on {result['num_prompts']} prompts")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+def plot_curves(result: dict[str, Any], path: str, name: str) -> None:
+    """The figure `report` draws for this result (every curve against N), written atomically to ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp.png")
+    drawn = BestOfNResult(name, target, result["n"], result["curves"], result["num_prompts"], result["source"])
+    best_of_n_figure([drawn], tmp)
+    os.replace(tmp, target)
 
 
 def _mean(values) -> float:

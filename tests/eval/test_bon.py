@@ -123,6 +123,7 @@ def test_curves_from_cached_scores(setup, run_main, tmp_path):
             x["prompt"], x["responses"][best], SCORES[x["id"]][best], x["correct"][best], "rm")
     png = (tmp_path / "bon.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2000
+    assert [p.name for p in tmp_path.glob(".bon.png*")] == []  # drawn beside it, then renamed into place
 
 
 def test_another_scorer_reuses_the_cache(setup, run_main):
