@@ -1,7 +1,7 @@
 """`best-of-n`: accuracy of selecting 1 of N samples, for N = 1, 2, 4, …, N_max.
 
 Every curve comes from one set of N_max samples per prompt with exact
-expectations over random N-subsets (`best_of_n.best_of_n_accuracy`,
+expectations over random N-subsets (`selection.best_of_n_accuracy`,
 `passk.maj_at_k`); the σ(reward)-weighted vote is exact up to N_max = 16 and
 a seeded estimate beyond (`passk.weighted_maj_at_k`). Scorer outputs are
 kept in ``OUT.scores.json`` keyed by scorer, prompt id and response index,
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfctl.errors import ConfigError, DataError, ModelError
-from rlhfctl.eval.best_of_n import best_of_n_accuracy, oracle_accuracy
+from rlhfctl.eval.selection import best_of_n_accuracy, oracle_accuracy
 from rlhfctl.eval.passk import ks_up_to, maj_at_k, weighted_maj_at_k
 from rlhfctl.generation.base import EngineOptions, SamplingParams
 from rlhfctl.records import ROLLOUTS, Record, check_out_file, read_records, write_json, write_jsonl
