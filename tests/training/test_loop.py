@@ -26,7 +26,7 @@ def test_total_steps_and_checks():
 
 def test_manifest_options_flatten_nested_configs_after_the_other_fields():
     from rlhfctl.rl.shaping import Shaping
-    from rlhfctl.training.policy import PolicyConfig
+    from rlhfctl.training.policy.config import PolicyConfig
     from rlhfctl.training.rm import RMConfig
     from rlhfctl.training.scale import ScaleOptions
 

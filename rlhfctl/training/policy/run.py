@@ -1,9 +1,9 @@
-"""The policy-training loop: models, steps, evaluation, checkpoints, output."""
+"""`train-policy` runs: checks, models, the loop of steps, evaluation, checkpoints, output."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +11,56 @@ import torch
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
 from rlhfctl.console import Progress
+from rlhfctl.errors import ConfigError
 from rlhfctl.generation.base import derive_seed
 from rlhfctl.packing import use_packing
 from rlhfctl.records import METRICS, read_metrics
 from rlhfctl.training.experience import AdvantageSettings, collect, load_rm_handle
 from rlhfctl.training.loop import (
-    MetricsLog, adamw, batch_stream, restore_training_state, save_training_state, seed_global_rngs, shard,
+    MetricsLog, adamw, batch_stream, manifest_options, restore_training_state, save_training_state, seed_global_rngs, shard,
 )
-from rlhfctl.training.policy_engine import policy_generator
-from rlhfctl.training.policy_update import Models, update
-from rlhfctl.training.scale import final_state_dict, full_weights, prepare_model, trainable_parameters
+from rlhfctl.training.policy.config import PolicyConfig, check_parallelism, check_prompts, print_settings
+from rlhfctl.training.policy.engine import policy_backend, policy_generator
+from rlhfctl.training.policy.update import Models, update
+from rlhfctl.training.scale import RESUME_IDENTITY, final_state_dict, full_weights, prepare_model, trainable_parameters
+
+
+def run(config: PolicyConfig) -> dict[str, Any]:
+    """Train and save the policy as a Hugging Face folder; return results."""
+    from rlhfctl.records import PROMPTS, read_records
+
+    config = config.resolved()
+    config.check()
+    records = read_records(config.prompts, PROMPTS)
+    check_prompts(records, config)
+    eval_records = read_records(config.eval_data, PROMPTS)[: config.eval_max_prompts] if config.eval_data else []
+    if eval_records:
+        check_prompts(eval_records, PolicyConfig(**{**asdict(config), "shaping": config.shaping, "scale": config.scale,
+                                                    "prompts": config.eval_data, "verifier": config.verifier or "auto"}))
+    from rlhfctl.models import check_model_spec
+    from rlhfctl.training.loop import check_run_dir, claim_run_dir
+    from rlhfctl.training.scale import make_accelerator
+
+    check_model_spec(config.model)  # a bad --model or --rm fails before the run folder is touched
+    if config.rm:
+        from rlhfctl.rm.model import ORM, check_reward_folder
+
+        check_reward_folder(config.rm, ORM)
+
+    accelerator = make_accelerator(config.scale.bf16)
+    check_parallelism(accelerator, config)
+    policy_backend(config, accelerator)  # a missing vllm fails here, before the run folder is touched
+    if config.prompts_per_step % accelerator.num_processes:
+        raise ConfigError(f"--prompts-per-step {config.prompts_per_step} must be a multiple of the {accelerator.num_processes} ranks")
+    out, main = Path(config.out), accelerator.is_main_process
+    if main:
+        check_run_dir(out, "train-policy", manifest_options(config), config.resume, identity=("algo", *RESUME_IDENTITY))
+    print_settings(config, main)
+    # Models, reward model and engine load inside the claim: a start that fails there or in the
+    # first step (a prompt the chat template cannot render) takes the run folder back.
+    with claim_run_dir(out, "train-policy", manifest_options(config), main):
+        accelerator.wait_for_everyone()
+        return train(config, records, eval_records, accelerator, out, manifest_options(config))
 
 
 def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]:
@@ -75,7 +115,7 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
 
     main = accelerator.is_main_process
     models, ref, tokenizer, adapters = build_models(config, accelerator)
-    config = dataclasses.replace(config, packing=use_packing(config.packing, models.policy, "train-policy", main))  # decided once
+    config = replace(config, packing=use_packing(config.packing, models.policy, "train-policy", main))  # decided once
     rm = load_rm_handle(config.rm, accelerator.device, config.rm_max_length, main) if config.rm and config.rm_weight else None
     settings = AdvantageSettings(config.algo, config.n, config.shaping, config.kl_coef, config.kl_estimator, config.kl_in,
                                  gamma=config.gamma, lam=config.lam, whiten_advantages=config.algo == "ppo")
