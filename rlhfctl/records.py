@@ -256,6 +256,33 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
+def read_records(path: str | os.PathLike, kind: RecordKind | str, allow_empty: bool = False) -> list[Record]:
+    """All records of one kind from a JSONL file, validated.
+
+    Raises `DataError` at the first bad line, and for an empty file unless
+    ``allow_empty``.
+    """
+    kind = KINDS[kind] if isinstance(kind, str) else kind
+    shown = "<stdin>" if str(path) == "-" else str(path)
+    numbered = [(lineno, kind.check(value, shown, lineno)) for lineno, value in iter_json_lines(path)]
+    if not numbered and not allow_empty:
+        raise DataError(shown, None, f"no records (expected {kind.name} JSONL, one object per line)")
+    _check_unique_ids(numbered, kind, shown)
+    return [r for _, r in numbered]
+
+
+def _check_unique_ids(numbered: list[tuple[int, Record]], kind: RecordKind, path: str) -> None:
+    if kind not in (PROMPTS, ROLLOUTS):
+        return
+    seen: dict[str, int] = {}
+    for lineno, r in numbered:
+        if r["id"] in seen:
+            raise DataError(path, lineno, f"id {r['id']!r} appears twice (first on line {seen[r['id']]})", "id")
+        seen[r["id"]] = lineno
+
+
+# --- writing -------------------------------------------------------------------
+
 METRICS = "metrics.jsonl"  # a training run's log: one JSON object per optimiser step
 
 
@@ -297,33 +324,6 @@ def _parse_metrics_line(raw: bytes, path: Path, lineno: int, is_last: bool) -> d
         raise DataError(str(path), lineno, "expected a number", "step")
     return row
 
-
-def read_records(path: str | os.PathLike, kind: RecordKind | str, allow_empty: bool = False) -> list[Record]:
-    """All records of one kind from a JSONL file, validated.
-
-    Raises `DataError` at the first bad line, and for an empty file unless
-    ``allow_empty``.
-    """
-    kind = KINDS[kind] if isinstance(kind, str) else kind
-    shown = "<stdin>" if str(path) == "-" else str(path)
-    numbered = [(lineno, kind.check(value, shown, lineno)) for lineno, value in iter_json_lines(path)]
-    if not numbered and not allow_empty:
-        raise DataError(shown, None, f"no records (expected {kind.name} JSONL, one object per line)")
-    _check_unique_ids(numbered, kind, shown)
-    return [r for _, r in numbered]
-
-
-def _check_unique_ids(numbered: list[tuple[int, Record]], kind: RecordKind, path: str) -> None:
-    if kind not in (PROMPTS, ROLLOUTS):
-        return
-    seen: dict[str, int] = {}
-    for lineno, r in numbered:
-        if r["id"] in seen:
-            raise DataError(path, lineno, f"id {r['id']!r} appears twice (first on line {seen[r['id']]})", "id")
-        seen[r["id"]] = lineno
-
-
-# --- writing -------------------------------------------------------------------
 
 def dumps(record: Record) -> str:
     """One record as a JSON line; a NaN or infinity in it is a ValueError, never a bare ``NaN`` token."""
