@@ -13,22 +13,24 @@ from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_fold
 from rlhfctl.console import Progress
 from rlhfctl.errors import ConfigError
 from rlhfctl.generation.base import derive_seed
+from rlhfctl.models import check_model_spec
 from rlhfctl.packing import use_packing
-from rlhfctl.records import METRICS, read_metrics
+from rlhfctl.records import METRICS, PROMPTS, read_metrics, read_records
 from rlhfctl.training.experience import AdvantageSettings, collect, load_rm_handle
 from rlhfctl.training.loop import (
-    MetricsLog, adamw, batch_stream, manifest_options, restore_training_state, save_training_state, seed_global_rngs, shard,
+    MetricsLog, adamw, batch_stream, check_run_dir, claim_run_dir, manifest_options, restore_training_state, save_training_state,
+    seed_global_rngs, shard,
 )
 from rlhfctl.training.policy.config import PolicyConfig, check_parallelism, check_prompts, print_settings
 from rlhfctl.training.policy.engine import policy_backend, policy_generator
 from rlhfctl.training.policy.update import Models, update
-from rlhfctl.training.scale import RESUME_IDENTITY, final_state_dict, full_weights, prepare_model, trainable_parameters
+from rlhfctl.training.scale import (
+    RESUME_IDENTITY, final_state_dict, full_weights, make_accelerator, prepare_model, trainable_parameters,
+)
 
 
 def run(config: PolicyConfig) -> dict[str, Any]:
     """Train and save the policy as a Hugging Face folder; return results."""
-    from rlhfctl.records import PROMPTS, read_records
-
     config = config.resolved()
     config.check()
     records = read_records(config.prompts, PROMPTS)
@@ -37,10 +39,6 @@ def run(config: PolicyConfig) -> dict[str, Any]:
     if eval_records:
         check_prompts(eval_records, PolicyConfig(**{**asdict(config), "shaping": config.shaping, "scale": config.scale,
                                                     "prompts": config.eval_data, "verifier": config.verifier or "auto"}))
-    from rlhfctl.models import check_model_spec
-    from rlhfctl.training.loop import check_run_dir, claim_run_dir
-    from rlhfctl.training.scale import make_accelerator
-
     check_model_spec(config.model)  # a bad --model or --rm fails before the run folder is touched
     if config.rm:
         from rlhfctl.rm.model import ORM, check_reward_folder
