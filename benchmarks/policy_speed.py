@@ -5,7 +5,7 @@ What it measures
     prompts with a briefly SFT-trained toy:small policy, verifier reward only
     (rlhfctl's math grader), for
 
-    * rlhfctl GRPO: ``rlhfctl.training.policy.run(PolicyConfig(algo="grpo",
+    * rlhfctl GRPO: ``rlhfctl.training.policy.run.run(PolicyConfig(algo="grpo",
       verifier="math", n=8, prompts_per_step=8, max_new_tokens=64, ...))``,
       the code path of ``rlhfctl train-policy`` (beta 0.04, its default);
     * the baseline, TRL GRPO: ``trl.GRPOTrainer`` + ``GRPOConfig`` on the same
@@ -84,9 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def worker_rlhfctl(args, gate: Gate, algo: str) -> dict:
-    from rlhfctl.training import loop, policy_run
-    from rlhfctl.training.loop import read_metrics
-    from rlhfctl.training.policy import PolicyConfig, run
+    from rlhfctl.records import read_metrics
+    from rlhfctl.training import loop
+    from rlhfctl.training.policy import run as policy_run
+    from rlhfctl.training.policy.config import PolicyConfig
 
     write = policy_run.MetricsLog.write
 
@@ -96,7 +97,7 @@ def worker_rlhfctl(args, gate: Gate, algo: str) -> dict:
 
     policy_run.MetricsLog.write = loop.MetricsLog.write = gated_write
     with tempfile.TemporaryDirectory() as out:
-        run(PolicyConfig(str(Path(args.data) / "train.jsonl"), args.model, os.path.join(out, "run"), algo=algo,
+        policy_run.run(PolicyConfig(str(Path(args.data) / "train.jsonl"), args.model, os.path.join(out, "run"), algo=algo,
                          verifier="math", n=args.n, prompts_per_step=args.prompts_per_step, lr=args.lr,
                          max_new_tokens=args.max_new_tokens, max_steps=args.warmup + args.steps, save_every=10**9))
         metrics = read_metrics(os.path.join(out, "run"))

@@ -76,7 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def worker_rlhfctl(args, gate: Gate) -> dict:
     import rlhfctl.training.rm as rm
     from rlhfctl.training import loop
-    from rlhfctl.training.loop import Schedule, read_metrics
+    from rlhfctl.records import read_metrics
+    from rlhfctl.training.loop import Schedule
 
     write = loop.MetricsLog.write
 

@@ -140,7 +140,8 @@ def worker_rlhfctl(args: argparse.Namespace, gate: Gate) -> dict:
 
     import rlhfctl.training.sft as sft
     from rlhfctl.training import loop
-    from rlhfctl.training.loop import Schedule, read_metrics
+    from rlhfctl.records import read_metrics
+    from rlhfctl.training.loop import Schedule
     from rlhfctl.training.scale import ScaleOptions
 
     write = loop.MetricsLog.write  # metrics.jsonl gets one line per step, right after the step

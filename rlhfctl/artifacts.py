@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -279,8 +280,40 @@ def untie(weights: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     return tensors, aliases
 
 
+def publish_folder(out: Path, fill: Callable[[Path], Any]) -> Any:
+    """Fill a temporary folder beside ``out``, then rename it to ``out``; what ``fill(folder)`` returns.
+
+    Readers see the old folder or the new one, never a half-written one: an
+    old ``out`` is first moved aside, then removed once the new one is in
+    place. For a folder written whole (a report); a run folder, which holds
+    checkpoints and logs beside the model, gets `publish_model_folder`.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the folder the mode mkdir would
+        result = fill(tmp)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    os.replace(out, old / out.name)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def publish_model_folder(out: str | os.PathLike, write_files, manifest: dict[str, Any]) -> None:
-    """Write a model into ``out`` so that a reader never sees a half model.
+    """Write a model into ``out`` (a run folder, whose other files stay) so that a reader never sees a half model.
 
     ``write_files(tmp)`` saves weights, config and tokenizer into a temporary
     folder; the files are then renamed into ``out`` one by one and the

@@ -289,6 +289,48 @@ def _check_unique_ids(numbered: list[tuple[int, Record]], kind: RecordKind, path
 
 # --- writing -------------------------------------------------------------------
 
+METRICS = "metrics.jsonl"  # a training run's log: one JSON object per optimiser step
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a run folder's metrics.jsonl ([] before it has one); a torn last line (a killed run) is dropped.
+
+    Any other line that is not a JSON object with a numeric ``step`` is an
+    error naming its line.
+    """
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as e:
+        raise RlhfctlError(f"{path}: cannot read: {e.strerror}") from None
+    numbered = [(i, raw) for i, raw in enumerate(lines, start=1) if raw.strip()]
+    rows = []
+    for position, (lineno, raw) in enumerate(numbered):
+        row = _parse_metrics_line(raw, path, lineno, is_last=position == len(numbered) - 1)
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def _parse_metrics_line(raw: bytes, path: Path, lineno: int, is_last: bool) -> dict[str, Any] | None:
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if is_last:
+            return None  # cut mid-write when the run was killed
+        reason = f"invalid JSON: {e.msg} (column {e.colno})" if isinstance(e, json.JSONDecodeError) else "not valid UTF-8"
+        raise DataError(str(path), lineno, reason) from None
+    if not isinstance(row, dict):
+        raise DataError(str(path), lineno, "expected a JSON object (one per step)")
+    if "step" not in row:
+        raise DataError(str(path), lineno, "missing", "step")
+    if _is_number(row["step"]) is not None:
+        raise DataError(str(path), lineno, "expected a number", "step")
+    return row
+
+
 def dumps(record: Record) -> str:
     """One record as a JSON line; a NaN or infinity in it is a ValueError, never a bare ``NaN`` token."""
     return json.dumps(record, ensure_ascii=False, separators=(", ", ": "), allow_nan=False)

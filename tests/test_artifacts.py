@@ -9,8 +9,8 @@ from conftest import CHECKPOINT_DAMAGE
 from rlhfctl import __version__
 from rlhfctl.artifacts import (
     CHECKSUMS, MANIFEST, checkpoint_damage, checkpoint_dir, describe_inputs, latest_checkpoint, list_checkpoints,
-    load_checkpoint, load_newest_intact_checkpoint, make_manifest, publish_model_folder, read_manifest, save_checkpoint,
-    sha256_file, write_manifest,
+    load_checkpoint, load_newest_intact_checkpoint, make_manifest, publish_folder, publish_model_folder, read_manifest,
+    save_checkpoint, sha256_file, write_manifest,
 )
 from rlhfctl.errors import CheckpointError, ModelError
 
@@ -174,3 +174,20 @@ def test_publish_that_fails_leaves_no_manifest(tmp_path):
         publish_model_folder(out, broken, make_manifest("new", {}, {}))
     assert read_manifest(out) is None  # the old manifest no longer vouches for the folder
     assert (out / "config.json").read_text() == "{}"  # the half-written file never replaced the old one
+
+
+def test_publish_folder_replaces_the_whole_folder_or_leaves_the_old_one(tmp_path):
+    out = tmp_path / "deep" / "report"
+    assert publish_folder(out, lambda folder: (folder / "a.md").write_text("one")) == 3
+    assert [p.name for p in out.iterdir()] == ["a.md"]
+    publish_folder(out, lambda folder: (folder / "b.md").write_text("two"))
+    assert [p.name for p in out.iterdir()] == ["b.md"]  # nothing of the old folder is left
+
+    def broken(folder):
+        (folder / "c.md").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        publish_folder(out, broken)
+    assert [p.name for p in out.iterdir()] == ["b.md"] and (out / "b.md").read_text() == "two"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report"]  # no temporary folder left beside it

@@ -6,7 +6,7 @@ import pytest
 
 from rlhfctl.errors import DataError, RlhfctlError
 from rlhfctl.records import (
-    KINDS, PROMPTS, ROLLOUTS, ResumableWriter, prompt_id, read_records, write_json, write_jsonl,
+    KINDS, METRICS, PROMPTS, ROLLOUTS, ResumableWriter, prompt_id, read_metrics, read_records, write_json, write_jsonl,
 )
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Compute 2+3.\n"}]
@@ -262,3 +262,15 @@ def test_writer_custom_key(tmp_path):
     with ResumableWriter(path, KINDS["steps"], key=lambda r: r["prompt"]) as w:
         w.write(rec)
     assert ResumableWriter(path, KINDS["steps"], key=lambda r: r["prompt"]).done == {rec["prompt"]}
+
+
+def test_read_metrics_drops_a_torn_last_line_and_names_any_other_bad_line(tmp_path):
+    assert read_metrics(tmp_path) == []  # no metrics.jsonl yet
+    (tmp_path / METRICS).write_text('{"step": 1, "loss": 0.5}\n\n{"step": 2, "loss": NaN}\n{"step": 3, "lo')
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["loss"] == 0.5
+    for bad, problem in [('{"step": 1, "lo\n{"step": 2}\n', "1: invalid JSON"), ('[1]\n{"step": 2}\n', "1: expected a JSON object"),
+                         ('{"loss": 1}\n', "1: field 'step': missing"), ('{"step": "1"}\n', "1: field 'step': expected a number")]:
+        (tmp_path / METRICS).write_text(bad)
+        with pytest.raises(DataError, match=problem):
+            read_metrics(tmp_path)

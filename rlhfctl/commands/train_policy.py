@@ -98,7 +98,8 @@ def train_policy(
     """
     from rlhfctl.errors import ConfigError
     from rlhfctl.rl.shaping import Shaping
-    from rlhfctl.training.policy import PolicyConfig, run
+    from rlhfctl.training.policy.config import PolicyConfig
+    from rlhfctl.training.policy.run import run
     from rlhfctl.training.scale import ScaleOptions
 
     clip_range = None

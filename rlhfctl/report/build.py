@@ -9,13 +9,11 @@ mistyped ``--out runs/grpo`` cannot delete a run.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from rlhfctl.artifacts import publish_folder
 from rlhfctl.errors import ConfigError
 from rlhfctl.report import figures, markdown
 from rlhfctl.report.numbers import key_numbers
@@ -65,7 +63,7 @@ def draw_figures(folder: Path, inputs: list[ReportInput], smooth: int) -> dict[s
             drawn[command] = figures.training_figures(runs, command, colours, folder, smooth)
     best_of_n = [item for item in inputs if isinstance(item, BestOfNResult)]
     if best_of_n:
-        drawn["best-of-n"] = [figures.best_of_n_figure(best_of_n, folder)]
+        drawn["best-of-n"] = [figures.best_of_n_figure(best_of_n, folder / "best-of-n.png")]
     return drawn
 
 
@@ -79,33 +77,3 @@ def check_out_folder(out: Path) -> None:
         raise ConfigError(f"--out {out}: is a file, expected a folder for the report")
     if any(out.iterdir()) and not (out / REPORT).is_file():
         raise ConfigError(f"--out {out}: a folder that holds no earlier report ({REPORT}); choose a new or empty folder")
-
-
-def publish_folder(out: Path, fill: Callable[[Path], Any]) -> Any:
-    """Fill a temporary folder beside ``out``, then rename it to ``out``.
-
-    Readers see the old folder or the new one, never a half-drawn report: an
-    old report is first moved aside, then removed once the new one is in place.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the folder the mode mkdir would
-        result = fill(tmp)
-        _swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return result
-
-
-def _swap_in(new: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(new, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.replace(out, old / "report")
-    os.replace(new, out)
-    shutil.rmtree(old, ignore_errors=True)

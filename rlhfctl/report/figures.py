@@ -74,8 +74,8 @@ def training_figures(runs: list[TrainingRun], command: str, colours: dict[str, s
     return written
 
 
-def best_of_n_figure(results: list[BestOfNResult], out: Path) -> str:
-    """Every selector of every file against N (log2 axis) in ``best-of-n.png``."""
+def best_of_n_figure(results: list[BestOfNResult], path: Path) -> str:
+    """Every selector of every file against N (log2 axis), saved as ``path`` (a PNG); its file name."""
     fig, ax = _figure(1, 1, (7, 4.6))
     styles = ("-", "--", ":", "-.")
     many = len(results) > 1
@@ -90,7 +90,7 @@ def best_of_n_figure(results: list[BestOfNResult], out: Path) -> str:
     ax.set_ylabel("accuracy")
     ax.set_title("Best-of-N" if many else f"Best-of-N: {results[0].name}")
     ax.legend(fontsize="small", ncol=2 if len(ax.lines) > 8 else 1)
-    return _save(fig, out / "best-of-n.png")
+    return _save(fig, path)
 
 
 # --- drawing ---------------------------------------------------------------------

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Union
 
 from rlhfctl.errors import DataError, RlhfctlError
+from rlhfctl.records import METRICS, read_metrics
 
 MANIFEST = "rlhfctl.json"  # artifacts.MANIFEST; not imported, to keep this module light
 RUN_FILE = "run.json"  # training.loop.RUN_FILE: the options, written when a run starts
-METRICS = "metrics.jsonl"
 TRAINING_COMMANDS = ("train-policy", "train-sft", "train-rm")
 # Options that differ between any two runs without saying anything about them.
 NOT_SETTINGS = frozenset({"out", "resume"})
@@ -190,7 +190,7 @@ def _load_run(path: Path, name: str) -> TrainingRun:
     has_metrics = (path / METRICS).is_file()
     if manifest is None and not has_metrics:
         raise RlhfctlError(f"{path}: not a training run folder (no {MANIFEST} and no {METRICS})")
-    metrics = read_metrics(path / METRICS) if has_metrics else []
+    metrics = read_metrics(path)
     manifest = manifest or {}
     command = manifest.get("command") or _guess_command(metrics)
     if command not in TRAINING_COMMANDS:
@@ -220,42 +220,6 @@ def _guess_command(metrics: list[dict[str, Any]]) -> str:
     if keys & {"pair_acc", "binary_acc", "step_acc"}:
         return "train-rm"
     return "train-sft"
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl; a torn last line (a killed run) is dropped.
-
-    Any other line that is not a JSON object with a numeric ``step`` is an
-    error naming its line.
-    """
-    try:
-        lines = path.read_bytes().split(b"\n")
-    except OSError as e:
-        raise RlhfctlError(f"{path}: cannot read: {e.strerror}") from None
-    numbered = [(i, raw) for i, raw in enumerate(lines, start=1) if raw.strip()]
-    rows = []
-    for position, (lineno, raw) in enumerate(numbered):
-        row = _parse_metrics_line(raw, path, lineno, is_last=position == len(numbered) - 1)
-        if row is not None:
-            rows.append(row)
-    return rows
-
-
-def _parse_metrics_line(raw: bytes, path: Path, lineno: int, is_last: bool) -> dict[str, Any] | None:
-    try:
-        row = json.loads(raw.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        if is_last:
-            return None  # cut mid-write when the run was killed
-        reason = f"invalid JSON: {e.msg} (column {e.colno})" if isinstance(e, json.JSONDecodeError) else "not valid UTF-8"
-        raise DataError(str(path), lineno, reason) from None
-    if not isinstance(row, dict):
-        raise DataError(str(path), lineno, "expected a JSON object (one per step)")
-    if "step" not in row:
-        raise DataError(str(path), lineno, "missing", "step")
-    if not is_number(row["step"]):
-        raise DataError(str(path), lineno, "expected a number", "step")
-    return row
 
 
 # --- result files ------------------------------------------------------------------

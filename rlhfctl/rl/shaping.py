@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from rlhfctl.rl.advantages import batch_normalize, group_normalize
 
@@ -26,6 +27,14 @@ class Shaping:
     clip: float | None = 5.0
     neg_scale: float = 1.0  # α; 1 = symmetric
     clip_range: tuple[float, float] | None = None  # [lo, hi], the asymmetric-clip form
+
+    def as_options(self) -> dict[str, Any]:
+        """One key per flag (``--reward-norm`` -> ``reward_norm``) for the manifest."""
+        return {OPTION_NAMES[k]: v for k, v in asdict(self).items()}
+
+
+OPTION_NAMES = {"norm": "reward_norm", "std_floor": "reward_std_floor", "eps": "reward_eps", "clip": "reward_clip",
+                "neg_scale": "neg_reward_scale", "clip_range": "reward_clip_range"}
 
 
 def standardize(scores, mean: float, std: float):
@@ -52,7 +61,9 @@ def place_on_eos(scores, mask):
     """(B,) scores -> (B, T) token rewards: the score at each row's last real token."""
     import torch
 
-    last = (mask.long() * torch.arange(1, mask.shape[1] + 1, device=mask.device)).argmax(-1)  # (B,)
+    from rlhfctl.rm.model import last_real_index  # imports torch: not at this module's top, which stays light
+
+    last = last_real_index(mask)  # (B,)
     rewards = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
     rewards[torch.arange(mask.shape[0], device=mask.device), last] = scores
     return rewards * mask

@@ -33,20 +33,38 @@ def binary_loss(scores, labels):
     return -F.logsigmoid(sign * scores).mean()
 
 
-def unified_loss(chosen=None, rejected=None, margin=None, scores=None, labels=None):
+def unified_loss(chosen=None, rejected=None, margin=None, scores=None, labels=None, pair_count=None, binary_count=None):
     """``½(L_BT + L_cls)`` when the batch holds both kinds, else the one it holds.
 
-    Returns (loss, {"bt": float | None, "cls": float | None}).
+    For one rank's share of a batch, ``pair_count`` and ``binary_count`` are
+    the whole batch's counts (default: this share's). Each part is then this
+    share's mean times its fraction of the batch, so the ranks' parts add up
+    to the batch's means; a kind the batch holds and this share lacks adds a
+    zero that stays on the autograd graph.
+
+    Returns (loss, {"bt": tensor | None, "cls": tensor | None}), the parts detached.
     """
+    pair_count = _count(chosen) if pair_count is None else pair_count
+    binary_count = _count(scores) if binary_count is None else binary_count
     parts = {}
-    if chosen is not None and chosen.numel():
-        parts["bt"] = bradley_terry_loss(chosen, rejected, margin)
-    if scores is not None and scores.numel():
-        parts["cls"] = binary_loss(scores, labels)
+    if pair_count:
+        parts["bt"] = _share(bradley_terry_loss, chosen, (chosen, rejected, margin), pair_count)
+    if binary_count:
+        parts["cls"] = _share(binary_loss, scores, (scores, labels), binary_count)
     if not parts:
         raise ValueError("a reward-model batch needs pairs or binary items")
     loss = sum(parts.values()) / len(parts)
-    return loss, {k: float(v.detach()) for k, v in parts.items()}
+    return loss, {k: v.detach() for k, v in parts.items()}
+
+
+def _count(values) -> int:
+    return 0 if values is None else values.numel()
+
+
+def _share(loss_fn, values, args, total: int):
+    """``loss_fn(*args)`` (a mean over ``values``) scaled to this share of ``total``; a zero on the graph when empty."""
+    n = values.numel()
+    return loss_fn(*args) * n / total if n else values.sum() * 0
 
 
 def step_bce_loss(step_scores, step_labels):

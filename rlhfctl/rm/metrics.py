@@ -86,5 +86,10 @@ AGGREGATIONS = {
 def aggregate_steps(step_scores: Sequence[float], agg: str) -> float:
     """One solution score from its step scores (logits): min, last, prod or mean
     of the step probabilities σ(s) (Lightman et al. 2023 use prod and min)."""
-    probs = [1.0 / (1.0 + math.exp(-s)) if s >= 0 else math.exp(s) / (1.0 + math.exp(s)) for s in step_scores]
+    probs = [sigmoid(s) for s in step_scores]
     return AGGREGATIONS[agg](probs) if probs else 0.0
+
+
+def sigmoid(x: float) -> float:
+    """σ(x) without overflow: ``exp`` is only taken of a non-positive number."""
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))

@@ -161,34 +161,49 @@ def right_pad(seqs: list[list[int]], pad_id: int):
     return ids, mask
 
 
-@torch.inference_mode()
-def score_sequences(values: TokenValues, seqs: list[list[int]], pad_id: int, batch_size: int = 64) -> list[float]:
-    """Last-real-token score of each sequence, batched by length (little padding)."""
-    from rlhfctl.rm.scoring import gather_last
+def last_real_index(attention_mask):
+    """(B,) index of the last position whose mask is 1; ``attention_mask`` (B, T).
 
-    device = next(values.parameters()).device
+    A score is read at the last real token, never a pad. Pads are found by
+    the attention mask, not by the pad id, because many tokenizers use eos as
+    pad and the eos of the response is real. Works with left or right padding.
+    """
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * (positions + 1)).argmax(dim=1)
+
+
+def gather_last(values, attention_mask):
+    """``values`` (B, T) read at the last real token of each row -> (B,)."""
+    idx = last_real_index(attention_mask)
+    return values.gather(1, idx[:, None]).squeeze(1)
+
+
+def by_length(seqs: list[list[int]], pad_id: int, batch_size: int, device, score) -> list[Any]:
+    """``score(ids, mask, indices)`` on right-padded batches of ``seqs`` taken in order of length
+    (little padding); its per-row results, back in the order of ``seqs``."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    scores = [0.0] * len(seqs)
+    out: list[Any] = [None] * len(seqs)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         ids, mask = right_pad([seqs[i] for i in chunk], pad_id)
-        ids, mask = ids.to(device), mask.to(device)
-        for i, s in zip(chunk, gather_last(values(ids, mask), mask).float().tolist()):
-            scores[i] = s
-    return scores
+        for i, result in zip(chunk, score(ids.to(device), mask.to(device), chunk)):
+            out[i] = result
+    return out
+
+
+@torch.inference_mode()
+def score_sequences(values: TokenValues, seqs: list[list[int]], pad_id: int, batch_size: int = 64) -> list[float]:
+    """Last-real-token score of each sequence, batched by length (little padding)."""
+    device = next(values.parameters()).device
+    return by_length(seqs, pad_id, batch_size, device, lambda ids, mask, _: gather_last(values(ids, mask), mask).float().tolist())
 
 
 @torch.inference_mode()
 def step_scores(values: TokenValues, seqs: list[list[int]], positions: list[list[int]], pad_id: int,
                 batch_size: int = 64) -> list[list[float]]:
     """Raw step scores (logits) of each sequence at its step positions (`rm.data.encode_steps`)."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out: list[list[float]] = [[] for _ in seqs]
-    device = next(values.parameters()).device
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        ids, mask = right_pad([seqs[i] for i in chunk], pad_id)
-        v = values(ids.to(device), mask.to(device)).float()
-        for row, i in enumerate(chunk):
-            out[i] = v[row, positions[i]].tolist()
-    return out
+    def read(ids, mask, chunk):
+        v = values(ids, mask).float()
+        return [v[row, positions[i]].tolist() for row, i in enumerate(chunk)]
+
+    return by_length(seqs, pad_id, batch_size, next(values.parameters()).device, read)

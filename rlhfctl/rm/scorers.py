@@ -63,24 +63,21 @@ def logprob_rollouts(rollouts: list[Record], model_spec: str, batch_size: int = 
     import torch
 
     from rlhfctl.models import inference_device, load_causal_lm, load_tokenizer
-    from rlhfctl.rm.model import right_pad
+    from rlhfctl.rm.model import by_length
 
     tokenizer = load_tokenizer(model_spec)
     device = inference_device()
     model = load_causal_lm(model_spec).eval().to(device)
     seqs, prompt_lens = _sequences(rollouts, tokenizer, max_length)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    flat = [0.0] * len(seqs)
+
+    def mean_logprobs(ids, mask, chunk):
+        logps = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
+        token_logp = logps.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1): log p(x_t | x_<t)
+        spans = [(prompt_lens[i] - 1, len(seqs[i]) - 1) for i in chunk]  # response tokens, shifted by one
+        return [float(token_logp[row, lo:hi].mean()) if hi > lo else float("-inf") for row, (lo, hi) in enumerate(spans)]
+
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            ids, mask = right_pad([seqs[i] for i in chunk], tokenizer.pad_token_id)
-            ids, mask = ids.to(device), mask.to(device)
-            logps = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
-            token_logp = logps.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1): log p(x_t | x_<t)
-            for row, i in enumerate(chunk):
-                lo, hi = prompt_lens[i] - 1, len(seqs[i]) - 1  # response tokens, shifted by one
-                flat[i] = float(token_logp[row, lo:hi].mean()) if hi > lo else float("-inf")
+        flat = by_length(seqs, tokenizer.pad_token_id, batch_size, device, mean_logprobs)
     return _regroup(flat, rollouts)
 
 

@@ -2,7 +2,7 @@
 
 Everything here runs once per rollout batch and without gradients: the
 old policy's and the reference's log-probs, the critic's values, the rewards
-and the advantages. The PPO epochs then reuse the batch (`training/policy.py`).
+and the advantages. The PPO epochs then reuse the batch (`training/policy/update.py`).
 """
 
 from __future__ import annotations

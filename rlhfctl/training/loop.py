@@ -18,17 +18,16 @@ import os
 import random
 import shutil
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from rlhfctl.artifacts import load_newest_intact_checkpoint, save_checkpoint
 from rlhfctl.errors import ConfigError
 from rlhfctl.locks import locked
-from rlhfctl.records import atomic_write_text, nearest_existing, write_json
+from rlhfctl.records import METRICS, atomic_write_text, nearest_existing, read_metrics, write_json
 
 RUN_FILE = "run.json"
-METRICS = "metrics.jsonl"
 
 
 @dataclass(frozen=True)
@@ -129,6 +128,20 @@ def shard(batch: list, rank: int, world: int) -> tuple[list, float]:
     """
     mine = batch[rank::world]
     return (mine, 1.0) if mine else (batch[:1], 0.0)
+
+
+def manifest_options(config) -> dict[str, Any]:
+    """A command's config as its manifest and ``run.json`` keep the options: one key per flag
+    (underscores), plain values. Nested configs (the schedule, the scale options, reward shaping)
+    are flattened after the other fields, through their ``as_options()`` where they have one."""
+    options = asdict(config)
+    nested = [f.name for f in fields(config) if is_dataclass(getattr(config, f.name))]
+    for name in nested:
+        options.pop(name)
+    for name in nested:
+        value = getattr(config, name)
+        options.update(value.as_options() if hasattr(value, "as_options") else asdict(value))
+    return options
 
 
 # --- run folder ------------------------------------------------------------------
@@ -238,13 +251,6 @@ def _step_of(line: str) -> int:
         return 1 << 62  # a torn line: drop it
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 # --- checkpoints -----------------------------------------------------------------
 
 def seed_global_rngs(seed: int) -> None:
@@ -278,33 +284,52 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(run_dir: Path, step: int, accelerator, model, optimizer, scheduler, extra: dict[str, Any], keep: int) -> None:
-    """All ranks call this (sharded weights are gathered); rank 0 writes. Frozen weights are left out."""
+def save_training_state(run_dir: Path, step: int, accelerator, model, optimizer, keep: int, scheduler=None, others=()) -> None:
+    """All ranks call this (sharded weights are gathered); rank 0 writes. Frozen weights are left out.
+
+    ``others``: (name, model, optimizer) that train beside ``model`` (PPO's
+    critic), kept in the same checkpoint: weights under ``name::``, optimizer
+    state as ``name_optimizer``.
+    """
     from rlhfctl.training.scale import checkpoint_weights, optimizer_state
 
-    weights = checkpoint_weights(accelerator, model)
-    optimizer_saved = optimizer_state(accelerator, model, optimizer)
+    weights = dict(checkpoint_weights(accelerator, model))
+    state = {"step": step, "optimizer": optimizer_state(accelerator, model, optimizer)}
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
+    state["rng"] = rng_state()
+    for name, other, other_optimizer in others:
+        weights.update({f"{name}::{k}": v for k, v in checkpoint_weights(accelerator, other).items()})
+        state[f"{name}_optimizer"] = optimizer_state(accelerator, other, other_optimizer)
     if accelerator.is_main_process:
-        state = {"step": step, "optimizer": optimizer_saved, "scheduler": scheduler.state_dict(), "rng": rng_state(), **extra}
         save_checkpoint(run_dir, step, weights, state, keep=keep)
     accelerator.wait_for_everyone()
 
 
-def restore_training_state(run_dir: Path, accelerator, model, optimizer, scheduler) -> tuple[int, dict[str, Any]]:
-    """Load the newest intact checkpoint into model/optimizer/scheduler; (step, state)."""
+def restore_training_state(run_dir: Path, accelerator, model, optimizer, scheduler=None, others=()) -> int:
+    """Load the newest intact checkpoint into the models, optimizers and scheduler (``others`` as
+    `save_training_state` has them); the step it was saved at, 0 without one."""
     from rlhfctl.console import log
 
     found = load_newest_intact_checkpoint(run_dir, lambda line: log(line, accelerator.is_main_process))
     if found is None:
-        return 0, {}
+        return 0
     from rlhfctl.training.scale import restore_optimizer, restore_weights
 
     _, path, weights, state = found
-    restore_weights(accelerator, model, weights, str(path))
-    restore_optimizer(accelerator, model, optimizer, state["optimizer"], str(path))
-    scheduler.load_state_dict(state["scheduler"])
+    where = str(path)
+    prefixes = tuple(f"{name}::" for name, _, _ in others)
+    restore_weights(accelerator, model, {k: v for k, v in weights.items() if not k.startswith(prefixes)}, where)
+    restore_optimizer(accelerator, model, optimizer, state["optimizer"], where)
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    for name, other, other_optimizer in others:
+        prefix = f"{name}::"
+        restore_weights(accelerator, other, {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}, where)
+        restore_optimizer(accelerator, other, other_optimizer, state[f"{name}_optimizer"], where)
     set_rng_state(state["rng"])
-    return int(state["step"]), state
+    log(f"resuming from step {state['step']}", accelerator.is_main_process)
+    return int(state["step"])
 
 
 # --- the loop --------------------------------------------------------------------
@@ -338,11 +363,7 @@ def start_training(accelerator, model, schedule: Schedule, total: int, out: Path
     if schedule.compile:
         compile_model(model)
     model, optimizer = accelerator.prepare(model, optimizer)
-    start = restore_training_state(out, accelerator, model, optimizer, scheduler)[0] if resume else 0
-    if start:
-        from rlhfctl.console import log
-
-        log(f"resuming from step {start}", accelerator.is_main_process)
+    start = restore_training_state(out, accelerator, model, optimizer, scheduler) if resume else 0
     return Training(out, accelerator, model, optimizer, scheduler, total, start)
 
 
@@ -379,7 +400,7 @@ def fit(run: Training, lengths: list[int], schedule: Schedule, step_fn, name: st
     """Run the optimiser steps ``run.start + 1 .. run.total``; return the last metrics.
 
     ``step_fn(batch_indices) -> dict`` does forward, backward and
-    ``optimizer_step(run, ...)`` for one global batch and returns its metrics
+    `optimizer_step` for one global batch and returns its metrics
     (with a ``loss``). This loop adds step/epoch/lr/timing, writes
     ``metrics.jsonl``, checkpoints every ``save_every`` steps and at the end.
     """
@@ -402,21 +423,22 @@ def fit(run: Training, lengths: list[int], schedule: Schedule, step_fn, name: st
             metrics.write(last)
             progress.advance(f"loss {values['loss']:.4f}")
             if step % schedule.save_every == 0 and step < run.total:
-                save_training_state(run.out, step, run.accelerator, run.model, run.optimizer, run.scheduler, {}, schedule.keep_checkpoints)
+                save_training_state(run.out, step, run.accelerator, run.model, run.optimizer, schedule.keep_checkpoints, run.scheduler)
     if not last and main:  # resumed from the final checkpoint: its metrics are on disk
         last = (read_metrics(run.out) or [{}])[-1]
-    save_training_state(run.out, run.total, run.accelerator, run.model, run.optimizer, run.scheduler, {}, schedule.keep_checkpoints)
+    save_training_state(run.out, run.total, run.accelerator, run.model, run.optimizer, schedule.keep_checkpoints, run.scheduler)
     return last
 
 
-def optimizer_step(run: Training, max_grad_norm: float) -> float | None:
-    """Clip, step, schedule, zero; returns the pre-clip gradient norm."""
+def optimizer_step(accelerator, model, optimizer, max_grad_norm: float, scheduler=None) -> float | None:
+    """Clip, step, schedule (where there is a scheduler), zero; returns the pre-clip gradient norm."""
     grad_norm = None
     if max_grad_norm > 0:
-        grad_norm = clip_gradients(run.accelerator, run.model, max_grad_norm)
-    run.optimizer.step()
-    run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
+        grad_norm = clip_gradients(accelerator, model, max_grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
 

@@ -75,7 +75,7 @@ def _train_step(run, batch: list[StepItem], pad_id: int, max_grad_norm: float) -
     step_scores = values[rows, cols]  # (S,)
     loss = weight * step_bce_loss(step_scores, labels) * len(labels) / global_steps
     acc.backward(loss * acc.num_processes)
-    grad_norm = optimizer_step(run, max_grad_norm)
+    grad_norm = optimizer_step(run.accelerator, run.model, run.optimizer, max_grad_norm, run.scheduler)
     hits = weight * ((step_scores > 0) == (labels >= 0.5)).float().sum()
     return {"loss": float(acc.reduce(loss.detach(), reduction="sum")), "grad_norm": grad_norm,
             "step_acc": float(acc.reduce(hits.detach(), reduction="sum")) / global_steps, "solutions": len(batch)}

@@ -10,7 +10,7 @@ the manifest, for every consumer to standardise scores with.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from rlhfctl.errors import ConfigError
 from rlhfctl.rm.data import BINARY_ITEM, PAIR, Item, PrefData, encode_items, read_preferences, split_by_prompt
 from rlhfctl.rm.evaluate import evaluate_items
 from rlhfctl.training.loop import (
-    Schedule, check_run_dir, claim_run_dir, fit, optimizer_step, seed_global_rngs, shard, start_training,
+    Schedule, check_run_dir, claim_run_dir, fit, manifest_options, optimizer_step, seed_global_rngs, shard, start_training,
 )
 from rlhfctl.training.scale import RESUME_IDENTITY, ScaleOptions, final_state_dict, make_accelerator, model_for_inference, prepare_model
 
@@ -61,7 +61,7 @@ def load_splits(config: RMConfig, read, split):
 def open_run(config: RMConfig):
     """(accelerator, run folder, options): the folder checked by rank 0 (`claim_run_dir` writes it)."""
     accelerator = make_accelerator(config.scale.bf16)
-    out, options = Path(config.out), _options(config)
+    out, options = Path(config.out), manifest_options(config)
     if accelerator.is_main_process:
         check_run_dir(out, "train-rm", options, config.resume, identity=("prm", *RESUME_IDENTITY))
     return accelerator, out, options
@@ -121,9 +121,8 @@ def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float, packi
     import torch
 
     from rlhfctl.packing import attention_implementation, pack
-    from rlhfctl.rm.losses import binary_loss, bradley_terry_loss
-    from rlhfctl.rm.model import right_pad
-    from rlhfctl.rm.scoring import gather_last
+    from rlhfctl.rm.losses import unified_loss
+    from rlhfctl.rm.model import gather_last, right_pad
 
     acc = run.accelerator
     n_pairs = sum(it.kind == PAIR for it in batch)
@@ -144,20 +143,17 @@ def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float, packi
         # A pooled (encoder) head sees every position, so it gets the mask.
         scores = gather_last(run.model(ids, mask if getattr(_unwrap(run.model), "pooled", False) else None), mask).float()  # (2P + B,)
     chosen, rejected, bin_scores = scores[0:2 * len(pairs):2], scores[1:2 * len(pairs):2], scores[2 * len(pairs):]
-    parts, stats = [], {}
+    margin = torch.tensor([it.margin for it in pairs], device=acc.device)
+    labels = torch.tensor([it.label for it in binary], device=acc.device)
+    loss, _ = unified_loss(chosen, rejected, margin, bin_scores, labels, pair_count=n_pairs, binary_count=n_bin)
+    loss = weight * loss
+    stats = {}
     if n_pairs:
-        margin = torch.tensor([it.margin for it in pairs], device=acc.device)
-        bt = bradley_terry_loss(chosen, rejected, margin) * len(pairs) / n_pairs if pairs else scores.sum() * 0
-        parts.append(bt)
         stats["pair_acc"] = (weight * (chosen > rejected).float().sum(), n_pairs)
     if n_bin:
-        labels = torch.tensor([it.label for it in binary], device=acc.device)
-        cls = binary_loss(bin_scores, labels) * len(binary) / n_bin if binary else scores.sum() * 0
-        parts.append(cls)
         stats["binary_acc"] = (weight * ((bin_scores > 0) == labels).float().sum(), n_bin)
-    loss = weight * sum(parts) / len(parts)
     acc.backward(loss * acc.num_processes)
-    grad_norm = optimizer_step(run, max_grad_norm)
+    grad_norm = optimizer_step(run.accelerator, run.model, run.optimizer, max_grad_norm, run.scheduler)
     out = {"loss": float(acc.reduce(loss.detach(), reduction="sum")), "grad_norm": grad_norm,
            "pairs": n_pairs, "binary": n_bin}
     for name, (hits, count) in stats.items():
@@ -179,11 +175,3 @@ def _inputs(config: RMConfig) -> dict[str, Any]:
     paths.update({f"eval_data{i}": p for i, p in enumerate(config.eval_data)})
     paths["model"] = config.model
     return paths
-
-
-def _options(config: RMConfig) -> dict[str, Any]:
-    options = asdict(config)
-    options.update(options.pop("schedule"))
-    options.pop("scale")
-    options.update(config.scale.as_options())
-    return options

@@ -15,7 +15,7 @@ loss term reads a prefix logit.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from rlhfctl.data import Example, encode_examples
 from rlhfctl.console import log
 from rlhfctl.records import SFT, read_records
 from rlhfctl.training.loop import (
-    Schedule, check_run_dir, claim_run_dir, fit, optimizer_step, seed_global_rngs, shard, start_training,
+    Schedule, check_run_dir, claim_run_dir, fit, manifest_options, optimizer_step, seed_global_rngs, shard, start_training,
 )
 from rlhfctl.training.scale import (
     RESUME_IDENTITY, ScaleOptions, check_frozen_outer_weights, final_state_dict, make_accelerator, prepare_model,
@@ -54,7 +54,7 @@ def run(config: SFTConfig) -> dict[str, Any]:
     check_model_spec(config.model)
     accelerator = make_accelerator(config.scale.bf16)
     check_frozen_outer_weights(accelerator, config.scale, "train-sft")
-    out, options = Path(config.out), _options(config)
+    out, options = Path(config.out), manifest_options(config)
     if accelerator.is_main_process:
         check_run_dir(out, "train-sft", options, config.resume, identity=RESUME_IDENTITY)
 
@@ -106,7 +106,7 @@ def _train_step(run, batch: list[Example], pad_id: int, max_grad_norm: float, sh
         reduction="sum",
     )
     acc.backward(loss_sum * acc.num_processes / global_tokens)
-    grad_norm = optimizer_step(run, max_grad_norm)
+    grad_norm = optimizer_step(run.accelerator, run.model, run.optimizer, max_grad_norm, run.scheduler)
     total = acc.reduce(loss_sum.detach(), reduction="sum")
     return {"loss": float(total) / global_tokens, "tokens": global_tokens, "grad_norm": grad_norm}
 
@@ -187,11 +187,3 @@ def collate(examples: list[Example], pad_id: int):
         attention_mask[i, :n] = 1
         labels[i, e.prompt_len:n] = input_ids[i, e.prompt_len:n]
     return input_ids, attention_mask, labels
-
-
-def _options(config: SFTConfig) -> dict[str, Any]:
-    options = asdict(config)
-    options.update(options.pop("schedule"))
-    options.pop("scale")
-    options.update(config.scale.as_options())
-    return options

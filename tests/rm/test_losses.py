@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from rlhfctl.rm.losses import binary_loss, bradley_terry_loss, step_bce_loss, unified_loss
-from rlhfctl.rm.scoring import gather_last, last_real_index
 
 
 def _nll_sigmoid(x):
@@ -40,19 +39,30 @@ def test_unified_averages_the_two_kinds():
         unified_loss()
 
 
+def test_unified_shares_of_a_batch_add_up_to_the_batch_loss():
+    """Two ranks' shares of 3 pairs + 2 binary items, each scaled by the batch's counts: their sum is
+    ½(mean BT + mean cls) over the whole batch; a share without binary items adds a zero that backpropagates."""
+    c = torch.tensor([1.0, -0.5, 2.0], requires_grad=True)
+    r = torch.tensor([0.0, 0.5, 1.0])
+    m = torch.tensor([0.0, 0.5, 0.0])
+    s = torch.tensor([0.3, -1.2], requires_grad=True)
+    y = torch.tensor([False, True])
+    bt = [_nll_sigmoid(1.0), _nll_sigmoid(-1.5), _nll_sigmoid(1.0)]
+    cls = [_nll_sigmoid(-0.3), _nll_sigmoid(-1.2)]
+    expected = 0.5 * (sum(bt) / 3 + sum(cls) / 2)
+    first, parts = unified_loss(c[:2], r[:2], m[:2], s[:0], y[:0], pair_count=3, binary_count=2)
+    assert float(parts["cls"]) == 0.0 and float(parts["bt"]) == pytest.approx((bt[0] + bt[1]) / 3)
+    second, _ = unified_loss(c[2:], r[2:], m[2:], s, y, pair_count=3, binary_count=2)
+    assert float((first + second).detach()) == pytest.approx(expected)
+    (first + second).backward()
+    assert c.grad is not None and s.grad is not None
+    whole, _ = unified_loss(c, r, m, s, y)
+    assert float(whole.detach()) == pytest.approx(expected)
+
+
 def test_step_bce_soft_labels_by_hand():
     s, y = torch.tensor([0.0, 2.0]), torch.tensor([0.25, 1.0])
     p = 1 / (1 + math.exp(-2.0))
     expected = (-(0.25 * math.log(0.5) + 0.75 * math.log(0.5)) - math.log(p)) / 2
     assert float(step_bce_loss(s, y)) == pytest.approx(expected)
 
-
-def test_last_real_token_right_left_and_pad_equals_eos():
-    eos = pad = 2
-    # right padding, pad == eos: the real eos at index 3 must be read, not the pads after it
-    ids = torch.tensor([[5, 6, 7, eos, pad, pad], [pad, pad, 5, 6, 7, eos]])
-    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1]])
-    assert last_real_index(mask).tolist() == [3, 5]
-    values = torch.arange(12, dtype=torch.float).view(2, 6)
-    assert gather_last(values, mask).tolist() == [3.0, 11.0]
-    assert ids[0, 3] == eos and ids[1, 5] == eos

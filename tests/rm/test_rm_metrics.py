@@ -8,12 +8,23 @@ import statistics
 import pytest
 
 from rlhfctl.rm.metrics import (
-    AGGREGATIONS, aggregate_steps, auc, binary_accuracy, first_error_accuracy, mean_std, pair_accuracy,
+    AGGREGATIONS, aggregate_steps, auc, binary_accuracy, first_error_accuracy, mean_std, pair_accuracy, sigmoid as stable_sigmoid,
 )
 
 
 def sigmoid(x):
     return 1 / (1 + math.exp(-x))
+
+
+@pytest.mark.parametrize("x", [-30.0, -2.0, 0.0, 0.5, 3.0, 30.0])
+def test_sigmoid_by_hand(x):
+    assert stable_sigmoid(x) == pytest.approx(sigmoid(x), rel=1e-12)
+
+
+def test_sigmoid_of_large_magnitudes_does_not_overflow():
+    assert stable_sigmoid(1000.0) == 1.0
+    assert stable_sigmoid(-1000.0) == 0.0  # exp(1000) would overflow
+    assert stable_sigmoid(-745.0) > 0.0
 
 
 STEPS = [1.0, -2.0, 0.5, 3.0]

@@ -5,8 +5,9 @@ import math
 import pytest
 
 from rlhfctl.errors import ConfigError
+from rlhfctl.records import METRICS, read_metrics
 from rlhfctl.training.loop import (
-    METRICS, RUN_FILE, MetricsLog, Schedule, batch_stream, bucketed_batches, check_run_dir, claim_run_dir, read_metrics, shard,
+    RUN_FILE, MetricsLog, Schedule, batch_stream, bucketed_batches, check_run_dir, claim_run_dir, manifest_options, shard,
     warmup_cosine,
 )
 
@@ -21,6 +22,26 @@ def test_total_steps_and_checks():
                       (dict(lr=0), "--lr"), (dict(save_every=0), "--save-every")]:
         with pytest.raises(ConfigError, match=flag):
             Schedule(**bad).check()
+
+
+def test_manifest_options_flatten_nested_configs_after_the_other_fields():
+    from rlhfctl.rl.shaping import Shaping
+    from rlhfctl.training.policy.config import PolicyConfig
+    from rlhfctl.training.rm import RMConfig
+    from rlhfctl.training.scale import ScaleOptions
+
+    schedule = Schedule(max_steps=3, lr=0.5)
+    options = manifest_options(RMConfig(data=("d.jsonl",), model="toy:tiny", out="o", schedule=schedule, max_length=64))
+    keys = list(options)
+    assert keys[:4] == ["data", "model", "out", "eval_data"] and "schedule" not in keys and "scale" not in keys
+    assert keys.index("packing") < keys.index("epochs") < keys.index("bf16")  # the RM's own, the schedule's, the scale's
+    assert options["max_steps"] == 3 and options["lr"] == 0.5 and options["max_length"] == 64 and options["lora_r"] == 0
+    policy = PolicyConfig(prompts="p", model="m", out="o", shaping=Shaping(norm="batch", clip_range=(-1.0, 2.0)),
+                          scale=ScaleOptions(lora_r=4))
+    options = manifest_options(policy)
+    assert options["reward_norm"] == "batch" and options["reward_clip_range"] == (-1.0, 2.0) and options["neg_reward_scale"] == 1.0
+    assert options["lora_r"] == 4 and options["lora_alpha"] == ScaleOptions(lora_r=4).alpha and options["keep_checkpoints"] == 2
+    assert list(options)[-len(ScaleOptions(lora_r=4).as_options()):] == list(ScaleOptions(lora_r=4).as_options())
 
 
 def test_warmup_cosine():
@@ -140,3 +161,41 @@ def test_metrics_log_disabled_off_the_main_rank(tmp_path):
     log = MetricsLog(tmp_path / METRICS, resume_step=0, enabled=False)
     log.write({"step": 1})
     assert read_metrics(tmp_path) == [{"step": 9}]
+
+
+def test_training_state_round_trip_keeps_the_newest_checkpoints_and_a_model_beside(tmp_path):
+    """Weights, optimizer and scheduler state of a model and of one trained beside it (PPO's critic), and the RNG."""
+    import random
+
+    import torch
+    from accelerate import Accelerator
+
+    from rlhfctl.artifacts import list_checkpoints
+    from rlhfctl.training.loop import restore_training_state, save_training_state
+
+    accelerator = Accelerator(cpu=True)
+
+    def build(seed):
+        torch.manual_seed(seed)
+        policy, critic = torch.nn.Linear(3, 2), torch.nn.Linear(3, 1)
+        policy_opt, critic_opt = torch.optim.AdamW(policy.parameters(), lr=0.1), torch.optim.AdamW(critic.parameters(), lr=0.1)
+        return policy, policy_opt, torch.optim.lr_scheduler.LambdaLR(policy_opt, lambda s: 1.0 / (s + 1)), critic, critic_opt
+
+    policy, policy_opt, scheduler, critic, critic_opt = build(0)
+    for step in range(1, 4):
+        (policy(torch.ones(1, 3)).sum() + critic(torch.ones(1, 3)).sum()).backward()
+        policy_opt.step(), critic_opt.step(), scheduler.step()
+        save_training_state(tmp_path, step, accelerator, policy, policy_opt, 2, scheduler, others=(("critic", critic, critic_opt),))
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [2, 3]
+    expected_draw = (torch.rand(1).item(), random.random())
+
+    fresh = build(1)
+    assert restore_training_state(tmp_path, accelerator, *fresh[:3], others=(("critic", *fresh[3:]),)) == 3
+    assert (torch.rand(1).item(), random.random()) == expected_draw
+    for before, after in zip((policy, critic), (fresh[0], fresh[3])):
+        for name, value in before.state_dict().items():
+            assert torch.equal(after.state_dict()[name], value), name
+    for before, after in zip((policy_opt, critic_opt), (fresh[1], fresh[4])):
+        assert [torch.equal(a["exp_avg"], b["exp_avg"]) for a, b in zip(before.state.values(), after.state.values())] == [True, True]
+    assert fresh[2].state_dict()["last_epoch"] == 3 and fresh[2].get_last_lr() == scheduler.get_last_lr()
+    assert restore_training_state(tmp_path / "none", accelerator, *fresh[:2]) == 0

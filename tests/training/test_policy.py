@@ -1,4 +1,4 @@
-"""Policy training: rollout batches (experience.py) and the PPO/GRPO update (policy_update.py); whole runs
+"""Policy training: rollout batches (experience.py) and the PPO/GRPO update (policy/update.py); whole runs
 (resume, two ranks) are in test_policy_runs.py.
 
 Unit tests use a fresh toy:tiny model and compare with independent
@@ -20,8 +20,8 @@ from rlhfctl.rl.shaping import Shaping
 from rlhfctl.training.experience import (
     AdvantageSettings, Experience, advantages_for, assemble, pack_responses, response_logprobs, response_values, shape_scores,
 )
-from rlhfctl.training.policy import PolicyConfig
-from rlhfctl.training.policy_update import Models, _global_count, aggregation, update
+from rlhfctl.training.policy.config import PolicyConfig
+from rlhfctl.training.policy.update import Models, _global_count, aggregation, update
 
 PAD = 0
 
@@ -399,7 +399,7 @@ def test_rank_gradients_add_up_to_the_full_batch_gradient(loss_agg):
         denominator = _global_count(mb.response_mask, loss_agg, _SumOverRanks(local_counts[1 - r]))
         assert float(denominator) == (exp.response_mask.sum() if loss_agg == "token-mean" else 6)
         w = weight0.clone().requires_grad_(True)
-        (_actor_loss(w, mb, f, agg, denominator) * 2).backward()  # × world size, as policy_update does
+        (_actor_loss(w, mb, f, agg, denominator) * 2).backward()  # × world size, as policy/update.py does
         grads.append(w.grad)
     assert torch.allclose((grads[0] + grads[1]) / 2, full, rtol=1e-10, atol=1e-12)
 

@@ -1,5 +1,5 @@
 """Whole train-policy runs through the CLI: resume, one-update steps that reuse the training forward,
-PPO with the RM as critic, two CPU ranks. (The functions of experience.py and policy_update.py are
+PPO with the RM as critic, two CPU ranks. (The functions of experience.py and policy/update.py are
 tested one by one in test_policy.py.)"""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def test_one_update_reads_pi_old_off_its_own_forward_with_the_same_results(algo,
     from safetensors.torch import load_file
 
     import rlhfctl.training.experience as experience
-    import rlhfctl.training.policy_update  # noqa: F401  (imported before the patch: it keeps the real functions, so only collect's calls count)
+    import rlhfctl.training.policy.update  # noqa: F401  (imported before the patch: it keeps the real functions, so only collect's calls count)
 
     calls = {"policy+ref": 0, "critic": 0}
     real_logprobs, real_values = experience.response_logprobs, experience.response_values

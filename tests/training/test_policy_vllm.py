@@ -118,8 +118,8 @@ def test_bad_generation_flags_fail_before_the_run_folder_exists(args, pattern, r
 def test_auto_generates_a_lora_policy_with_hf(vllm, monkeypatch):
     from rlhfctl.generation.hf import HFGenerator
     from rlhfctl.models import load_causal_lm, load_tokenizer
-    from rlhfctl.training.policy import PolicyConfig
-    from rlhfctl.training.policy_engine import policy_generator
+    from rlhfctl.training.policy.config import PolicyConfig
+    from rlhfctl.training.policy.engine import policy_generator
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     policy, one = load_causal_lm("toy:tiny"), SimpleNamespace(num_processes=1, is_main_process=True)
@@ -131,8 +131,8 @@ def test_auto_generates_a_lora_policy_with_hf(vllm, monkeypatch):
 
 
 def test_several_ranks_generate_with_hf_and_refuse_vllm(vllm):
-    from rlhfctl.training.policy import PolicyConfig
-    from rlhfctl.training.policy_engine import policy_backend
+    from rlhfctl.training.policy.config import PolicyConfig
+    from rlhfctl.training.policy.engine import policy_backend
 
     ranks = SimpleNamespace(num_processes=2)
     assert policy_backend(PolicyConfig("p", "toy:tiny", "o", backend="auto"), ranks) == "hf"

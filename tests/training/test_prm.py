@@ -8,7 +8,7 @@ import re
 import pytest
 
 from conftest import read_jsonl
-from rlhfctl.eval.bon import model_key
+from rlhfctl.eval.best_of_n_sweep import model_key
 from rlhfctl.records import write_jsonl
 from rlhfctl.toy.task import apply_op, parse_prompt, step_correctness
 
@@ -165,7 +165,7 @@ def test_best_of_n_with_the_prm(prm_run, toy_dir, tmp_path, run_main):
     assert [len(c) for c in cached] == [len(row) for row in hf]
     assert [x for c in cached for x in c] == pytest.approx([x for row in hf for x in row], abs=1e-5)
     probs = [[_sigmoid(s) for s in row] for row in hf]
-    from rlhfctl.eval.bon import best_of_n_accuracy
+    from rlhfctl.eval.selection import best_of_n_accuracy
 
     for agg, fn in (("min", min), ("last", lambda p: p[-1]), ("prod", math.prod)):
         scores = [fn(p) for p in probs]

@@ -127,8 +127,7 @@ def test_train_steps_unmasked_right_padded_forward_reads_each_sequences_own_scor
     token's value must equal the value of that sequence scored alone, unpadded."""
     import torch
 
-    from rlhfctl.rm.model import TokenValues, build_reward_model, right_pad
-    from rlhfctl.rm.scoring import gather_last
+    from rlhfctl.rm.model import TokenValues, build_reward_model, gather_last, right_pad
 
     values = TokenValues(build_reward_model("toy:tiny", "orm", seed=0)).eval()
     seqs = [[1, 20, 21, 22, 23, 24, 25], [1, 30, 31], [1, 40, 41, 42, 43]]
@@ -160,20 +159,6 @@ def test_a_packed_step_equals_a_padded_step_on_a_real_model(tmp_path):
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     assert updates[0].abs().max() > 1e-3  # the step moved the weights
     torch.testing.assert_close(updates[1], updates[0], atol=1e-6, rtol=1e-4)
-
-
-def test_unified_loss_agrees_with_the_step(tmp_path):
-    import torch
-
-    from rlhfctl.rm.losses import unified_loss
-
-    pairs, binary = _items()
-    last = lambda seq: VALUES[seq[-1]]  # noqa: E731
-    loss, parts = unified_loss(torch.tensor([last(p.seqs[0]) for p in pairs]), torch.tensor([last(p.seqs[1]) for p in pairs]),
-                               torch.tensor([p.margin for p in pairs]), torch.tensor([last(b.seqs[0]) for b in binary]),
-                               torch.tensor([b.label for b in binary]))
-    assert float(loss) == pytest.approx(_expected(pairs, binary), rel=1e-6)
-    assert float(loss) == pytest.approx((parts["bt"] + parts["cls"]) / 2, rel=1e-6)
 
 
 # --- end to end -----------------------------------------------------------------------------------------

@@ -353,7 +353,7 @@ def _accelerator(kind, zero_stage=3, fsdp2=False):
 
 def test_sharded_setups_that_are_refused():
     from rlhfctl.errors import ConfigError
-    from rlhfctl.training.policy import PolicyConfig, check_parallelism
+    from rlhfctl.training.policy.config import PolicyConfig, check_parallelism
     from rlhfctl.training.scale import ScaleOptions, check_frozen_outer_weights, check_resumable, is_sharded
 
     grpo, ppo = PolicyConfig("p", "m", "o", algo="grpo"), PolicyConfig("p", "m", "o", algo="ppo")

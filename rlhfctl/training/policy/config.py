@@ -1,18 +1,9 @@
-"""`train-policy`: PPO (with a critic) or GRPO (critic-free) on prompts.
-
-Each step: sample n responses for `prompts_per_step` prompts with the current
-policy (through the generation protocol), score them (verifier and/or ORM),
-shape the scores (standardise → normalise → clip → shrink), compute
-advantages (GAE for PPO, group-normalised for GRPO), then `ppo_epochs` passes
-of clipped-objective mini-batch updates. The KL to the frozen reference goes
-into the reward or the loss, with any of k1/k2/k3.
-"""
+"""The train-policy configuration (`PolicyConfig`), its checks, and the settings table printed at start."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from rlhfctl.console import log
@@ -20,8 +11,8 @@ from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.rl.aggregation import LOSS_AGGREGATIONS
 from rlhfctl.rl.kl import KL_ESTIMATORS
 from rlhfctl.rl.shaping import NORMS, Shaping
-from rlhfctl.training.loop import check_in_range, check_positive
-from rlhfctl.training.scale import RESUME_IDENTITY, ScaleOptions
+from rlhfctl.training.loop import check_in_range, check_positive, manifest_options
+from rlhfctl.training.scale import ScaleOptions
 
 ALGOS = ("ppo", "grpo")
 DEFAULTS = {  # per algorithm, where the paper's code and docs/design.md differ between the two
@@ -63,6 +54,7 @@ class PolicyConfig:
     top_p: float = 1.0
     max_steps: int = 100
     save_every: int = 50
+    keep_checkpoints: int = 2  # as `loop.Schedule`'s
     eval_data: str | None = None
     eval_every: int = 10
     eval_max_prompts: int | None = 200
@@ -184,7 +176,7 @@ def check_prompts(records: list[dict[str, Any]], config: PolicyConfig) -> None:
 
 def options_table(config: PolicyConfig) -> list[tuple[str, str]]:
     """The resolved settings, flag by flag, for the table printed at start."""
-    return [(k.replace("_", "-"), str(v)) for k, v in _options(config).items()]
+    return [(k.replace("_", "-"), str(v)) for k, v in manifest_options(config).items()]
 
 
 def print_settings(config: PolicyConfig, enabled: bool) -> None:
@@ -198,56 +190,3 @@ def print_settings(config: PolicyConfig, enabled: bool) -> None:
         table.add_row(key, value)
     Console(stderr=True).print(table)
     log(f"loss aggregation: {config.loss_agg} (the frameworks disagree on this; it is a flag)")
-
-
-def run(config: PolicyConfig) -> dict[str, Any]:
-    """Train and save the policy as a Hugging Face folder; return results."""
-    from rlhfctl.records import PROMPTS, read_records
-
-    config = config.resolved()
-    config.check()
-    records = read_records(config.prompts, PROMPTS)
-    check_prompts(records, config)
-    eval_records = read_records(config.eval_data, PROMPTS)[: config.eval_max_prompts] if config.eval_data else []
-    if eval_records:
-        check_prompts(eval_records, PolicyConfig(**{**asdict(config), "shaping": config.shaping, "scale": config.scale,
-                                                    "prompts": config.eval_data, "verifier": config.verifier or "auto"}))
-    from rlhfctl.models import check_model_spec
-    from rlhfctl.training.loop import check_run_dir, claim_run_dir
-    from rlhfctl.training.scale import make_accelerator
-
-    check_model_spec(config.model)  # a bad --model or --rm fails before the run folder is touched
-    if config.rm:
-        from rlhfctl.rm.model import ORM, check_reward_folder
-
-        check_reward_folder(config.rm, ORM)
-
-    accelerator = make_accelerator(config.scale.bf16)
-    check_parallelism(accelerator, config)
-    from rlhfctl.training.policy_engine import policy_backend
-
-    policy_backend(config, accelerator)  # a missing vllm fails here, before the run folder is touched
-    if config.prompts_per_step % accelerator.num_processes:
-        raise ConfigError(f"--prompts-per-step {config.prompts_per_step} must be a multiple of the {accelerator.num_processes} ranks")
-    out, main = Path(config.out), accelerator.is_main_process
-    if main:
-        check_run_dir(out, "train-policy", _options(config), config.resume, identity=("algo", *RESUME_IDENTITY))
-    print_settings(config, main)
-    from rlhfctl.training.policy_run import train
-
-    # Models, reward model and engine load inside the claim: a start that fails there or in the
-    # first step (a prompt the chat template cannot render) takes the run folder back.
-    with claim_run_dir(out, "train-policy", _options(config), main):
-        accelerator.wait_for_everyone()
-        return train(config, records, eval_records, accelerator, out, _options(config))
-
-
-def _options(config: PolicyConfig) -> dict[str, Any]:
-    """The resolved options as the manifest keeps them: one key per flag (underscores), plain values."""
-    flat = asdict(config)
-    names = {"norm": "reward_norm", "std_floor": "reward_std_floor", "eps": "reward_eps", "clip": "reward_clip",
-             "neg_scale": "neg_reward_scale", "clip_range": "reward_clip_range"}
-    flat.update({names[k]: v for k, v in flat.pop("shaping").items()})
-    flat.pop("scale")
-    flat.update(config.scale.as_options())
-    return flat

@@ -1,7 +1,7 @@
 """`best-of-n`: accuracy of selecting 1 of N samples, for N = 1, 2, 4, …, N_max.
 
 Every curve comes from one set of N_max samples per prompt with exact
-expectations over random N-subsets (`best_of_n.best_of_n_accuracy`,
+expectations over random N-subsets (`selection.best_of_n_accuracy`,
 `passk.maj_at_k`); the σ(reward)-weighted vote is exact up to N_max = 16 and
 a seeded estimate beyond (`passk.weighted_maj_at_k`). Scorer outputs are
 kept in ``OUT.scores.json`` keyed by scorer, prompt id and response index,
@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from rlhfctl.errors import ConfigError, DataError, ModelError
-from rlhfctl.eval.best_of_n import best_of_n_accuracy, oracle_accuracy
+from rlhfctl.eval.selection import best_of_n_accuracy, oracle_accuracy
 from rlhfctl.eval.passk import ks_up_to, maj_at_k, weighted_maj_at_k
 from rlhfctl.generation.base import EngineOptions, SamplingParams
 from rlhfctl.records import ROLLOUTS, Record, check_out_file, read_records, write_json, write_jsonl
+from rlhfctl.report.figures import best_of_n_figure
+from rlhfctl.report.runs import BestOfNResult
+from rlhfctl.rm.metrics import sigmoid
 
 VOTES = ("majority", "weighted")
 
@@ -99,7 +102,7 @@ def run(config: BoNConfig) -> dict[str, Any]:
         curves[name] = [_mean(best_of_n_accuracy(s, r["correct"], k) for s, r in zip(per_prompt, rollouts)) for k in ns]
     keys = _vote_keys(rollouts) if config.votes else []
     for vote in config.votes:
-        weights = [[_sigmoid(x) for x in s] for s in ranked["rm"]] if vote == "weighted" else [None] * len(rollouts)
+        weights = [[sigmoid(x) for x in s] for s in ranked["rm"]] if vote == "weighted" else [None] * len(rollouts)
         curves[vote] = [_mean(_vote_accuracy(kk, r["correct"], w, k) for kk, r, w in zip(keys, rollouts, weights)) for k in ns]
     scores.save()
     result = {"n": ns, "curves": curves, "num_prompts": len(rollouts), "source": config.source}
@@ -109,7 +112,7 @@ def run(config: BoNConfig) -> dict[str, Any]:
     if config.picks:
         write_jsonl(config.picks, _picks(rollouts, ranked))
     if config.plot:
-        plot_curves(result, config.plot)
+        plot_curves(result, config.plot, Path(config.out).stem)
     return result
 
 
@@ -264,35 +267,16 @@ def _picks(rollouts: list[Record], ranked: dict[str, list[list[float]]]) -> list
     return out
 
 
-def plot_curves(result: dict[str, Any], path: str) -> None:
-    """Every curve against N (log2 axis) on one labelled figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, ys in result["curves"].items():
-        ax.plot(result["n"], ys, marker="o", label=name, linestyle="--" if name == "oracle" else "-")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(result["n"], [str(n) for n in result["n"]])
-    ax.set_xlabel("N (samples per prompt)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Best-of-N on {result['num_prompts']} prompts")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+def plot_curves(result: dict[str, Any], path: str, name: str) -> None:
+    """The figure `report` draws for this result (every curve against N), written atomically to ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp.png")
+    drawn = BestOfNResult(name, target, result["n"], result["curves"], result["num_prompts"], result["source"])
+    best_of_n_figure([drawn], tmp)
+    os.replace(tmp, target)
 
 
 def _mean(values) -> float:
     values = list(values)
     return math.fsum(values) / len(values)
-
-
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))

@@ -10,7 +10,7 @@ from fractions import Fraction
 import pytest
 
 from conftest import read_jsonl, write_prompts
-from rlhfctl.eval import bon
+from rlhfctl.eval import best_of_n_sweep
 from rlhfctl.eval.passk import maj_at_k, weighted_maj_at_k
 from rlhfctl.records import write_jsonl
 
@@ -80,8 +80,8 @@ def setup(tmp_path, monkeypatch):
         calls["logprob"].append([r["id"] for r in rollouts])
         return [[-float(i) for i in range(len(r["responses"]))] for r in rollouts]  # prefers the first response
 
-    monkeypatch.setattr(bon, "_score_rm", fake_rm)
-    monkeypatch.setattr(bon, "_score_logprob", fake_logprob)
+    monkeypatch.setattr(best_of_n_sweep, "_score_rm", fake_rm)
+    monkeypatch.setattr(best_of_n_sweep, "_score_logprob", fake_logprob)
     return src, rm, out, calls
 
 
@@ -123,6 +123,7 @@ def test_curves_from_cached_scores(setup, run_main, tmp_path):
             x["prompt"], x["responses"][best], SCORES[x["id"]][best], x["correct"][best], "rm")
     png = (tmp_path / "bon.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2000
+    assert [p.name for p in tmp_path.glob(".bon.png*")] == []  # drawn beside it, then renamed into place
 
 
 def test_another_scorer_reuses_the_cache(setup, run_main):
@@ -158,7 +159,7 @@ def test_a_model_rewritten_in_place_is_scored_afresh(setup, run_main, tmp_path):
     assert run_main("best-of-n", src, "--rm", rm, "--out", out, "--json").code == 0
     assert calls["rm"] == [["p1", "p2", "p3"], ["p1", "p2", "p3"]]
     cache = json.loads((tmp_path / "bon.json.scores.json").read_text())
-    assert [k for k in cache if k.startswith(f"rm:{os.path.abspath(rm)}")] == [bon.model_key("rm", str(rm))]
+    assert [k for k in cache if k.startswith(f"rm:{os.path.abspath(rm)}")] == [best_of_n_sweep.model_key("rm", str(rm))]
 
 
 def test_changed_responses_are_scored_afresh(setup, run_main):
@@ -224,7 +225,7 @@ def test_nan_scores_are_refused(setup, run_main, tmp_path, monkeypatch):
     assert calls["rm"] == [] and not out.exists()
     # scored now: the error names the model folder, and nothing reaches the cache
     cache.unlink()
-    monkeypatch.setattr(bon, "_score_rm", lambda rollouts, path, *rest: [[1.0, math.nan, 0.5, 0.0]] + [[0.0] * 4] * (len(rollouts) - 1))
+    monkeypatch.setattr(best_of_n_sweep, "_score_rm", lambda rollouts, path, *rest: [[1.0, math.nan, 0.5, 0.0]] + [[0.0] * 4] * (len(rollouts) - 1))
     r = run_main("best-of-n", src, "--rm", rm, "--out", out)
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
     assert r.err.startswith(f"error: {rm}: 1 of 12 responses got a NaN rm score"), r.err
@@ -232,9 +233,9 @@ def test_nan_scores_are_refused(setup, run_main, tmp_path, monkeypatch):
 
 
 def test_nan_counts_and_the_estimator_refuses_nan():
-    from rlhfctl.eval.best_of_n import best_of_n_accuracy
+    from rlhfctl.eval.selection import best_of_n_accuracy
 
-    assert bon._nan_scores([[[0.1, math.nan], [0.2]], [[math.nan, math.nan]]]) == 2  # PRM step scores, per response
+    assert best_of_n_sweep._nan_scores([[[0.1, math.nan], [0.2]], [[math.nan, math.nan]]]) == 2  # PRM step scores, per response
     with pytest.raises(ValueError, match="NaN"):
         best_of_n_accuracy([0.0, math.nan], [True, False], 1)
 

@@ -17,7 +17,7 @@ from rlhfctl.rl.aggregation import DENOMINATOR_UNIT, LOSS_AGGREGATIONS
 from rlhfctl.rl.kl import KL_ESTIMATORS
 from rlhfctl.rl.losses import clipped_policy_loss, clipped_value_loss
 from rlhfctl.training.experience import Experience, response_logprobs, response_values
-from rlhfctl.training.loop import clip_gradients
+from rlhfctl.training.loop import optimizer_step
 
 
 @dataclass
@@ -26,6 +26,10 @@ class Models:
     policy_opt: Any
     critic: Any = None
     critic_opt: Any = None
+
+    def others(self) -> tuple:
+        """What trains beside the policy, as checkpoints keep it (`loop.save_training_state`)."""
+        return () if self.critic is None else (("critic", self.critic, self.critic_opt),)
 
 
 def update(models: Models, exp: Experience, config, accelerator, step: int, seed: int, settings=None) -> dict[str, float]:
@@ -89,7 +93,7 @@ def _actor_step(models: Models, mb: Experience, config, denominator, accelerator
         token_loss = token_loss + config.kl_coef * kl
     loss = agg(token_loss, mask, denominator)
     accelerator.backward(loss * accelerator.num_processes)
-    grad_norm = _step(models.policy, models.policy_opt, config.max_grad_norm, accelerator)
+    grad_norm = optimizer_step(accelerator, models.policy, models.policy_opt, config.max_grad_norm)
     count = mask.sum().clamp(min=1)
     return {"policy_loss": float(accelerator.reduce(loss.detach(), reduction="sum")), "grad_norm": grad_norm,
             "clip_fraction": float((clipped * mask).sum() / count), "entropy": float((entropy.detach() * mask).sum() / count),
@@ -102,7 +106,7 @@ def _critic_step(models: Models, mb: Experience, config, denominator, accelerato
     values = response_values(models.critic, mb.input_ids, mb.attention_mask, mask.shape[1], layout=mb.layout())
     loss = agg(clipped_value_loss(values, mb.values, mb.returns, config.value_clip), mask, denominator)
     accelerator.backward(loss * accelerator.num_processes)
-    grad_norm = _step(models.critic, models.critic_opt, config.max_grad_norm, accelerator)
+    grad_norm = optimizer_step(accelerator, models.critic, models.critic_opt, config.max_grad_norm)
     return {"value_loss": float(accelerator.reduce(loss.detach(), reduction="sum")), "critic_grad_norm": grad_norm}
 
 
@@ -110,15 +114,6 @@ def _global_count(mask, loss_agg: str, accelerator):
     """Tokens or sequences in this mini-batch over all ranks: the loss denominator."""
     local = mask.sum() if DENOMINATOR_UNIT[loss_agg] == "tokens" else torch.tensor(float(mask.shape[0]), device=mask.device)
     return accelerator.reduce(local.float(), reduction="sum").clamp(min=1)
-
-
-def _step(model, optimizer, max_grad_norm: float, accelerator) -> float | None:
-    grad_norm = None
-    if max_grad_norm > 0:
-        grad_norm = clip_gradients(accelerator, model, max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm
 
 
 def _add(sums: dict[str, list[float]], values: dict[str, float | None]) -> None:

@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import pytest
 
-from rlhfctl.eval.best_of_n import best_of_n_accuracy, oracle_accuracy
+from rlhfctl.eval.selection import best_of_n_accuracy, oracle_accuracy
 
 
 def brute_force(scores, correct, k):

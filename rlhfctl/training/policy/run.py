@@ -1,28 +1,64 @@
-"""The policy-training loop: models, steps, evaluation, checkpoints, output."""
+"""`train-policy` runs: checks, models, the loop of steps, evaluation, checkpoints, output."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlhfctl.artifacts import (
-    describe_inputs, load_newest_intact_checkpoint, make_manifest, publish_model_folder, save_checkpoint,
-)
-from rlhfctl.console import Progress, log
+from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
+from rlhfctl.console import Progress
+from rlhfctl.errors import ConfigError
 from rlhfctl.generation.base import derive_seed
+from rlhfctl.models import check_model_spec
 from rlhfctl.packing import use_packing
+from rlhfctl.records import METRICS, PROMPTS, read_metrics, read_records
 from rlhfctl.training.experience import AdvantageSettings, collect, load_rm_handle
-from rlhfctl.training.loop import METRICS, MetricsLog, adamw, batch_stream, rng_state, seed_global_rngs, set_rng_state, shard
-from rlhfctl.training.policy_engine import policy_generator
-from rlhfctl.training.policy_update import Models, update
-from rlhfctl.training.scale import (
-    checkpoint_weights, final_state_dict, full_weights, optimizer_state, prepare_model, restore_optimizer, restore_weights,
-    trainable_parameters,
+from rlhfctl.training.loop import (
+    MetricsLog, adamw, batch_stream, check_run_dir, claim_run_dir, manifest_options, restore_training_state, save_training_state,
+    seed_global_rngs, shard,
 )
+from rlhfctl.training.policy.config import PolicyConfig, check_parallelism, check_prompts, print_settings
+from rlhfctl.training.policy.engine import policy_backend, policy_generator
+from rlhfctl.training.policy.update import Models, update
+from rlhfctl.training.scale import (
+    RESUME_IDENTITY, final_state_dict, full_weights, make_accelerator, prepare_model, trainable_parameters,
+)
+
+
+def run(config: PolicyConfig) -> dict[str, Any]:
+    """Train and save the policy as a Hugging Face folder; return results."""
+    config = config.resolved()
+    config.check()
+    records = read_records(config.prompts, PROMPTS)
+    check_prompts(records, config)
+    eval_records = read_records(config.eval_data, PROMPTS)[: config.eval_max_prompts] if config.eval_data else []
+    if eval_records:
+        check_prompts(eval_records, PolicyConfig(**{**asdict(config), "shaping": config.shaping, "scale": config.scale,
+                                                    "prompts": config.eval_data, "verifier": config.verifier or "auto"}))
+    check_model_spec(config.model)  # a bad --model or --rm fails before the run folder is touched
+    if config.rm:
+        from rlhfctl.rm.model import ORM, check_reward_folder
+
+        check_reward_folder(config.rm, ORM)
+
+    accelerator = make_accelerator(config.scale.bf16)
+    check_parallelism(accelerator, config)
+    policy_backend(config, accelerator)  # a missing vllm fails here, before the run folder is touched
+    if config.prompts_per_step % accelerator.num_processes:
+        raise ConfigError(f"--prompts-per-step {config.prompts_per_step} must be a multiple of the {accelerator.num_processes} ranks")
+    out, main = Path(config.out), accelerator.is_main_process
+    if main:
+        check_run_dir(out, "train-policy", manifest_options(config), config.resume, identity=("algo", *RESUME_IDENTITY))
+    print_settings(config, main)
+    # Models, reward model and engine load inside the claim: a start that fails there or in the
+    # first step (a prompt the chat template cannot render) takes the run folder back.
+    with claim_run_dir(out, "train-policy", manifest_options(config), main):
+        accelerator.wait_for_everyone()
+        return train(config, records, eval_records, accelerator, out, manifest_options(config))
 
 
 def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]:
@@ -77,11 +113,11 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
 
     main = accelerator.is_main_process
     models, ref, tokenizer, adapters = build_models(config, accelerator)
-    config = dataclasses.replace(config, packing=use_packing(config.packing, models.policy, "train-policy", main))  # decided once
+    config = replace(config, packing=use_packing(config.packing, models.policy, "train-policy", main))  # decided once
     rm = load_rm_handle(config.rm, accelerator.device, config.rm_max_length, main) if config.rm and config.rm_weight else None
     settings = AdvantageSettings(config.algo, config.n, config.shaping, config.kl_coef, config.kl_estimator, config.kl_in,
                                  gamma=config.gamma, lam=config.lam, whiten_advantages=config.algo == "ppo")
-    start = restore(out, models, accelerator) if config.resume else 0
+    start = restore_training_state(out, accelerator, models.policy, models.policy_opt, others=models.others()) if config.resume else 0
     metrics = MetricsLog(out / METRICS, start, enabled=main)
     policy = accelerator.unwrap_model(models.policy)
     generator = policy_generator(config, policy, tokenizer, accelerator)
@@ -110,7 +146,7 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
             history.append(row)
             progress.advance(f"reward {stats.get('reward_raw_mean', 0):.3f}")
             if step % config.save_every == 0 or step == config.max_steps:
-                save(out, step, models, accelerator)
+                save_training_state(out, step, accelerator, models.policy, models.policy_opt, config.keep_checkpoints, others=models.others())
     results = {**_results(out, history, config), **adapters}
     weights = final_state_dict(accelerator, models.policy, config.scale)
     if main:
@@ -145,39 +181,7 @@ def _greedy_pass_at_1(generator, records, config) -> float:
     return sum(bool(grade(record(r), [g[0].text])[0]) for r, g in zip(records, samples)) / len(records)
 
 
-def save(out: Path, step: int, models: Models, accelerator) -> None:
-    """Policy and critic weights in one safetensors file, optimizers and RNG in state.pt."""
-    weights = dict(checkpoint_weights(accelerator, models.policy))
-    state = {"step": step, "optimizer": optimizer_state(accelerator, models.policy, models.policy_opt), "rng": rng_state()}
-    if models.critic is not None:
-        weights.update({f"critic::{k}": v for k, v in checkpoint_weights(accelerator, models.critic).items()})
-        state["critic_optimizer"] = optimizer_state(accelerator, models.critic, models.critic_opt)
-    if accelerator.is_main_process:
-        save_checkpoint(out, step, weights, state, keep=2)
-    accelerator.wait_for_everyone()
-
-
-def restore(out: Path, models: Models, accelerator) -> int:
-    found = load_newest_intact_checkpoint(out, lambda line: log(line, accelerator.is_main_process))
-    if found is None:
-        return 0
-    _, path, weights, state = found
-    where = str(path)
-    policy_w = {k: v for k, v in weights.items() if not k.startswith("critic::")}
-    restore_weights(accelerator, models.policy, policy_w, where)
-    restore_optimizer(accelerator, models.policy, models.policy_opt, state["optimizer"], where)
-    if models.critic is not None:
-        critic_w = {k[len("critic::"):]: v for k, v in weights.items() if k.startswith("critic::")}
-        restore_weights(accelerator, models.critic, critic_w, where)
-        restore_optimizer(accelerator, models.critic, models.critic_opt, state["critic_optimizer"], where)
-    set_rng_state(state["rng"])
-    log(f"resuming from step {state['step']}", accelerator.is_main_process)
-    return int(state["step"])
-
-
 def _results(out: Path, history: list[dict[str, Any]], config) -> dict[str, Any]:
-    from rlhfctl.training.loop import read_metrics
-
     rows = read_metrics(out) if out.exists() else history
     evals = [(r["step"], r["eval_pass@1"]) for r in rows if r.get("eval_pass@1") is not None]
     last = next((r for r in reversed(rows) if "reward_raw_mean" in r), {})
