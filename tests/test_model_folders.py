@@ -430,7 +430,8 @@ def test_the_readme_snippet_scores_as_rlhfctl_does(chain):
     writes, its score what rlhfctl's ORM scorer gives, its step scores the PRM scorer's."""
     import re
 
-    from rlhfctl.generation.base import SamplingParams, make_generator
+    from rlhfctl.generation.backends import make_generator
+    from rlhfctl.generation.base import SamplingParams
     from rlhfctl.rm.scorers import prm_step_scores, score_rollouts
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()

@@ -8,7 +8,8 @@ from typing import Any
 from rlhfctl.data import render_prompt
 from rlhfctl.errors import DataError
 from rlhfctl.eval.passk import summarize
-from rlhfctl.generation.base import EngineOptions, SamplingParams, make_generator
+from rlhfctl.generation.backends import make_generator
+from rlhfctl.generation.base import EngineOptions, SamplingParams
 from rlhfctl.generation.rollout import check_graders, gold_field, grade, task_of
 from rlhfctl.records import PROMPTS, check_out_file, read_records, write_json
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from rlhfctl.data import render_prompt
 from rlhfctl.errors import ConfigError, DataError
-from rlhfctl.generation.base import EngineOptions, SamplingParams, make_generator, resolve_backend
+from rlhfctl.generation.backends import make_generator, resolve_backend
+from rlhfctl.generation.base import EngineOptions, SamplingParams
 from rlhfctl.locks import locked
 from rlhfctl.records import PROMPTS, ROLLOUTS, Record, ResumableWriter, read_records
 from rlhfctl.console import Progress, log

@@ -22,7 +22,8 @@ from typing import Any
 
 from rlhfctl.data import render_prompt
 from rlhfctl.errors import ConfigError, DataError
-from rlhfctl.generation.base import EngineOptions, SamplingParams, make_generator
+from rlhfctl.generation.backends import make_generator
+from rlhfctl.generation.base import EngineOptions, SamplingParams
 from rlhfctl.generation.rollout import check_graders, grade, task_of
 from rlhfctl.locks import locked
 from rlhfctl.records import KEYED, ROLLOUTS, STEPS, Record, ResumableWriter, read_records, write_jsonl

@@ -18,7 +18,8 @@ import pytest
 import fake_vllm
 from conftest import read_jsonl
 from rlhfctl.errors import ConfigError, EngineError
-from rlhfctl.generation.base import EngineOptions, SamplingParams, derive_seed, make_generator, resolve_backend
+from rlhfctl.generation.backends import make_generator, resolve_backend
+from rlhfctl.generation.base import EngineOptions, SamplingParams, derive_seed
 
 torch = pytest.importorskip("torch")
 

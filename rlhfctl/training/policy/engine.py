@@ -19,7 +19,7 @@ def policy_backend(config, accelerator) -> str:
     needs one process: ``auto`` falls back to hf under `accelerate launch`
     with several ranks, and an explicit ``vllm`` is refused there.
     """
-    from rlhfctl.generation.base import resolve_backend
+    from rlhfctl.generation.backends import resolve_backend
 
     several = accelerator.num_processes > 1
     if config.backend == "auto" and several:
