@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhfctl.errors import RlhfctlError
+from rlhfctl.errors import ConfigError, RlhfctlError
 
 
 @dataclass(frozen=True)
@@ -132,8 +132,6 @@ NOTHING_BUILT = "no preference records could be built"
 
 def check_budget(budget: Budget) -> None:
     """One line for a budget no stage can run with."""
-    from rlhfctl.errors import ConfigError
-
     for name, value in vars(budget).items():
         if value <= 0:
             raise ConfigError(f"demo: {name.replace('_', '-')} must be positive, got {value}")

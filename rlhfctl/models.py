@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from rlhfctl.errors import ModelError
-from rlhfctl.toy.sizes import TOY_SIZES
+from rlhfctl.toy.sizes import TOY_SIZES, toy_config
+from rlhfctl.toy.tokenizer import build_toy_tokenizer
 
 TOY_PREFIX = "toy:"
 
@@ -140,8 +141,6 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     check_model_spec(spec)
     quiet_transformers()
     if is_toy_spec(spec):
-        from rlhfctl.toy.tokenizer import build_toy_tokenizer
-
         return build_toy_tokenizer()
     from transformers import AutoTokenizer
 
@@ -161,8 +160,6 @@ def load_causal_lm(spec: str, seed: int = 0, dtype: str = "float32", trust_remot
     quiet_transformers()
     torch_dtype = _dtype(dtype)
     if is_toy_spec(spec):
-        from rlhfctl.toy.sizes import toy_config
-
         with _seeded(seed):
             model = AutoModelForCausalLM.from_config(toy_config(spec[len(TOY_PREFIX):]), dtype=torch_dtype)
         return model

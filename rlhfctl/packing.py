@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from rlhfctl.console import log
+
 PACKABLE_ATTENTION = ("sdpa", "eager")
 
 
@@ -154,8 +156,6 @@ def supports_packing(model: Any) -> bool:
 def use_packing(requested: bool, model: Any, command: str, main: bool = True) -> bool:
     """Whether ``command`` packs: asked for, and ``model``'s attention kernel takes the mask; says so when it cannot."""
     if requested and not supports_packing(model):
-        from rlhfctl.console import log
-
         log(f"{command}: padded batches (the {attention_implementation(model)} attention kernel takes no packing mask)", main)
         return False
     return requested

@@ -124,12 +124,12 @@ def test_build_prefs_writes_the_same_bytes(tmp_path, cli, hash_seeds, run_main):
 def test_rm_ranked_prefs_break_ties_by_rollout_order(monkeypatch, tmp_path):
     """Equal scores (a bf16 RM, texts cut at the same max length, or a tokenizer that maps them to the same ids)
     keep the rollout's order; ordering them by a set made the pairs change with the process's hash seed."""
-    from rlhfctl.rm import prefs, scorers
+    from rlhfctl.rm import prefs
 
     texts = [f"Answer: {i}" for i in range(10)]
     rollout = {"id": "p", "prompt": "Compute 1+2.\n", "responses": texts}
     tied = [1.0] * 5 + [0.0] * 5  # two tied groups: the best five and the worst five
-    monkeypatch.setattr(scorers, "score_rollouts", lambda rollouts, rm: [tied for _ in rollouts])
+    monkeypatch.setattr(prefs, "score_rollouts", lambda rollouts, rm: [tied for _ in rollouts])
     config = prefs.PrefsConfig(source=str(tmp_path / "r.jsonl"), out=str(tmp_path / "p.jsonl"), mode="rm", rm="rm",
                                pairs_per_prompt=3)
     pairs = prefs.ranked_prefs([rollout], config, dropped=prefs.Counter())

@@ -7,6 +7,7 @@ import typer
 from rlhfctl.commands._options import (
     BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, RMMaxLengthOpt, SeedOpt, TemperatureOpt, TopPOpt, TpOpt,
 )
+from rlhfctl.generation.base import EngineOptions, SamplingParams
 
 
 def best_of_n(
@@ -51,9 +52,7 @@ def best_of_n(
 
         rlhfctl best-of-n data/toy/test.jsonl --policy runs/sft --n 16 --logprob runs/sft --out runs/bon-lp.json
     """
-    from rlhfctl.commands._options import print_summary
     from rlhfctl.eval.best_of_n_sweep import BoNConfig, run
-    from rlhfctl.generation.base import EngineOptions, SamplingParams
 
     params = SamplingParams(n=n or 16, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)

@@ -8,6 +8,8 @@ from rlhfctl.commands._options import (
     BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, NOpt, RMMaxLengthOpt, SeedOpt, TopPOpt, TpOpt, TrustOpt,
     print_summary,
 )
+from rlhfctl.errors import ConfigError
+from rlhfctl.generation.base import EngineOptions, SamplingParams
 
 
 def evaluate(
@@ -55,8 +57,6 @@ def evaluate(
 
         rlhfctl eval --rm runs/prm --prm --data runs/steps-test.jsonl
     """
-    from rlhfctl.errors import ConfigError
-
     if (model is None) == (rm is None):
         raise ConfigError("give exactly one of --model (a policy) or --rm (a reward model)")
     if rm is not None:
@@ -67,7 +67,6 @@ def evaluate(
         print_summary(run_rm(rm_config), as_json, "eval --rm")
         return
     from rlhfctl.eval.benchmark import BenchmarkConfig, run
-    from rlhfctl.generation.base import EngineOptions, SamplingParams
 
     if temperature is None:
         temperature = 0.0 if n == 1 else 1.0

@@ -8,6 +8,8 @@ from rlhfctl.commands._options import (
     BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, SeedOpt, TemperatureOpt, TopPOpt, TpOpt,
     print_summary,
 )
+from rlhfctl.errors import ConfigError
+from rlhfctl.generation.base import EngineOptions, SamplingParams
 
 
 def label_prm(
@@ -46,8 +48,6 @@ def label_prm(
 
         rlhfctl label-prm runs/rollouts.jsonl --completer runs/sft --out runs/steps-soft.jsonl --method soft --n-completions 4 --max-solutions-per-prompt 2
     """
-    from rlhfctl.errors import ConfigError
-    from rlhfctl.generation.base import EngineOptions, SamplingParams
     from rlhfctl.rm.prm_label import LabelConfig, run
 
     if n_completions < 1:

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from rlhfctl.commands._options import ConfigOpt, JsonOpt
+from rlhfctl.commands._options import ConfigOpt, JsonOpt, print_summary
 
 
 def report(
@@ -39,7 +39,6 @@ def report(
 
         rlhfctl report sweep/n4/grpo sweep/n8/grpo --out sweep/report --smooth 1
     """
-    from rlhfctl.commands._options import print_summary
     from rlhfctl.report.build import ReportConfig, run
 
     summary = run(ReportConfig(tuple(inputs), out, smooth))

@@ -8,6 +8,7 @@ from rlhfctl.commands._options import (
     BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, NOpt, SeedOpt, TemperatureOpt,
     TopPOpt, TpOpt, TrustOpt, print_summary,
 )
+from rlhfctl.generation.base import EngineOptions, SamplingParams
 
 
 def rollout(
@@ -44,7 +45,6 @@ def rollout(
 
         rlhfctl rollout data/toy/train.jsonl --model runs/sft --out runs/rollouts.jsonl --n 8 --backend vllm --tp 2
     """
-    from rlhfctl.generation.base import EngineOptions, SamplingParams
     from rlhfctl.generation.rollout import RolloutConfig, run
 
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,

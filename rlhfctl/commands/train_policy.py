@@ -8,6 +8,7 @@ from rlhfctl.commands._options import (
     BackendOpt, Bf16Opt, ConfigOpt, GpuMemoryOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt,
     LoraTargetsOpt, MaxNewTokensOpt, ModelOpt, NoPackingOpt, ResumeOpt, RMMaxLengthOpt, SaveDtypeOpt, SaveEveryOpt, SeedOpt, TemperatureOpt, TopPOpt, print_summary,
 )
+from rlhfctl.errors import ConfigError
 
 _F = typer.Option
 
@@ -96,7 +97,6 @@ def train_policy(
 
         rlhfctl train-policy data/toy/train.jsonl --model runs/sft --out runs/grpo-lora --verifier math --lora-r 8 --bf16
     """
-    from rlhfctl.errors import ConfigError
     from rlhfctl.rl.shaping import Shaping
     from rlhfctl.training.policy.config import PolicyConfig
     from rlhfctl.training.policy.run import run

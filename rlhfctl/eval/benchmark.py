@@ -10,7 +10,7 @@ from rlhfctl.errors import DataError
 from rlhfctl.eval.passk import summarize
 from rlhfctl.generation.backends import make_generator
 from rlhfctl.generation.base import EngineOptions, SamplingParams
-from rlhfctl.generation.rollout import check_graders, gold_field, grade, task_of
+from rlhfctl.grading import check_graders, get_grader, gold_field, grade, task_of
 from rlhfctl.records import PROMPTS, check_out_file, read_records, write_json
 
 
@@ -32,8 +32,6 @@ def run(config: BenchmarkConfig) -> dict[str, Any]:
     with k over the powers of two up to n (pass@k unbiased, Chen et al. 2021;
     maj@k the expected majority-vote accuracy over k-subsets).
     """
-    from rlhfctl.grading import get_grader
-
     check_out_file(config.out)
     records = read_records(config.data, PROMPTS)
     for i, r in enumerate(records):

@@ -27,10 +27,13 @@ from rlhfctl.errors import ConfigError, DataError, ModelError
 from rlhfctl.eval.selection import best_of_n_accuracy, oracle_accuracy
 from rlhfctl.eval.passk import ks_up_to, maj_at_k, weighted_maj_at_k
 from rlhfctl.generation.base import EngineOptions, SamplingParams
+from rlhfctl.generation.rollout import RolloutConfig, run as rollout
+from rlhfctl.grading import get_grader, task_of
 from rlhfctl.records import ROLLOUTS, Record, check_out_file, read_records, write_json, write_jsonl
 from rlhfctl.report.figures import best_of_n_figure
 from rlhfctl.report.runs import BestOfNResult
-from rlhfctl.rm.metrics import sigmoid
+from rlhfctl.rm.metrics import AGGREGATIONS, aggregate_steps, sigmoid
+from rlhfctl.rm.scorers import logprob_rollouts, prm_step_scores, score_rollouts
 
 VOTES = ("majority", "weighted")
 
@@ -62,7 +65,6 @@ class BoNConfig:
             raise ConfigError("--vote weighted needs --rm DIR (the weights are σ(reward))")
         if self.n is not None and self.n < 1:
             raise ConfigError(f"--n must be at least 1, got {self.n}")
-        from rlhfctl.rm.metrics import AGGREGATIONS
 
         for agg in self.aggs:
             if agg not in AGGREGATIONS:
@@ -90,7 +92,6 @@ def run(config: BoNConfig) -> dict[str, Any]:
         ranked["rm"] = scores.get(model_key("rm", config.rm), rollouts,
                                   lambda todo: _score_rm(todo, config.rm, config.rm_max_length, counts))
     if config.prm and config.aggs:  # the step scores are cached once; each --agg is computed from them
-        from rlhfctl.rm.metrics import aggregate_steps
 
         steps = scores.get(model_key("prm-steps", config.prm), rollouts,
                            lambda todo: _score_prm_steps(todo, config.prm, config.rm_max_length, counts))
@@ -120,8 +121,6 @@ def _rollouts(config: BoNConfig) -> list[Record]:
     """The rollouts to select from; with --policy, sampled first (and kept beside the output)."""
     path = config.source
     if config.policy:
-        from rlhfctl.generation.rollout import RolloutConfig, run as rollout
-
         path = str(Path(config.out).with_suffix("")) + ".rollouts.jsonl"
         n = config.n or config.params.n
         rollout(RolloutConfig(config.source, config.policy, path, replace(config.params, n=n), config.backend, engine=config.engine))
@@ -227,27 +226,18 @@ class ScoreCache:
 
 
 def _score_rm(rollouts: list[Record], rm: str, max_length: int | None, counts: Counter) -> list[list[float]]:
-    from rlhfctl.rm.scorers import score_rollouts
-
     return score_rollouts(rollouts, rm, max_length=max_length, counts=counts)
 
 
 def _score_prm_steps(rollouts: list[Record], prm: str, max_length: int | None, counts: Counter) -> list[list[list[float]]]:
-    from rlhfctl.rm.scorers import prm_step_scores
-
     return prm_step_scores(rollouts, prm, max_length=max_length, counts=counts)
 
 
 def _score_logprob(rollouts: list[Record], model: str) -> list[list[float]]:
-    from rlhfctl.rm.scorers import logprob_rollouts
-
     return logprob_rollouts(rollouts, model)
 
 
 def _vote_keys(rollouts: list[Record]) -> list[list[str | None]]:
-    from rlhfctl.generation.rollout import task_of
-    from rlhfctl.grading import get_grader
-
     return [[get_grader(task_of(r) or "math").extract(t) for t in r["responses"]] for r in rollouts]
 
 

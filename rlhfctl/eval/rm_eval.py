@@ -7,6 +7,10 @@ from typing import Any
 
 from rlhfctl.models import inference_device
 from rlhfctl.records import check_out_file, write_json
+from rlhfctl.rm.data import encode_items, encode_step_items, read_preferences, read_steps
+from rlhfctl.rm.evaluate import evaluate_items, evaluate_steps
+from rlhfctl.rm.model import ORM, PRM, TokenValues, load_reward_model, trained_max_length
+from rlhfctl.rm.scorers import report_overlong
 
 
 @dataclass(frozen=True)
@@ -26,10 +30,6 @@ def run(config: RMEvalConfig) -> dict[str, Any]:
     check_out_file(config.out)
     if config.prm:
         return _run_prm(config)
-    from rlhfctl.rm.data import encode_items, read_preferences
-    from rlhfctl.rm.evaluate import evaluate_items
-    from rlhfctl.rm.model import ORM, TokenValues, load_reward_model, trained_max_length
-    from rlhfctl.rm.scorers import report_overlong
 
     model, tokenizer, manifest = load_reward_model(config.rm, ORM, config.trust_remote_code, inference_device())
     data = read_preferences(config.data)
@@ -44,10 +44,6 @@ def run(config: RMEvalConfig) -> dict[str, Any]:
 
 
 def _run_prm(config: RMEvalConfig) -> dict[str, Any]:
-    from rlhfctl.rm.data import encode_step_items, read_steps
-    from rlhfctl.rm.evaluate import evaluate_steps
-    from rlhfctl.rm.model import PRM, TokenValues, load_reward_model, trained_max_length
-
     model, tokenizer, manifest = load_reward_model(config.rm, PRM, config.trust_remote_code, inference_device())
     sep = manifest.get("results", {}).get("step_sep", "\n")
     items = encode_step_items(read_steps(config.data), tokenizer, config.max_length or trained_max_length(manifest), sep)

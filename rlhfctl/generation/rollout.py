@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rlhfctl.data import render_prompt
-from rlhfctl.errors import ConfigError, DataError
+from rlhfctl.errors import ConfigError
 from rlhfctl.generation.backends import make_generator, resolve_backend
 from rlhfctl.generation.base import EngineOptions, SamplingParams
+from rlhfctl.grading import check_graders, grade
 from rlhfctl.locks import locked
 from rlhfctl.records import PROMPTS, ROLLOUTS, Record, ResumableWriter, read_records
 from rlhfctl.console import Progress, log
@@ -29,61 +30,6 @@ class RolloutConfig:
     backend: str = "auto"
     trust_remote_code: bool = False
     engine: EngineOptions = EngineOptions()
-
-
-def task_of(record: Record) -> str | None:
-    """The grading task of a prompt record: its ``task``, else math when it has an answer."""
-    if record.get("task"):
-        return record["task"]
-    return "math" if record.get("answer") is not None else None
-
-
-def check_graders(records: list[Record], path: str) -> None:
-    """Fail before any generation if a record names a task with no grader, or
-    cannot be graded (an mcq gold that is no choice, code without valid tests,
-    a code sandbox that cannot run programs here)."""
-    from rlhfctl.grading import get_grader, known_tasks
-
-    for i, r in enumerate(records):
-        task = task_of(r)
-        if task is not None and task != "chat" and task not in known_tasks():
-            raise DataError(path, i + 1, f"no grader for task {task!r} (known: {', '.join(known_tasks())}, chat)", "task")
-        if task is not None and task != "chat":
-            get_grader(task)
-        if task == "mcq" and r.get("answer") is not None:
-            from rlhfctl.grading.mcq import gold_letter
-
-            try:
-                gold_letter(r)
-            except DataError as e:
-                raise DataError(path, i + 1, e.problem, e.field) from None
-        if task == "code":
-            from rlhfctl.grading.code import parse_tests
-
-            try:
-                parse_tests(r.get("tests"))
-            except DataError as e:
-                raise DataError(path, i + 1, e.problem, e.field) from None
-    if any(task_of(r) == "code" for r in records):
-        from rlhfctl.grading.sandbox import ensure_working
-
-        ensure_working()  # a machine where programs cannot run fails now, not after generating
-
-
-def gold_field(task: str | None) -> str:
-    """The field a response is checked against: a code prompt's `tests`, any other prompt's `answer`."""
-    return "tests" if task == "code" else "answer"
-
-
-def grade(record: Record, responses: list[str]) -> list[bool] | None:
-    """Correctness of each response, or None when the prompt has no answer to check."""
-    from rlhfctl.grading import get_grader
-
-    task = task_of(record)
-    if task is None or task == "chat" or record.get("answer") is None and task in ("math", "mcq"):
-        return None
-    grader = get_grader(task)
-    return [grader.is_correct(r, record) for r in responses]
 
 
 # the settings a rollout's samples depend on (its `generator` block), and the flag of each

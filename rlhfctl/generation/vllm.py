@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from rlhfctl.errors import ConfigError, EngineError
 from rlhfctl.generation.base import EngineOptions, Sample, SamplingParams, decoded_sample, derive_seed
+from rlhfctl.models import eos_token_ids, is_toy_spec, load_causal_lm, load_tokenizer, model_path, save_model
 
 VLLM_EXTRA = "pip install 'rlhfctl[vllm]'"
 # vLLM seeds the j-th of a request's n samples with seed + j; 31-bit request seeds keep
@@ -221,8 +222,6 @@ def engine_folder(model_spec: str, seed: int) -> tuple[str, Any]:
     to a temporary folder: the same seeded model the HF backend would build,
     so both backends sample from the same weights.
     """
-    from rlhfctl.models import is_toy_spec, load_causal_lm, load_tokenizer, model_path, save_model
-
     if not is_toy_spec(model_spec):
         return model_path(model_spec), None
     workdir = tempfile.TemporaryDirectory(prefix="rlhfctl-vllm-")
@@ -244,7 +243,6 @@ def saved_dtype(folder: str) -> str:
 def build_vllm_generator(model_spec: str, seed: int, trust_remote_code: bool, engine: EngineOptions) -> VLLMGenerator:
     """The engine of `rollout`, `eval`, `label-prm` and `best-of-n`."""
     vllm = import_vllm()
-    from rlhfctl.models import eos_token_ids, load_tokenizer
 
     tokenizer = load_tokenizer(model_spec, trust_remote_code)
     folder, workdir = engine_folder(model_spec, seed)
@@ -276,7 +274,6 @@ def build_policy_engine(model_spec: str, policy: Any, tokenizer: Any, seed: int,
     if "logprobs_mode" in known:
         kwargs["logprobs_mode"] = "processed_logprobs"
     llm = vllm.LLM(**kwargs)
-    from rlhfctl.models import eos_token_ids
 
     return VLLMGenerator(vllm, llm, tokenizer, with_logprobs=True, can_sleep=can_sleep, control_timeout=control_timeout,
                          workdir=workdir, eos_ids=eos_token_ids(tokenizer, model_spec))

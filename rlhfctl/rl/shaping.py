@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rlhfctl.rl.advantages import batch_normalize, group_normalize
+from rlhfctl.rm.model import last_real_index
 
 NORMS = ("none", "batch", "group")
 
@@ -60,8 +61,6 @@ def shape_rewards(scores, group_size: int, shaping: Shaping):
 def place_on_eos(scores, mask):
     """(B,) scores -> (B, T) token rewards: the score at each row's last real token."""
     import torch
-
-    from rlhfctl.rm.model import last_real_index  # imports torch: not at this module's top, which stays light
 
     last = last_real_index(mask)  # (B,)
     rewards = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)

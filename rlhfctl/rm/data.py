@@ -14,7 +14,7 @@ from typing import Any
 
 from rlhfctl.data import encode_conversations, encode_prompt, render_prompt
 from rlhfctl.errors import DataError
-from rlhfctl.records import BINARY, PAIRS, Record, iter_json_lines, prompt_id
+from rlhfctl.records import BINARY, PAIRS, STEPS, Record, iter_json_lines, prompt_id
 
 PAIR, BINARY_ITEM = "pair", "binary"
 
@@ -126,8 +126,6 @@ class StepItem:
 
 def read_steps(paths: list[str] | tuple[str, ...]) -> list[Record]:
     """Stepwise records (TRL's format); labels and completions must pair up."""
-    from rlhfctl.records import STEPS
-
     out = []
     for path in paths:
         count = identical = 0

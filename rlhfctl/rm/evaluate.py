@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from rlhfctl.rm.data import PAIR, Item, StepItem
+from rlhfctl.rm.metrics import auc, binary_accuracy, first_error_accuracy, mean_std, pair_accuracy
+from rlhfctl.rm.model import score_sequences, step_scores
 
 
 def evaluate_items(values, items: list[Item], pad_id: int, batch_size: int = 64) -> dict[str, Any]:
     """Held-out metrics and the reward's mean/std over every scored response."""
-    from rlhfctl.rm.metrics import auc, binary_accuracy, mean_std, pair_accuracy
-    from rlhfctl.rm.model import score_sequences
-
     values.eval()
     seqs = [s for it in items for s in it.seqs]
     scores = score_sequences(values, seqs, pad_id, batch_size) if seqs else []
@@ -37,9 +36,6 @@ def evaluate_items(values, items: list[Item], pad_id: int, batch_size: int = 64)
 
 def evaluate_steps(values, items: list[StepItem], pad_id: int) -> dict[str, Any]:
     """Held-out step accuracy and first-error accuracy, and the step scores' mean/std."""
-    from rlhfctl.rm.metrics import first_error_accuracy, mean_std
-    from rlhfctl.rm.model import step_scores
-
     values.eval()
     if not items:
         return {"num_solutions": 0}

@@ -19,6 +19,7 @@ import torch
 from rlhfctl.artifacts import read_manifest
 from rlhfctl.errors import ModelError
 from rlhfctl.models import TOY_PREFIX, check_model_spec, is_toy_spec, load_tokenizer, loading, quiet_transformers
+from rlhfctl.toy.sizes import toy_config
 
 ORM, PRM = "orm", "prm"
 HEAD_NAMES = ("score", "classifier")  # decoders' classification heads are `score`; encoders' (and GPT-2's token one) `classifier`
@@ -87,8 +88,6 @@ def build_reward_model(spec: str, kind: str, seed: int = 0, trust_remote_code: b
     with fork:
         torch.manual_seed(seed)
         if is_toy_spec(spec):
-            from rlhfctl.toy.sizes import toy_config
-
             config = toy_config(spec[len(TOY_PREFIX):])
             config.num_labels = 1  # from_config takes no config overrides as keyword arguments
             model = auto.from_config(config)

@@ -30,6 +30,7 @@ from rlhfctl.artifacts import describe_inputs, make_manifest
 from rlhfctl.errors import ConfigError, DataError
 from rlhfctl import sources
 from rlhfctl.records import PAIRS, ROLLOUTS, Record, check_out_file, iter_json_lines, read_records, write_json, write_jsonl
+from rlhfctl.rm.scorers import score_rollouts
 
 MODES = ("verified", "rm", "import")
 
@@ -113,8 +114,6 @@ def verified_prefs(rollouts: list[Record], config: PrefsConfig, rng: random.Rand
 
 def ranked_prefs(rollouts: list[Record], config: PrefsConfig, dropped: Counter) -> list[Record]:
     """Pairs by reward-model rank: the k-th best response against the k-th worst."""
-    from rlhfctl.rm.scorers import score_rollouts
-
     scores = score_rollouts(rollouts, config.rm)
     out: list[Record] = []
     for r, s in zip(rollouts, scores):

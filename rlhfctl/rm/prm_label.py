@@ -20,13 +20,15 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from rlhfctl.console import Progress
 from rlhfctl.data import render_prompt
 from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.generation.backends import make_generator
 from rlhfctl.generation.base import EngineOptions, SamplingParams
-from rlhfctl.generation.rollout import check_graders, grade, task_of
+from rlhfctl.grading import check_graders, grade, task_of
 from rlhfctl.locks import locked
 from rlhfctl.records import KEYED, ROLLOUTS, STEPS, Record, ResumableWriter, read_records, write_jsonl
+from rlhfctl.toy.task import step_correctness
 
 METHODS = ("hard", "soft")
 FORMATS = ("trl", "openrlhf")
@@ -96,7 +98,6 @@ def _label_all(config: LabelConfig, rollouts: list[Record], usable: list[Record]
         return _finish(stats, config, 0.0)
     generator = make_generator(config.backend, config.completer, config.params.seed, engine=config.engine)
     tic = time.perf_counter()
-    from rlhfctl.console import Progress
 
     with writer, Progress("label-prm", len(todo), 0, True) as progress:
         for chunk in _chunks_by_prompt(todo, config.prompts_per_chunk):
@@ -191,7 +192,6 @@ def _true_labels(prompt: Any, steps: list[str]) -> list[bool] | None:
     """Exact step correctness where it is known (the toy task); else None."""
     if not isinstance(prompt, str):
         return None
-    from rlhfctl.toy.task import step_correctness
 
     return step_correctness(prompt, steps)
 

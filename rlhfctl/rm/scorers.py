@@ -10,8 +10,14 @@ from collections import Counter
 from typing import Any
 
 from rlhfctl.console import log
-from rlhfctl.data import encode_examples
+from rlhfctl.data import encode_conversations, encode_examples
+from rlhfctl.models import inference_device, load_causal_lm, load_tokenizer
 from rlhfctl.records import Record
+from rlhfctl.rm.data import encode_steps
+from rlhfctl.rm.model import (
+    ORM, PRM, TokenValues, by_length, load_reward_model, score_sequences, step_scores, trained_max_length,
+)
+from rlhfctl.rm.prm_label import split_steps
 
 OVERLONG = "responses longer than the reward model's max length"  # the key of every summary's count
 
@@ -46,10 +52,6 @@ def score_rollouts(rollouts: list[Record], rm_dir: str, batch_size: int = 64, ma
     ``max_length`` defaults to the length the RM was trained with; longer
     sequences are reported and counted in ``counts`` (`OVERLONG`).
     """
-    from rlhfctl.data import encode_conversations
-    from rlhfctl.models import inference_device
-    from rlhfctl.rm.model import ORM, TokenValues, load_reward_model, score_sequences, trained_max_length
-
     model, tokenizer, manifest = load_reward_model(rm_dir, ORM, device=inference_device())
     limit = max_length or trained_max_length(manifest)
     pairs = [(r["prompt"], response) for r in rollouts for response in r["responses"]]
@@ -61,9 +63,6 @@ def score_rollouts(rollouts: list[Record], rm_dir: str, batch_size: int = 64, ma
 def logprob_rollouts(rollouts: list[Record], model_spec: str, batch_size: int = 64, max_length: int = 512) -> list[list[float]]:
     """Mean token log-probability of each response (with its eos) under a policy."""
     import torch
-
-    from rlhfctl.models import inference_device, load_causal_lm, load_tokenizer
-    from rlhfctl.rm.model import by_length
 
     tokenizer = load_tokenizer(model_spec)
     device = inference_device()
@@ -91,11 +90,6 @@ def prm_step_scores(rollouts: list[Record], prm_dir: str, batch_size: int = 64, 
     Steps past ``max_length`` (default: the PRM's trained length) are not
     scored; such responses are reported and counted.
     """
-    from rlhfctl.models import inference_device
-    from rlhfctl.rm.data import encode_steps
-    from rlhfctl.rm.model import PRM, TokenValues, load_reward_model, step_scores, trained_max_length
-    from rlhfctl.rm.prm_label import split_steps
-
     model, tokenizer, manifest = load_reward_model(prm_dir, PRM, device=inference_device())
     sep = manifest.get("results", {}).get("step_sep", "\n")
     limit = max_length or trained_max_length(manifest)

@@ -8,6 +8,8 @@ exact.
 
 from __future__ import annotations
 
+from rlhfctl.toy.tokenizer import SPECIALS, VOCAB_SIZE
+
 TOY_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=176),
     "small": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=384),
@@ -18,8 +20,6 @@ TOY_SIZES: dict[str, dict[str, int]] = {
 def toy_config(size: str):
     """A `LlamaConfig` for ``toy:SIZE`` (the caller checks that SIZE exists)."""
     from transformers import LlamaConfig
-
-    from rlhfctl.toy.tokenizer import SPECIALS, VOCAB_SIZE
 
     return LlamaConfig(
         vocab_size=VOCAB_SIZE,

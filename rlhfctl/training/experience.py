@@ -13,10 +13,14 @@ from typing import Any
 import torch
 
 from rlhfctl.console import log
+from rlhfctl.data import encode_conversations, render_prompt
+from rlhfctl.generation.base import SamplingParams
+from rlhfctl.grading import grade
 from rlhfctl.packing import Packed, attention_implementation, pack
 from rlhfctl.rl.advantages import gae, whiten
 from rlhfctl.rl.kl import KL_ESTIMATORS
 from rlhfctl.rl.shaping import Shaping, place_on_eos, shape_rewards, standardize
+from rlhfctl.rm.model import ORM, TokenValues, load_reward_model, score_sequences, trained_max_length
 
 
 @dataclass
@@ -178,9 +182,6 @@ def _global_whiten(values, mask, accelerator):
 def standardized_rm_scores(texts: list[tuple[Any, str]], rm: "RewardModelHandle") -> tuple[torch.Tensor, int]:
     """(scores, overlong): ORM scores of (prompt, response) pairs standardised with the RM's μ/σ,
     and how many were longer than the RM's max length (scored on their first tokens)."""
-    from rlhfctl.data import encode_conversations
-    from rlhfctl.rm.model import score_sequences
-
     encoded = encode_conversations(rm.tokenizer, texts, rm.max_length, rm.pad_id)
     raw = torch.tensor(score_sequences(rm.values, encoded.seqs, rm.tokenizer.pad_token_id))
     return standardize(raw, rm.mean, rm.std), encoded.overlong
@@ -199,8 +200,6 @@ class RewardModelHandle:
 
 
 def load_rm_handle(folder: str, device: Any = "cpu", max_length: int | None = None, main: bool = True) -> RewardModelHandle:
-    from rlhfctl.rm.model import ORM, TokenValues, load_reward_model, trained_max_length
-
     model, tokenizer, manifest = load_reward_model(folder, ORM, device=device)
     mean, std = rm_statistics(folder, manifest.get("results", {}), main)
     return RewardModelHandle(TokenValues(model).eval(), tokenizer, mean, std, max_length or trained_max_length(manifest),
@@ -223,9 +222,6 @@ def rm_statistics(folder: str, results: dict[str, Any], main: bool = True) -> tu
 def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], config, settings: AdvantageSettings,
             rm: RewardModelHandle | None, accelerator, seed: int) -> tuple[Experience, dict[str, float]]:
     """Sample, score and compute advantages for this rank's prompts."""
-    from rlhfctl.data import render_prompt
-    from rlhfctl.generation.base import SamplingParams
-
     tokenizer = generator.tokenizer
     params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens, batch_size=len(prompts) * config.n, seed=seed)
@@ -310,8 +306,6 @@ def engine_logprob_gap(samples, old_logp: torch.Tensor, response_mask: torch.Ten
 
 def rewards_for(prompts, samples, config, rm: RewardModelHandle | None) -> tuple[torch.Tensor, dict[str, float]]:
     """Raw scores (P*n,): weighted sum of the verifier (1 right / 0 wrong) and the standardised ORM."""
-    from rlhfctl.generation.rollout import grade
-
     total = torch.zeros(sum(len(g) for g in samples))
     stats: dict[str, float] = {}
     if config.verifier is not None:

@@ -23,9 +23,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rlhfctl.artifacts import load_newest_intact_checkpoint, save_checkpoint
+from rlhfctl.console import Progress, log
 from rlhfctl.errors import ConfigError
 from rlhfctl.locks import locked
 from rlhfctl.records import METRICS, atomic_write_text, nearest_existing, read_metrics, write_json
+from rlhfctl.training.scale import (
+    check_resumable, checkpoint_weights, optimizer_state, restore_optimizer, restore_weights, trainable_parameters,
+)
 
 RUN_FILE = "run.json"
 
@@ -291,8 +295,6 @@ def save_training_state(run_dir: Path, step: int, accelerator, model, optimizer,
     critic), kept in the same checkpoint: weights under ``name::``, optimizer
     state as ``name_optimizer``.
     """
-    from rlhfctl.training.scale import checkpoint_weights, optimizer_state
-
     weights = dict(checkpoint_weights(accelerator, model))
     state = {"step": step, "optimizer": optimizer_state(accelerator, model, optimizer)}
     if scheduler is not None:
@@ -309,12 +311,9 @@ def save_training_state(run_dir: Path, step: int, accelerator, model, optimizer,
 def restore_training_state(run_dir: Path, accelerator, model, optimizer, scheduler=None, others=()) -> int:
     """Load the newest intact checkpoint into the models, optimizers and scheduler (``others`` as
     `save_training_state` has them); the step it was saved at, 0 without one."""
-    from rlhfctl.console import log
-
     found = load_newest_intact_checkpoint(run_dir, lambda line: log(line, accelerator.is_main_process))
     if found is None:
         return 0
-    from rlhfctl.training.scale import restore_optimizer, restore_weights
 
     _, path, weights, state = found
     where = str(path)
@@ -354,8 +353,6 @@ def start_training(accelerator, model, schedule: Schedule, total: int, out: Path
     and heads), so frozen weights cost no optimizer memory.
     """
     import torch
-
-    from rlhfctl.training.scale import check_resumable, trainable_parameters
 
     check_resumable(accelerator, resume)
     optimizer = adamw(trainable_parameters(model), lr=schedule.lr, weight_decay=schedule.weight_decay)
@@ -405,8 +402,6 @@ def fit(run: Training, lengths: list[int], schedule: Schedule, step_fn, name: st
     ``metrics.jsonl``, checkpoints every ``save_every`` steps and at the end.
     """
     import time
-
-    from rlhfctl.console import Progress
 
     main = run.accelerator.is_main_process
     metrics = MetricsLog(run.out / METRICS, run.start, enabled=main)

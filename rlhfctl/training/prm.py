@@ -13,17 +13,17 @@ from typing import Any
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
 from rlhfctl.console import log
+from rlhfctl.models import load_tokenizer, save_model, saved_dtype
 from rlhfctl.rm.data import StepItem, encode_step_items, read_steps, split_steps_by_prompt
 from rlhfctl.rm.evaluate import evaluate_steps
+from rlhfctl.rm.losses import step_bce_loss
+from rlhfctl.rm.model import PRM, TokenValues, build_reward_model, head_names, right_pad
 from rlhfctl.training.loop import claim_run_dir, fit, optimizer_step, seed_global_rngs, shard, start_training
 from rlhfctl.training.rm import RMConfig, _inputs, load_splits, open_run
 from rlhfctl.training.scale import final_state_dict, model_for_inference, prepare_model
 
 
 def run(config: RMConfig) -> dict[str, Any]:
-    from rlhfctl.models import load_tokenizer, save_model, saved_dtype
-    from rlhfctl.rm.model import PRM, TokenValues, build_reward_model, head_names
-
     train, held = load_splits(config, read_steps, split_steps_by_prompt)
     accelerator, out, options = open_run(config)
 
@@ -60,9 +60,6 @@ def run(config: RMConfig) -> dict[str, Any]:
 def _train_step(run, batch: list[StepItem], pad_id: int, max_grad_norm: float) -> dict[str, Any]:
     """Per-step BCE, a mean over the global batch's steps (sum here / global count)."""
     import torch
-
-    from rlhfctl.rm.losses import step_bce_loss
-    from rlhfctl.rm.model import right_pad
 
     acc = run.accelerator
     global_steps = sum(len(it.labels) for it in batch)

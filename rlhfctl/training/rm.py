@@ -17,8 +17,12 @@ from typing import Any
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
 from rlhfctl.console import log
 from rlhfctl.errors import ConfigError
+from rlhfctl.models import load_tokenizer, save_model, saved_dtype
+from rlhfctl.packing import attention_implementation, pack, use_packing
 from rlhfctl.rm.data import BINARY_ITEM, PAIR, Item, PrefData, encode_items, read_preferences, split_by_prompt
 from rlhfctl.rm.evaluate import evaluate_items
+from rlhfctl.rm.losses import unified_loss
+from rlhfctl.rm.model import ORM, TokenValues, build_reward_model, gather_last, head_names, right_pad
 from rlhfctl.training.loop import (
     Schedule, check_run_dir, claim_run_dir, fit, manifest_options, optimizer_step, seed_global_rngs, shard, start_training,
 )
@@ -68,10 +72,6 @@ def open_run(config: RMConfig):
 
 
 def run(config: RMConfig) -> dict[str, Any]:
-    from rlhfctl.models import load_tokenizer, save_model, saved_dtype
-    from rlhfctl.packing import use_packing
-    from rlhfctl.rm.model import ORM, TokenValues, build_reward_model, head_names
-
     train, held = load_splits(config, read_preferences, split_by_prompt)
     accelerator, out, options = open_run(config)
 
@@ -120,10 +120,6 @@ def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float, packi
     """
     import torch
 
-    from rlhfctl.packing import attention_implementation, pack
-    from rlhfctl.rm.losses import unified_loss
-    from rlhfctl.rm.model import gather_last, right_pad
-
     acc = run.accelerator
     n_pairs = sum(it.kind == PAIR for it in batch)
     n_bin = len(batch) - n_pairs
@@ -163,8 +159,6 @@ def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float, packi
 
 def _unwrap(model):
     """The `TokenValues` inside accelerate's wrappers (DDP, FSDP)."""
-    from rlhfctl.rm.model import TokenValues
-
     while not isinstance(model, TokenValues) and hasattr(model, "module"):
         model = model.module
     return model

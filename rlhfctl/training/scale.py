@@ -16,6 +16,8 @@ from typing import Any
 
 from rlhfctl.console import log
 from rlhfctl.errors import ConfigError, ModelError
+from rlhfctl.packing import attention_implementation
+from rlhfctl.training.lora import add_adapters, merge_adapters, require_peft, transposed_layers
 
 # Wrappers that FSDP and activation checkpointing put into parameter names;
 # state dicts from accelerate never carry them.
@@ -53,7 +55,6 @@ class ScaleOptions:
             raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if not self.lora_target_modules.strip(" ,"):
             raise ConfigError("--lora-target-modules is empty: name modules (q_proj,v_proj) or give all-linear")
-        from rlhfctl.training.lora import require_peft
 
         require_peft()
 
@@ -114,7 +115,6 @@ def prepare_model(accelerator, model, scale: ScaleOptions, heads: tuple[str, ...
         enable_gradient_checkpointing(model)
     if not scale.lora:
         return recorded
-    from rlhfctl.training.lora import add_adapters
 
     targets = add_adapters(model, scale, heads)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -131,8 +131,6 @@ def use_eager_attention(accelerator, model) -> bool:
     1.46x faster with 2 threads and 1.59x with 1. GPUs keep SDPA, and so does a
     model whose eager attention transformers refuses.
     """
-    from rlhfctl.packing import attention_implementation
-
     if accelerator.device.type != "cpu" or accelerator.mixed_precision != "bf16":
         return False
     if attention_implementation(model) != "sdpa":
@@ -369,8 +367,6 @@ def final_state_dict(accelerator, model, scale: ScaleOptions, prefix: str = "") 
         return None
     state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if scale.lora:
-        from rlhfctl.training.lora import merge_adapters, transposed_layers
-
         names = {_plain_name(n) for n in transposed_layers(accelerator.unwrap_model(model))}
         conv = {n[len(prefix):] for n in names if n.startswith(prefix)}
         state = merge_adapters(state, scale.alpha / scale.lora_r, conv)

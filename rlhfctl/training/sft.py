@@ -22,6 +22,9 @@ from typing import Any
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
 from rlhfctl.data import Example, encode_examples
 from rlhfctl.console import log
+from rlhfctl.generation.hf import cache_keyword
+from rlhfctl.models import check_model_spec, count_parameters, load_causal_lm, load_tokenizer, save_model, saved_dtype
+from rlhfctl.packing import common_prefix
 from rlhfctl.records import SFT, read_records
 from rlhfctl.training.loop import (
     Schedule, check_run_dir, claim_run_dir, fit, manifest_options, optimizer_step, seed_global_rngs, shard, start_training,
@@ -49,7 +52,6 @@ def run(config: SFTConfig) -> dict[str, Any]:
     config.schedule.check()
     config.scale.check()
     records = read_records(config.data, SFT)  # bad data fails before the heavy imports
-    from rlhfctl.models import check_model_spec, count_parameters, load_causal_lm, load_tokenizer, save_model, saved_dtype
 
     check_model_spec(config.model)
     accelerator = make_accelerator(config.scale.bf16)
@@ -138,8 +140,6 @@ def shared_prefix_length(examples: list[Example]) -> int:
     Past that point a token may carry a loss, and the logit that predicts it
     would sit inside the prefix; short of it, none does. 0 for a single record.
     """
-    from rlhfctl.packing import common_prefix
-
     if len(examples) < 2:
         return 0
     limit = min(e.prompt_len for e in examples) - 1
@@ -158,8 +158,6 @@ def forward_after_prefix(model, module, input_ids, shared: int):
     mask, a plain forward takes SDPA's causal path.
     """
     import torch
-
-    from rlhfctl.generation.hf import cache_keyword
 
     if shared == 0:
         return model(input_ids=input_ids).logits

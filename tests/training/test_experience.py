@@ -25,14 +25,12 @@ def test_held_out_statistics_are_used_quietly(capsys):
 
 
 def test_loading_an_rm_without_held_out_data_warns(monkeypatch, capsys):
-    from rlhfctl.rm import model as rm_model
-
     manifest = {"command": "train-rm", "results": {"kind": "orm", "num_pairs": 0, "num_binary": 0,
                                                    "reward_mean": 0.0, "reward_std": 1.0}}
     model = torch.nn.Identity()
     model.config = SimpleNamespace(pad_token_id=0)
-    monkeypatch.setattr(rm_model, "load_reward_model", lambda folder, kind, device: (model, None, manifest))
-    monkeypatch.setattr(rm_model, "TokenValues", lambda model: model)
+    monkeypatch.setattr(experience, "load_reward_model", lambda folder, kind, device: (model, None, manifest))
+    monkeypatch.setattr(experience, "TokenValues", lambda model: model)
     handle = experience.load_rm_handle("runs/rm-no-eval")
     assert (handle.mean, handle.std) == (0.0, 1.0)
     assert f"warning: runs/rm-no-eval: {WARNING}" in capsys.readouterr().err

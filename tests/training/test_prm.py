@@ -181,12 +181,12 @@ def test_best_of_n_scores_each_response_with_the_prm_once_for_every_agg(prm_run,
     write_jsonl(tmp_path / "rollouts.jsonl", _rollouts(toy_dir))
     out = tmp_path / "bon.json"
     assert run_main("best-of-n", tmp_path / "rollouts.jsonl", "--prm", folder, "--agg", "min", "--out", out).code == 0
-    import rlhfctl.rm.scorers
+    import rlhfctl.eval.best_of_n_sweep
 
     def fail(*args, **kwargs):
         raise AssertionError("the PRM scored the responses again")
 
-    monkeypatch.setattr(rlhfctl.rm.scorers, "prm_step_scores", fail)
+    monkeypatch.setattr(rlhfctl.eval.best_of_n_sweep, "prm_step_scores", fail)
     r = run_main("best-of-n", tmp_path / "rollouts.jsonl", "--prm", folder, "--agg", "mean", "--agg", "prod", "--out", out, "--json")
     assert r.code == 0, r.err
     assert set(json.loads(r.out)["curves"]) == {"oracle", "prm-mean", "prm-prod"}

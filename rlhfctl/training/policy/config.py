@@ -8,11 +8,13 @@ from typing import Any
 
 from rlhfctl.console import log
 from rlhfctl.errors import ConfigError, DataError
+from rlhfctl.generation.base import BACKENDS, EngineOptions
+from rlhfctl.grading import check_graders, gold_field, known_tasks, task_of
 from rlhfctl.rl.aggregation import LOSS_AGGREGATIONS
 from rlhfctl.rl.kl import KL_ESTIMATORS
 from rlhfctl.rl.shaping import NORMS, Shaping
 from rlhfctl.training.loop import check_in_range, check_positive, manifest_options
-from rlhfctl.training.scale import ScaleOptions
+from rlhfctl.training.scale import ScaleOptions, check_resumable, is_fsdp2
 
 ALGOS = ("ppo", "grpo")
 DEFAULTS = {  # per algorithm, where the paper's code and docs/design.md differ between the two
@@ -76,8 +78,6 @@ class PolicyConfig:
                                **{k: v if getattr(self, k) is None else getattr(self, k) for k, v in d.items()}})
 
     def check_generation(self) -> None:
-        from rlhfctl.generation.base import BACKENDS, EngineOptions
-
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown --backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
         EngineOptions(gpu_memory_utilization=self.gpu_memory_utilization)
@@ -103,8 +103,6 @@ class PolicyConfig:
         if self.rm is None and self.verifier is None:
             raise ConfigError("no reward: give --rm DIR and/or --verifier math")
         if self.verifier not in (None, "auto"):
-            from rlhfctl.grading import known_tasks
-
             if self.verifier not in known_tasks():
                 raise ConfigError(f"unknown --verifier {self.verifier!r}: choose one of {', '.join(known_tasks())}, or auto")
         if self.n < 1 or self.prompts_per_step < 1:
@@ -148,8 +146,6 @@ def check_parallelism(accelerator, config: PolicyConfig) -> None:
     """
     from accelerate.utils import DistributedType
 
-    from rlhfctl.training.scale import check_resumable, is_fsdp2
-
     kind = accelerator.distributed_type
     if kind == DistributedType.FSDP and not is_fsdp2(accelerator):
         raise ConfigError("train-policy does not run under FSDP version 1 (generation would deadlock the ranks): "
@@ -164,7 +160,6 @@ def check_prompts(records: list[dict[str, Any]], config: PolicyConfig) -> None:
     """A verifier needs a gold answer on every prompt: say which line lacks one."""
     if config.verifier is None:
         return
-    from rlhfctl.generation.rollout import check_graders, gold_field, task_of
 
     for line, r in enumerate(records, start=1):
         gold = gold_field(config.verifier if config.verifier != "auto" else task_of(r))

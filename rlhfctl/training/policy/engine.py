@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlhfctl.console import log
 from rlhfctl.errors import ConfigError
+from rlhfctl.generation.backends import resolve_backend
+from rlhfctl.generation.hf import HFGenerator
+from rlhfctl.generation.vllm import build_policy_engine, import_vllm
+from rlhfctl.models import eos_token_ids
 
 
 def policy_backend(config, accelerator) -> str:
@@ -19,8 +24,6 @@ def policy_backend(config, accelerator) -> str:
     needs one process: ``auto`` falls back to hf under `accelerate launch`
     with several ranks, and an explicit ``vllm`` is refused there.
     """
-    from rlhfctl.generation.backends import resolve_backend
-
     several = accelerator.num_processes > 1
     if config.backend == "auto" and several:
         return "hf"
@@ -29,8 +32,6 @@ def policy_backend(config, accelerator) -> str:
         raise ConfigError(f"train-policy --backend vllm runs in one process (a colocated engine on its GPU), "
                           f"not {accelerator.num_processes} ranks: use --backend hf under accelerate launch")
     if backend == "vllm":
-        from rlhfctl.generation.vllm import import_vllm
-
         import_vllm()  # a missing vllm fails before any model is built
     return backend
 
@@ -41,18 +42,12 @@ def policy_generator(config, policy: Any, tokenizer: Any, accelerator) -> Any:
     The engine loads full weights, not LoRA adapters, so ``auto`` generates
     a LoRA policy with hf (an explicit ``vllm`` is refused by the engine).
     """
-    from rlhfctl.console import log
-
     backend = policy_backend(config, accelerator)
     if backend == "vllm" and config.backend == "auto" and getattr(policy, "peft_config", None):
         backend = "hf"
     log(f"generation: {backend}", accelerator.is_main_process)
     if backend == "hf":
-        from rlhfctl.generation.hf import HFGenerator
-        from rlhfctl.models import eos_token_ids
-
         return HFGenerator(policy, tokenizer, eos_token_ids(tokenizer, config.model))
-    from rlhfctl.generation.vllm import build_policy_engine
 
     return build_policy_engine(config.model, policy, tokenizer, config.seed, config.gpu_memory_utilization,
                                config.vllm_sync_timeout)

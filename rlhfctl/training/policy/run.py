@@ -11,16 +11,20 @@ import torch
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
 from rlhfctl.console import Progress
+from rlhfctl.data import render_prompt
 from rlhfctl.errors import ConfigError
-from rlhfctl.generation.base import derive_seed
-from rlhfctl.models import check_model_spec
+from rlhfctl.generation.base import SamplingParams, derive_seed
+from rlhfctl.grading import grade
+from rlhfctl.models import check_model_spec, load_causal_lm, load_tokenizer, model_path, save_model, saved_dtype
 from rlhfctl.packing import use_packing
 from rlhfctl.records import METRICS, PROMPTS, read_metrics, read_records
+from rlhfctl.rm.model import ORM, PRM, TokenValues, build_reward_model, check_reward_folder, head_names
 from rlhfctl.training.experience import AdvantageSettings, collect, load_rm_handle
 from rlhfctl.training.loop import (
     MetricsLog, adamw, batch_stream, check_run_dir, claim_run_dir, manifest_options, restore_training_state, save_training_state,
     seed_global_rngs, shard,
 )
+from rlhfctl.training.lora import BaseModelReference
 from rlhfctl.training.policy.config import PolicyConfig, check_parallelism, check_prompts, print_settings
 from rlhfctl.training.policy.engine import policy_backend, policy_generator
 from rlhfctl.training.policy.update import Models, update
@@ -41,8 +45,6 @@ def run(config: PolicyConfig) -> dict[str, Any]:
                                                     "prompts": config.eval_data, "verifier": config.verifier or "auto"}))
     check_model_spec(config.model)  # a bad --model or --rm fails before the run folder is touched
     if config.rm:
-        from rlhfctl.rm.model import ORM, check_reward_folder
-
         check_reward_folder(config.rm, ORM)
 
     accelerator = make_accelerator(config.scale.bf16)
@@ -68,8 +70,6 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]
     head too), and the reference is the policy with its adapters switched
     off: the same weights as a separate frozen copy, without the memory.
     """
-    from rlhfctl.models import load_causal_lm, load_tokenizer
-
     tokenizer = load_tokenizer(config.model)
     seed_global_rngs(config.seed)
     policy = load_causal_lm(config.model, seed=config.seed)
@@ -78,13 +78,10 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]
     if config.algo != "ppo":
         policy, policy_opt = accelerator.prepare(policy, policy_opt)
         return Models(policy, policy_opt), reference_model(config, policy, accelerator), tokenizer, adapters
-    from rlhfctl.rm.model import PRM, TokenValues, build_reward_model, head_names
 
     if config.critic_init == "rm":  # the RM's backbone and trained head, read at every token
         import torch
         from transformers import AutoModelForTokenClassification
-
-        from rlhfctl.models import model_path
 
         critic_model = AutoModelForTokenClassification.from_pretrained(model_path(config.rm), num_labels=1, dtype=torch.float32)
     else:  # the SFT backbone with a zero value head
@@ -99,18 +96,12 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]
 
 def reference_model(config, policy, accelerator):
     """The frozen π_ref: the LoRA policy with adapters off, or a second copy of --model."""
-    from rlhfctl.models import load_causal_lm
-
     if config.scale.lora:
-        from rlhfctl.training.lora import BaseModelReference
-
         return BaseModelReference(policy)
     return load_causal_lm(config.model, seed=config.seed).eval().requires_grad_(False).to(accelerator.device)
 
 
 def train(config, records, eval_records, accelerator, out: Path, options: dict[str, Any]) -> dict[str, Any]:
-    from rlhfctl.models import save_model, saved_dtype
-
     main = accelerator.is_main_process
     models, ref, tokenizer, adapters = build_models(config, accelerator)
     config = replace(config, packing=use_packing(config.packing, models.policy, "train-policy", main))  # decided once
@@ -170,10 +161,6 @@ def evaluate(generator, policy, records, config, accelerator) -> float | None:
 
 
 def _greedy_pass_at_1(generator, records, config) -> float:
-    from rlhfctl.data import render_prompt
-    from rlhfctl.generation.base import SamplingParams
-    from rlhfctl.generation.rollout import grade
-
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens, batch_size=64, seed=config.seed)
     texts = [render_prompt(r["prompt"], generator.tokenizer) for r in records]
     samples = generator.generate(texts, params, keys=[r["id"] for r in records])

@@ -16,7 +16,7 @@ import torch
 from rlhfctl.rl.aggregation import DENOMINATOR_UNIT, LOSS_AGGREGATIONS
 from rlhfctl.rl.kl import KL_ESTIMATORS
 from rlhfctl.rl.losses import clipped_policy_loss, clipped_value_loss
-from rlhfctl.training.experience import Experience, response_logprobs, response_values
+from rlhfctl.training.experience import Experience, advantages_for, response_logprobs, response_values, rollout_kl
 from rlhfctl.training.loop import optimizer_step
 
 
@@ -57,8 +57,6 @@ def update(models: Models, exp: Experience, config, accelerator, step: int, seed
 def _single_update(models: Models, exp: Experience, config, settings, accelerator) -> dict[str, float]:
     """One on-policy update: π_old is this update's forward pass of the policy, detached; the KL penalty
     and the advantages are computed from it, then the policy (and the critic, PPO) take their steps."""
-    from rlhfctl.training.experience import advantages_for, rollout_kl
-
     models.policy.train()
     mask = exp.response_mask
     logp, entropy = response_logprobs(models.policy, exp.input_ids, exp.attention_mask, mask.shape[1], with_entropy=True,
