@@ -19,7 +19,7 @@ PACKAGE = Path(rlhfctl.__file__).parent
 
 # lowest first; a name covers its submodules (except `rlhfctl`, the package __init__ alone)
 LAYERS = [
-    ("rlhfctl", "rlhfctl.records", "rlhfctl.errors", "rlhfctl.console"),
+    ("rlhfctl", "rlhfctl.records", "rlhfctl.sources", "rlhfctl.errors", "rlhfctl.console"),
     ("rlhfctl.toy", "rlhfctl.grading", "rlhfctl.data", "rlhfctl.models", "rlhfctl.artifacts", "rlhfctl.locks",
      "rlhfctl.packing"),
     ("rlhfctl.generation",),
@@ -115,17 +115,19 @@ def _layer_name(module: str, layers) -> str:
 
 
 def upward_imports(graph: list[Import], layers=LAYERS) -> list[str]:
-    """One line for each import of a higher layer, and for each module that no layer names."""
-    problems = []
+    """One line for each import of a higher layer, and one for each module that no layer names."""
+    problems, unplaced = [], {}
     for imp in graph:
         mine, theirs = layer_of(imp.source, layers), layer_of(imp.target, layers)
         for module, layer in ((imp.source, mine), (imp.target, theirs)):
             if layer is None:
-                problems.append(f"{imp.where}: {module} belongs to no layer (add it to LAYERS in {Path(__file__).name})")
+                unplaced.setdefault(module, imp.where)
         if mine is not None and theirs is not None and theirs > mine:
             problems.append(f"{imp.where}: {imp.source} in {_layer_name(imp.source, layers)} imports {imp.target} in "
                             f"{_layer_name(imp.target, layers)}, a higher one: {imp.text}")
-    return sorted(set(problems))
+    problems += [f"{where}: {module} belongs to no layer (add it to LAYERS in {Path(__file__).name})"
+                 for module, where in unplaced.items()]
+    return sorted(problems)
 
 
 def _counts(imp: Import) -> bool:
@@ -256,7 +258,8 @@ def test_the_checks_find_an_upward_import_a_cycle_and_a_deferred_import(tmp_path
     upward = upward_imports(graph)
     assert f"{scores}:2: rlhfctl.rm.scores in layer 4 (rm) imports rlhfctl.training.loop in layer 6 (training), " \
            "a higher one: from ..training import loop" in upward
-    assert any("rlhfctl.mystery belongs to no layer" in line for line in upward)
+    assert f"{tmp_path / 'rlhfctl' / 'mystery.py'}:1: rlhfctl.mystery belongs to no layer (add it to LAYERS in " \
+           "test_architecture.py)" in upward
     assert len(upward) == 2
 
     found = cycles(graph)
