@@ -33,17 +33,20 @@ def train_policy(
     kl_estimator: Annotated[Optional[str], _F("--kl-estimator", help="k1, k2 or k3; default k1 for PPO, k3 for GRPO.", show_default=False)] = None,
     kl_in: Annotated[Optional[str], _F("--kl-in", help="Where the KL goes: reward (per token) or loss; default reward for PPO, loss for GRPO.", show_default=False)] = None,
     reward_norm: Annotated[str, _F("--reward-norm", help="none, batch, or group: (r - mean_g)/(std_g + eps) per prompt.")] = "group",
-    reward_std_floor: Annotated[float, _F("--reward-std-floor", help="Lower bound on the std used by --reward-norm.")] = 0.0,
+    reward_std_floor: Annotated[Optional[float], _F("--reward-std-floor", help="Lower bound on the std used by --reward-norm; default 0 (--preset paper: 1/3).", show_default=False)] = None,
     reward_clip: Annotated[float, _F("--reward-clip", help="Clip normalised rewards to [-c, c]; 0 disables.")] = 5.0,
-    neg_reward_scale: Annotated[float, _F("--neg-reward-scale", help="Asymmetric shrinkage: negative rewards are multiplied by this α.")] = 1.0,
-    reward_clip_range: Annotated[Optional[str], _F("--reward-clip-range", help="LO,HI: clip rewards to an asymmetric range (instead of --neg-reward-scale).", show_default=False)] = None,
+    neg_reward_scale: Annotated[Optional[float], _F("--neg-reward-scale", help="Asymmetric shrinkage: negative rewards are multiplied by this α; default 1.", show_default=False)] = None,
+    reward_clip_range: Annotated[Optional[str], _F("--reward-clip-range", help="LO,HI: clip rewards to an asymmetric range (instead of --neg-reward-scale); default none (--preset paper: -0.4,5).", show_default=False)] = None,
     gamma: Annotated[float, _F("--gamma", help="GAE discount (PPO).")] = 1.0,
     lam: Annotated[float, _F("--lam", help="GAE λ (PPO).")] = 0.95,
     clip_eps: Annotated[float, _F("--clip-eps", help="PPO ratio clip ε.")] = 0.2,
     value_clip: Annotated[float, _F("--value-clip", help="Value-loss clip range (PPO); 0 disables.")] = 0.2,
     critic_init: Annotated[str, _F("--critic-init", help="Critic backbone: sft (the policy) or rm (the --rm model, its head too).")] = "sft",
     critic_warmup_steps: Annotated[int, _F("--critic-warmup-steps", help="Steps during which only the critic trains (actor frozen).")] = 0,
-    loss_agg: Annotated[str, _F("--loss-agg", help="token-mean, seq-mean-token-mean or seq-mean-token-sum-norm.")] = "token-mean",
+    loss_agg: Annotated[Optional[str], _F("--loss-agg", help="token-mean, seq-mean-token-mean or seq-mean-token-sum-norm; default token-mean (--preset paper: seq-mean-token-mean).", show_default=False)] = None,
+    whiten_advantages: Annotated[Optional[bool], _F("--whiten-advantages/--no-whiten-advantages", help="PPO: standardise the GAE advantages over the batch's tokens; default on (--preset paper: off).", show_default=False)] = None,
+    kl_clip: Annotated[Optional[float], _F("--kl-clip", help="Clamp the per-token KL penalty to [-c, c] (with --kl-in reward); default 10 (--preset paper: 0.5).", show_default=False)] = None,
+    preset: Annotated[Optional[str], _F("--preset", help="paper: set --no-whiten-advantages, --loss-agg, --kl-clip, --reward-std-floor and --reward-clip-range to the paper's code values (docs/training.md); flags you give win.", show_default=False)] = None,
     max_new_tokens: MaxNewTokensOpt = 128,
     temperature: TemperatureOpt = 1.0,
     top_p: TopPOpt = 1.0,
@@ -100,6 +103,7 @@ def train_policy(
     from rlhfctl.rl.shaping import Shaping
     from rlhfctl.training.policy.config import PolicyConfig
     from rlhfctl.training.policy.run import run
+    from rlhfctl.training.presets import resolve_knobs
     from rlhfctl.training.scale import ScaleOptions
 
     clip_range = None
@@ -109,14 +113,18 @@ def train_policy(
         except ValueError:
             raise ConfigError(f"--reward-clip-range takes LO,HI (two numbers), got {reward_clip_range!r}") from None
         clip_range = (lo, hi)
-    shaping = Shaping(norm=reward_norm, std_floor=reward_std_floor, clip=reward_clip or None, neg_scale=neg_reward_scale,
-                      clip_range=clip_range)
+    knobs = resolve_knobs(preset, {"whiten_advantages": whiten_advantages, "loss_agg": loss_agg, "kl_clip": kl_clip,
+                                   "reward_std_floor": reward_std_floor, "reward_clip_range": clip_range,
+                                   "neg_reward_scale": neg_reward_scale})
+    shaping = Shaping(norm=reward_norm, std_floor=knobs["reward_std_floor"], clip=reward_clip or None,
+                      neg_scale=knobs["neg_reward_scale"], clip_range=knobs["reward_clip_range"])
     results = run(PolicyConfig(
         prompts=prompts, model=model, out=out, algo=algo, rm=rm, rm_weight=rm_weight, rm_max_length=rm_max_length,
         verifier=verifier, verifier_weight=verifier_weight, n=n, prompts_per_step=prompts_per_step, ppo_epochs=ppo_epochs,
         mini_batch_size=mini_batch_size, lr=lr, critic_lr=critic_lr, kl_coef=kl_coef, kl_estimator=kl_estimator,
         kl_in=kl_in, shaping=shaping, gamma=gamma, lam=lam, clip_eps=clip_eps, value_clip=value_clip,
-        critic_init=critic_init, critic_warmup_steps=critic_warmup_steps, loss_agg=loss_agg,
+        critic_init=critic_init, critic_warmup_steps=critic_warmup_steps, loss_agg=knobs["loss_agg"],
+        whiten_advantages=knobs["whiten_advantages"], kl_clip=knobs["kl_clip"], preset=preset,
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, max_steps=max_steps, save_every=save_every,
         eval_data=eval_data, eval_every=eval_every, eval_max_prompts=eval_max_prompts, seed=seed, resume=resume,
         backend=backend, gpu_memory_utilization=gpu_memory_utilization, vllm_sync_timeout=vllm_sync_timeout,

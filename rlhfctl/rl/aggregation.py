@@ -5,9 +5,10 @@ weight of long vs short responses (Liu et al. 2025, "Understanding R1-Zero-Like
 Training", §3.1):
 
 - ``token-mean``: Σ_{b,t} m·l / Σ_{b,t} m — every token weighs the same
-  (DAPO; TRL's default since 0.19);
+  (DAPO; TRL's default since 0.19; OpenRLHF's default, ``token_level_loss``);
 - ``seq-mean-token-mean``: mean_b (Σ_t m·l / Σ_t m) — every sequence weighs
-  the same (the original GRPO paper; OpenRLHF's default);
+  the same (the original GRPO paper; the paper's code, ``--preset paper``;
+  OpenRLHF only with its GSPO loss);
 - ``seq-mean-token-sum-norm``: mean_b (Σ_t m·l) / T_norm — sums over tokens
   divided by a constant, the generation budget (Dr. GRPO).
 

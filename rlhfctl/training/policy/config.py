@@ -14,6 +14,7 @@ from rlhfctl.rl.aggregation import LOSS_AGGREGATIONS
 from rlhfctl.rl.kl import KL_ESTIMATORS
 from rlhfctl.rl.shaping import NORMS, Shaping
 from rlhfctl.training.loop import check_in_range, check_positive, manifest_options
+from rlhfctl.training.presets import check_preset
 from rlhfctl.training.scale import ScaleOptions, check_resumable, is_fsdp2
 
 ALGOS = ("ppo", "grpo")
@@ -51,6 +52,9 @@ class PolicyConfig:
     critic_init: str = "sft"
     critic_warmup_steps: int = 0
     loss_agg: str = "token-mean"
+    whiten_advantages: bool = True  # PPO only; GRPO's advantages are the group-normalised scores
+    kl_clip: float = 10.0  # the per-token KL penalty is clamped to [-kl_clip, kl_clip]
+    preset: str | None = None  # the --preset the knobs above were resolved from (training.presets)
     max_new_tokens: int = 128
     temperature: float = 1.0
     top_p: float = 1.0
@@ -94,6 +98,8 @@ class PolicyConfig:
         check_in_range("--kl-coef", self.kl_coef, 0.0, math.inf)
         check_in_range("--temperature", self.temperature, 0.0, math.inf)
         check_in_range("--value-clip", self.value_clip, 0.0, math.inf)
+        check_positive("--kl-clip", self.kl_clip)
+        check_in_range("--reward-std-floor", self.shaping.std_floor, 0.0, math.inf)
         for flag, value in (("--rm-weight", self.rm_weight), ("--verifier-weight", self.verifier_weight)):
             if not math.isfinite(value):
                 raise ConfigError(f"{flag} must be a finite number, got {value}")
@@ -121,6 +127,7 @@ class PolicyConfig:
             raise ConfigError(f"unknown --kl-in {self.kl_in!r}: choose reward or loss")
         if self.loss_agg not in LOSS_AGGREGATIONS:
             raise ConfigError(f"unknown --loss-agg {self.loss_agg!r}: choose one of {', '.join(LOSS_AGGREGATIONS)}")
+        check_preset(self.preset)
         if self.critic_init not in ("sft", "rm"):
             raise ConfigError(f"unknown --critic-init {self.critic_init!r}: choose sft or rm")
         if self.critic_init == "rm" and self.algo == "ppo" and not self.rm:
@@ -184,4 +191,5 @@ def print_settings(config: PolicyConfig, enabled: bool) -> None:
     for key, value in options_table(config):
         table.add_row(key, value)
     Console(stderr=True).print(table)
-    log(f"loss aggregation: {config.loss_agg} (the frameworks disagree on this; it is a flag)")
+    log(f"loss aggregation: {config.loss_agg} (the frameworks disagree on this; it is a flag)"
+        + (f"; method knobs from --preset {config.preset}" if config.preset else ""))

@@ -107,7 +107,8 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
     config = replace(config, packing=use_packing(config.packing, models.policy, "train-policy", main))  # decided once
     rm = load_rm_handle(config.rm, accelerator.device, config.rm_max_length, main) if config.rm and config.rm_weight else None
     settings = AdvantageSettings(config.algo, config.n, config.shaping, config.kl_coef, config.kl_estimator, config.kl_in,
-                                 gamma=config.gamma, lam=config.lam, whiten_advantages=config.algo == "ppo")
+                                 kl_clip=config.kl_clip, gamma=config.gamma, lam=config.lam,
+                                 whiten_advantages=config.whiten_advantages)
     start = restore_training_state(out, accelerator, models.policy, models.policy_opt, others=models.others()) if config.resume else 0
     metrics = MetricsLog(out / METRICS, start, enabled=main)
     policy = accelerator.unwrap_model(models.policy)
