@@ -33,16 +33,20 @@ class Budget:
     rollout_n: int
     rm_epochs: float
     label_completions: int
+    label_solutions: int  # distinct responses labelled per prompt (label-prm --max-solutions-per-prompt)
+    prm_epochs: float
     bon_n: int
     policy_steps: int
     prompts_per_step: int
     eval_every: int
 
 
+# The PRM needs a right and a slipped version of the same carry step to learn the arithmetic rather than
+# "a carry step is wrong" (most sampled carries are slips): every distinct response of a prompt is labelled.
 DEFAULT = Budget(sft_steps=1000, train_prompts=400, test_prompts=200, rollout_n=8, rm_epochs=4.0, label_completions=4,
-                 bon_n=16, policy_steps=15, prompts_per_step=8, eval_every=5)
+                 label_solutions=8, prm_epochs=12.0, bon_n=16, policy_steps=15, prompts_per_step=8, eval_every=5)
 FULL = Budget(sft_steps=1000, train_prompts=2000, test_prompts=500, rollout_n=8, rm_epochs=4.0, label_completions=8,
-              bon_n=16, policy_steps=60, prompts_per_step=32, eval_every=10)
+              label_solutions=1, prm_epochs=4.0, bon_n=16, policy_steps=60, prompts_per_step=32, eval_every=10)
 SFT_BATCH = 64
 
 
@@ -97,10 +101,11 @@ def plan(work: Path, budget: Budget, seed: int = 0) -> list[Stage]:
                                  "--out", str(work / "rm"), "--epochs", str(budget.rm_epochs), "--seed", s],
               work / "rm" / "rlhfctl.json", work / "rm"),
         Stage("label-prm", ["label-prm", str(work / "rollouts.jsonl"), "--completer", str(work / "sft"), "--out", str(work / "steps.jsonl"),
-                            "--n-completions", str(budget.label_completions), "--max-solutions-per-prompt", "1", "--seed", s],
+                            "--n-completions", str(budget.label_completions), "--max-solutions-per-prompt", str(budget.label_solutions),
+                            "--seed", s],
               work / "steps.done", appends=True),
         Stage("train-rm --prm", ["train-rm", "--prm", str(work / "steps.jsonl"), "--model", str(work / "sft"), "--out", str(work / "prm"),
-                                 "--epochs", str(budget.rm_epochs), "--seed", s], work / "prm" / "rlhfctl.json", work / "prm"),
+                                 "--epochs", str(budget.prm_epochs), "--seed", s], work / "prm" / "rlhfctl.json", work / "prm"),
         Stage("rollout (Best-of-N)", ["rollout", test, "--model", str(work / "sft"), "--out", str(work / "rollouts-test.jsonl"),
                                       "--n", str(budget.bon_n), "--seed", s], work / "rollouts-test.done", appends=True),
         Stage("build-prefs (held-out)", ["build-prefs", str(work / "rollouts-test.jsonl"), "--out", str(work / "prefs-test.jsonl"),

@@ -127,3 +127,21 @@ def test_demo_runs_every_stage_and_a_rerun_skips_them_all(cli, tmp_path):
     assert again.returncode == 0 and json.loads(again.stdout) == table
     # every stage is done; at these budgets the test responses may be all wrong, leaving no held-out pairs for eval ORM
     assert again.stderr.count("done, skipped") + again.stderr.count("found nothing for prefs-test.jsonl") == 17
+
+
+PRM_STAGES = ("toy-data", "train-sft", "rollout (RM data)", "label-prm", "train-rm --prm", "rollout (Best-of-N)")
+
+
+@pytest.mark.slow
+def test_default_pipeline_prm_picks_better_than_a_random_sample(cli, tmp_path):
+    """The default budget's PRM stages, command for command; its Best-of-16 pick (min of the step
+    scores, the demo's curve) is right more often than a random sample of the 16 (sampled pass@1)."""
+    work = tmp_path / "demo"
+    stages = {s.name: s for s in pipeline.plan(work, pipeline.DEFAULT)}
+    for name in PRM_STAGES:
+        proc = cli(*stages[name].args, timeout=1800)
+        assert proc.returncode == 0, (name, proc.stderr[-3000:])
+    proc = cli("best-of-n", work / "rollouts-test.jsonl", "--prm", work / "prm", "--out", work / "bon.json", "--json", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    curves = json.loads((work / "bon.json").read_text())["curves"]
+    assert curves["prm-min"][-1] > curves["oracle"][0] + 0.03, curves
