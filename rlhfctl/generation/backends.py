@@ -9,7 +9,7 @@ from rlhfctl.errors import ConfigError
 from rlhfctl.generation.base import BACKENDS, EngineOptions, Generator
 from rlhfctl.generation.hf import HFGenerator
 from rlhfctl.generation.vllm import build_vllm_generator, vllm_usable
-from rlhfctl.models import eos_token_ids, inference_device, load_causal_lm, load_tokenizer
+from rlhfctl.models import ModelSource, as_source, eos_token_ids, inference_device, load_causal_lm, load_tokenizer
 
 
 def resolve_backend(backend: str, engine: EngineOptions = EngineOptions()) -> str:
@@ -26,11 +26,12 @@ def resolve_backend(backend: str, engine: EngineOptions = EngineOptions()) -> st
     return resolved
 
 
-def make_generator(backend: str, model_spec: str, seed: int = 0, trust_remote_code: bool = False,
+def make_generator(backend: str, model: ModelSource | str, seed: int = 0,
                    engine: EngineOptions = EngineOptions()) -> Generator:
-    """The generator for ``--backend`` (see `resolve_backend`) over ``model_spec``."""
+    """The generator for ``--backend`` (see `resolve_backend`) over ``model``."""
+    source = as_source(model)
     if resolve_backend(backend, engine) == "vllm":
-        return build_vllm_generator(model_spec, seed, trust_remote_code, engine)
-    tokenizer = load_tokenizer(model_spec, trust_remote_code)
-    model = load_causal_lm(model_spec, seed=seed, trust_remote_code=trust_remote_code).to(inference_device())
-    return HFGenerator(model, tokenizer, eos_token_ids(tokenizer, model_spec))
+        return build_vllm_generator(source, seed, engine)
+    tokenizer = load_tokenizer(source)
+    lm = load_causal_lm(source, seed=seed).to(inference_device())
+    return HFGenerator(lm, tokenizer, eos_token_ids(tokenizer, source.spec))
