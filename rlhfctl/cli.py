@@ -24,6 +24,7 @@ from rlhfctl.commands.toy_data import toy_data
 from rlhfctl.commands.train_policy import train_policy
 from rlhfctl.commands.train_rm import train_rm
 from rlhfctl.commands.train_sft import train_sft
+from rlhfctl.console import forget_logged
 from rlhfctl.errors import RlhfctlError
 
 app = typer.Typer(
@@ -63,6 +64,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""
+    forget_logged()
     try:
         code = app(standalone_mode=False)
     except RlhfctlError as e:

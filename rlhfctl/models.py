@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhfctl.console import log_once
 from rlhfctl.errors import ModelError
 from rlhfctl.toy.sizes import TOY_SIZES, toy_config
 from rlhfctl.toy.tokenizer import build_toy_tokenizer
@@ -184,9 +185,25 @@ def load_causal_lm(model: ModelSource | str, seed: int = 0, dtype: str = "float3
     if is_toy_spec(spec):
         with _seeded(seed):
             model = AutoModelForCausalLM.from_config(toy_config(spec[len(TOY_PREFIX):]), dtype=torch_dtype)
-        return model
+        return announce_model(spec, model)
     with loading(spec, "as a causal LM"):
-        return AutoModelForCausalLM.from_pretrained(model_path(spec), dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(model_path(spec), dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    return announce_model(spec, model)
+
+
+def announce_model(spec: str, model: Any) -> Any:
+    """Say once on stderr which model was loaded, its class and size (``model: runs/sft (LlamaForCausalLM, 0.9M parameters)``)."""
+    log_once(f"model: {spec} ({type(model).__name__}, {human_count(count_parameters(model))} parameters)")
+    return model
+
+
+def human_count(n: int) -> str:
+    """``n`` the way model sizes are quoted: 950 -> 950, 12,300 -> 12.3K, 912,000 -> 0.9M, 1.54e9 -> 1.5B."""
+    for unit, floor, scale in (("B", 1e9, 1e9), ("M", 1e5, 1e6), ("K", 1e3, 1e3)):
+        if n >= floor:
+            value = n / scale
+            return f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
+    return str(n)
 
 
 def save_model(model: Any, tokenizer: Any, folder: str | os.PathLike, state_dict: dict | None = None,

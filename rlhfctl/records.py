@@ -394,7 +394,13 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """``obj`` as indented JSON, atomically; ``-`` writes to stdout."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    atomic_write_text(path, text)
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Record]) -> None:

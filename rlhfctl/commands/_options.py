@@ -73,7 +73,7 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", help="YAML file of flag values (keys are flag names); flags given on the command line win.",
     is_eager=True, callback=_load_config, show_default=False,
 )]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="A Hugging Face model folder, or toy:tiny|small|base.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="A Hugging Face model folder or Hub id (org/name), or toy:tiny|small|base for a fresh toy model.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same result on a CPU.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in --out.")]

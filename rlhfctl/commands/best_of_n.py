@@ -13,7 +13,7 @@ from rlhfctl.generation.base import EngineOptions, SamplingParams
 
 def best_of_n(
     source: Annotated[str, typer.Argument(help="Graded rollouts JSONL; or, with --policy, prompts JSONL to sample from.")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Result JSON: {n, curves: {scorer: [accuracy per N]}, num_prompts}.")],
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Result JSON: {n, curves: {scorer: \\[accuracy per N]}, num_prompts}; default SOURCE-stem.bon.json beside SOURCE. Scores are cached in OUT.scores.json; - writes the JSON to stdout and keeps no score cache (nor, with --policy, the samples).", show_default=False)] = None,
     rm: Annotated[Optional[str], typer.Option("--rm", help="Select by this reward model (train-rm folder).", show_default=False)] = None,
     prm: Annotated[Optional[str], typer.Option("--prm", help="Select by this process reward model (train-rm --prm folder).", show_default=False)] = None,
     rm_max_length: RMMaxLengthOpt = None,
@@ -57,7 +57,9 @@ def best_of_n(
 
         rlhfctl best-of-n data/toy/test.jsonl --policy runs/sft --n 16 --logprob runs/sft --out runs/bon-lp.json
     """
-    from rlhfctl.eval.best_of_n_sweep import BoNConfig, run
+    from rlhfctl.eval.best_of_n_sweep import BoNConfig, default_out, run
+
+    out = out or default_out(source)
 
     params = SamplingParams(n=n or 16, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)
@@ -66,16 +68,16 @@ def best_of_n(
                            backend=backend, engine=EngineOptions(tp=tp, gpu_memory_utilization=gpu_memory_utilization),
                            rm_max_length=rm_max_length, trust_remote_code=trust_remote_code, fields=field_map(field),
                            prompt_format=prompt_format(system, prompt_template)))
-    if as_json:
+    if as_json and out != "-":  # with --out -, stdout holds the result already
         import json
         import sys
 
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
-        return
-    _print_table(result)
+    elif not as_json:
+        _print_table(result, to_stderr=out == "-")
 
 
-def _print_table(result) -> None:
+def _print_table(result, to_stderr: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -85,4 +87,4 @@ def _print_table(result) -> None:
         table.add_column(name, justify="right")
     for i, n in enumerate(result["n"]):
         table.add_row(str(n), *(f"{ys[i]:.4f}" for ys in result["curves"].values()))
-    Console().print(table)
+    Console(stderr=to_stderr).print(table)

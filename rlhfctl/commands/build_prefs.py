@@ -9,7 +9,7 @@ from rlhfctl.commands._options import ConfigOpt, FieldOpt, JsonOpt, SeedOpt, Tru
 
 def build_prefs(
     source: Annotated[str, typer.Argument(help="Rollouts JSONL (modes verified, rm), or for --mode import a JSONL file, a Hugging Face dataset name or a local dataset folder.")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Prefs JSONL (pairs and binary items); - for stdout.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Prefs JSONL (pairs and binary items); - for stdout (the summary then goes to stderr).")],
     mode: Annotated[str, typer.Option("--mode", help="verified (graded rollouts), rm (ranked by --rm), or import.")] = "verified",
     max_prompts: Annotated[Optional[int], typer.Option("--max-prompts", help="Use only the first this many prompts (records for import).", show_default=False)] = None,
     pairs_per_prompt: Annotated[int, typer.Option("--pairs-per-prompt", help="Pairs drawn per prompt (verified: correct x incorrect; rm: k-th best vs k-th worst).")] = 1,
@@ -45,5 +45,4 @@ def build_prefs(
                               binary_per_prompt=binary_per_prompt, seed=seed, rm=rm, prompt_key=prompt_key,
                               chosen_key=chosen_key, rejected_key=rejected_key, split=split,
                               trust_remote_code=trust_remote_code, fields=field_map(field)))
-    if out != "-" or as_json:
-        print_summary(summary, as_json and out != "-", "build-prefs")
+    print_summary(summary, as_json, "build-prefs", to_stderr=out == "-")

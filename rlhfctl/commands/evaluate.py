@@ -19,7 +19,7 @@ def evaluate(
     rm: Annotated[Optional[str], typer.Option("--rm", help="A reward model folder (train-rm) to measure instead of a policy.", show_default=False)] = None,
     prm: Annotated[bool, typer.Option("--prm", help="With --rm: the folder is a process reward model and --data is stepwise.")] = False,
     rm_max_length: RMMaxLengthOpt = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Write the results as JSON here.", show_default=False)] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Write the results as JSON here; - for stdout (the summary table then goes to stderr).", show_default=False)] = None,
     n: NOpt = 1,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature; default 0 (greedy) when --n is 1, else 1.", show_default=False)] = None,
     top_p: TopPOpt = 1.0,
@@ -77,7 +77,7 @@ def evaluate(
 
         rm_config = RMEvalConfig(rm=rm, data=(data,), out=out, batch_size=batch_size, max_length=rm_max_length,
                                  trust_remote_code=trust_remote_code, prm=prm)
-        print_summary(run_rm(rm_config), as_json, "eval --rm")
+        print_summary(run_rm(rm_config), as_json, "eval --rm", to_stderr=out == "-")
         return
     from rlhfctl.eval.benchmark import BenchmarkConfig, run
 
@@ -90,4 +90,4 @@ def evaluate(
                                   engine=EngineOptions(tp=tp, gpu_memory_utilization=gpu_memory_utilization),
                                   extract=extract, fields=field_map(field), prompt_format=prompt_format(system, prompt_template),
                                   responses=responses is not None))
-    print_summary(summary, as_json, "eval")
+    print_summary(summary, as_json, "eval", to_stderr=out == "-")

@@ -15,7 +15,7 @@ from rlhfctl.generation.base import EngineOptions, SamplingParams
 def label_prm(
     rollouts: Annotated[str, typer.Argument(help="Rollouts (rollout's or grade's output) whose prompts carry a gold `answer`: JSONL, Parquet, CSV, a datasets folder or hf:ORG/NAME.")],
     completer: Annotated[str, typer.Option("--model", "--completer", "-m", help="The model that completes each step prefix (usually the SFT policy).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Stepwise JSONL (prompt, completions, labels); rerunning resumes.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Stepwise JSONL (prompt, completions, labels); rerunning resumes. - for stdout (the summary then goes to stderr).")],
     n_completions: Annotated[int, typer.Option("--n-completions", help="Continuations sampled per step prefix (N).")] = 8,
     method: Annotated[str, typer.Option("--method", help="hard (any continuation right) or soft (the fraction right).")] = "hard",
     step_sep: Annotated[str, typer.Option("--step-sep", help="What separates steps in a solution (a blank line: $'\\n\\n').")] = "\n",
@@ -63,4 +63,4 @@ def label_prm(
                               engine=EngineOptions(tp=tp, gpu_memory_utilization=gpu_memory_utilization),
                               trust_remote_code=trust_remote_code, fields=field_map(field),
                               prompt_format=prompt_format(system, prompt_template)))
-    print_summary(summary, as_json, "label-prm")
+    print_summary(summary, as_json, "label-prm", to_stderr=out == "-")

@@ -18,7 +18,7 @@ _F = typer.Option
 def train_policy(
     prompts: Annotated[str, typer.Argument(help="Prompts JSONL ({prompt, answer?, task?}).")],
     out: Annotated[str, _F("--out", "-o", help="Run folder: the policy, checkpoints/, metrics.jsonl.")],
-    model: ModelOpt = "toy:small",
+    model: ModelOpt,
     algo: Annotated[str, _F("--algo", help="ppo (with a critic, GAE) or grpo (critic-free, group-normalised).")] = "grpo",
     rm: Annotated[Optional[str], _F("--rm", help="Outcome reward model folder (train-rm); its score is standardised with the μ/σ in its manifest.", show_default=False)] = None,
     rm_weight: Annotated[float, _F("--rm-weight", help="Weight of the RM score in the reward.")] = 1.0,

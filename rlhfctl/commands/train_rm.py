@@ -14,7 +14,7 @@ from rlhfctl.commands._options import (
 def train_rm(
     data: Annotated[list[str], typer.Argument(help="Prefs JSONL files: pairs {prompt, chosen, rejected, margin?} and/or binary items {prompt, completion, label}; with --prm, stepwise files {prompt, completions, labels}.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder: the reward model, checkpoints/, metrics.jsonl.")],
-    model: ModelOpt = "toy:small",
+    model: ModelOpt,
     prm: Annotated[bool, typer.Option("--prm", help="Train a process reward model on stepwise data (label-prm output).")] = False,
     step_sep: Annotated[str, typer.Option("--step-sep", help="With --prm: the text put between steps (as label-prm split them).")] = "\n",
     eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Held-out prefs file(s); default: a split of DATA by prompt.", show_default=False)] = None,

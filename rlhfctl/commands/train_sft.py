@@ -14,7 +14,7 @@ from rlhfctl.commands._options import (
 def train_sft(
     data: Annotated[str, typer.Argument(help="{prompt, completion} records (TRL's prompt-completion format): JSONL, Parquet, CSV, a datasets folder or hf:ORG/NAME.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder: the final model, checkpoints/, metrics.jsonl.")],
-    model: ModelOpt = "toy:small",
+    model: ModelOpt,
     epochs: EpochsOpt = 1.0,
     max_steps: MaxStepsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Records per optimiser step (global, over all ranks).")] = 64,

@@ -18,11 +18,13 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rlhfctl.console import log
 from rlhfctl.data import PromptFormat
 from rlhfctl.errors import ConfigError, DataError, ModelError
 from rlhfctl.eval.selection import best_of_n_accuracy, oracle_accuracy
@@ -89,7 +91,7 @@ def run(config: BoNConfig) -> dict[str, Any]:
     rollouts = _rollouts(config)
     n_max = _n_max(rollouts, config)
     rollouts = [{**r, "responses": r["responses"][:n_max], "correct": r["correct"][:n_max]} for r in rollouts]
-    scores = ScoreCache(config.out + ".scores.json", rollouts)
+    scores = ScoreCache(None if config.out == "-" else config.out + ".scores.json", rollouts)
     curves: dict[str, list[float]] = {}
     ns = ks_up_to(n_max) + ([n_max] if n_max & (n_max - 1) else [])
     if config.oracle:
@@ -121,20 +123,32 @@ def run(config: BoNConfig) -> dict[str, Any]:
     if config.picks:
         write_jsonl(config.picks, _picks(rollouts, ranked))
     if config.plot:
-        plot_curves(result, config.plot, Path(config.out).stem)
+        plot_curves(result, config.plot, "best-of-n" if config.out == "-" else Path(config.out).stem)
     return result
 
 
 def _rollouts(config: BoNConfig) -> list[Record]:
     """The rollouts to select from; with --policy, sampled first (and kept beside the output)."""
-    path = config.source
-    if config.policy:
+    if not config.policy:
+        return _graded(config.source, read_records(config.source, ROLLOUTS, fields=config.fields))
+    if config.out != "-":
         path = str(Path(config.out).with_suffix("")) + ".rollouts.jsonl"
-        n = config.n or config.params.n
-        rollout(RolloutConfig(prompts=config.source, model=config.policy, out=path, params=replace(config.params, n=n),
-                              backend=config.backend, engine=config.engine, trust_remote_code=config.trust_remote_code,
-                              fields=config.fields, prompt_format=config.prompt_format))
-    rollouts = read_records(path, ROLLOUTS, fields={} if config.policy else config.fields)
+        return _graded(path, read_records(_sample(config, path), ROLLOUTS))
+    with tempfile.TemporaryDirectory(prefix="rlhfctl-bon-") as tmp:  # --out -: the samples are not kept
+        return _graded(config.source, read_records(_sample(config, os.path.join(tmp, "rollouts.jsonl")), ROLLOUTS))
+
+
+def _sample(config: BoNConfig, path: str) -> str:
+    """Sample --n responses per prompt of SOURCE with --policy into ``path`` (resumed when it exists)."""
+    n = config.n or config.params.n
+    rollout(RolloutConfig(prompts=config.source, model=config.policy, out=path, params=replace(config.params, n=n),
+                          backend=config.backend, engine=config.engine, trust_remote_code=config.trust_remote_code,
+                          fields=config.fields, prompt_format=config.prompt_format))
+    return path
+
+
+def _graded(path: str, rollouts: list[Record]) -> list[Record]:
+    """``rollouts``, refused unless every response carries a grade."""
     for line, r in enumerate(rollouts, start=1):
         if "correct" not in r:
             raise DataError(path, line, "missing: best-of-n needs graded rollouts (prompts with an answer)", "correct")
@@ -148,7 +162,17 @@ def _n_max(rollouts: list[Record], config: BoNConfig) -> int:
     n_max = min(len(r["responses"]) for r in rollouts)
     if n_max == 0:
         raise DataError(config.source, None, "a rollout has no responses", "responses")
+    if config.n and config.n > n_max:
+        log(f"best-of-n: --n {config.n}, but the prompts have {n_max} samples each (the fewest of any prompt): "
+            f"the curve stops at N = {n_max}")
     return min(n_max, config.n) if config.n else n_max
+
+
+def default_out(source: str) -> str:
+    """Where --out goes when not given: ``ROLLOUTS.bon.json`` beside a rollouts file."""
+    if source == "-" or not os.path.isfile(source):
+        raise ConfigError(f"--out is needed when SOURCE is not a file ({source})")
+    return str(Path(source).with_suffix("")) + ".bon.json"
 
 
 def model_key(kind: str, model: str) -> str:
@@ -185,10 +209,10 @@ class ScoreCache:
 
     RESPONSES = "responses"
 
-    def __init__(self, path: str, rollouts: list[Record]):
-        self.path = path
+    def __init__(self, path: str | None, rollouts: list[Record]):
+        self.path = path  # None: kept in memory only (--out -)
         self.data: dict[str, dict[str, list[Any]]] = {}
-        if os.path.exists(path):
+        if path is not None and os.path.exists(path):
             self.data = self._read(path)
         seen = self.data.setdefault(self.RESPONSES, {})
         for r in rollouts:
@@ -232,7 +256,8 @@ class ScoreCache:
         return [known[r["id"]][: len(r["responses"])] for r in rollouts]
 
     def save(self) -> None:
-        write_json(self.path, self.data)
+        if self.path is not None:
+            write_json(self.path, self.data)
 
 
 def _score_rm(rollouts: list[Record], rm: ModelSource, max_length: int | None, counts: Counter) -> list[list[float]]:

@@ -19,7 +19,7 @@ import torch
 from rlhfctl.artifacts import read_manifest
 from rlhfctl.errors import ModelError
 from rlhfctl.models import (
-    TOY_PREFIX, ModelSource, as_source, check_model_spec, is_toy_spec, load_tokenizer, loading, quiet_transformers,
+    TOY_PREFIX, ModelSource, announce_model, as_source, check_model_spec, is_toy_spec, load_tokenizer, loading, quiet_transformers,
 )
 from rlhfctl.toy.sizes import toy_config
 
@@ -102,7 +102,7 @@ def build_reward_model(model: ModelSource | str, kind: str, seed: int = 0):
                                              trust_remote_code=source.trust_remote_code)
             model.config.pad_token_id = tokenizer.pad_token_id
     _zero_last_linear(getattr(model, head_names(model)[0]))
-    return model
+    return announce_model(spec, model)
 
 
 def _zero_last_linear(head: torch.nn.Module) -> None:
@@ -146,7 +146,7 @@ def load_reward_model(model: ModelSource | str, kind: str, device: str = "cpu"):
     auto = AutoModelForSequenceClassification if kind == ORM else AutoModelForTokenClassification
     with loading(folder, "as a reward model"):
         loaded = auto.from_pretrained(check_model_spec(folder), dtype=torch.float32, trust_remote_code=source.trust_remote_code)
-    return loaded.eval().to(device), load_tokenizer(source), manifest
+    return announce_model(folder, loaded).eval().to(device), load_tokenizer(source), manifest
 
 
 def trained_max_length(manifest: dict[str, Any], default: int = 512) -> int:

@@ -58,6 +58,8 @@ class LabelConfig:
             raise ConfigError(f"unknown --method {self.method!r}: choose hard or soft")
         if self.format not in FORMATS:
             raise ConfigError(f"unknown --format {self.format!r}: choose trl or openrlhf")
+        if self.format == "openrlhf" and self.out == "-":
+            raise ConfigError("--format openrlhf writes OUT.openrlhf.jsonl beside OUT: give --out a file, not -")
         if not self.step_sep:
             raise ConfigError("--step-sep must not be empty")
         if self.max_solutions_per_prompt is not None and self.max_solutions_per_prompt < 1:
@@ -103,11 +105,13 @@ def _label_all(config: LabelConfig, rollouts: list[Record], usable: list[Record]
     generator = make_generator(config.backend, ModelSource(config.completer, config.trust_remote_code), config.params.seed,
                                engine=config.engine)
     tic = time.perf_counter()
-
+    streamed: list[Record] = []  # with --out -, the records this run wrote (there is no file to read back)
     with writer, Progress("label-prm", len(todo), 0, True) as progress:
         for chunk in _chunks_by_prompt(todo, config.prompts_per_chunk):
             for record in _label_chunk(chunk, generator, config, stats):
                 writer.write(record)
+                if config.out == "-":
+                    streamed.append(record)
                 if extra is not None:
                     extra.write(openrlhf_record(record))
                 stats["labelled"] += 1
@@ -115,7 +119,7 @@ def _label_all(config: LabelConfig, rollouts: list[Record], usable: list[Record]
                 progress.advance()
     if extra is not None:
         extra.close()
-    return _finish(stats, config, time.perf_counter() - tic)
+    return _finish(stats, config, time.perf_counter() - tic, streamed)
 
 
 def same_labelling(config: LabelConfig):
@@ -209,10 +213,13 @@ def openrlhf_record(record: Record) -> Record:
     return {"id": record["id"], "input": text, "value": labels}
 
 
-def _finish(stats: dict[str, Any], config: LabelConfig, seconds: float) -> dict[str, Any]:
+def _finish(stats: dict[str, Any], config: LabelConfig, seconds: float, streamed: list[Record] | None = None) -> dict[str, Any]:
     stats["tokens_per_s"] = stats["new_tokens"] / seconds if seconds else 0.0
     stats["out"] = config.out
-    records = read_records(config.out, STEPS, allow_empty=True) if stats["solutions"] else []
+    if config.out == "-":
+        records = streamed or []
+    else:
+        records = read_records(config.out, STEPS, allow_empty=True) if stats["solutions"] else []
     if config.format == "openrlhf":  # rebuilt from the steps file: a kill between the two appends leaves no gap or twin
         write_jsonl(config.out + ".openrlhf.jsonl", [openrlhf_record(r) for r in records])
     agreement = label_agreement(records) if records else None

@@ -416,13 +416,23 @@ def fit(run: Training, lengths: list[int], schedule: Schedule, step_fn, name: st
             last = {"step": step, "epoch": epoch, **values, "lr": run.scheduler.get_last_lr()[0],
                     "samples_per_s": len(batch) / (time.perf_counter() - tic)}
             metrics.write(last)
-            progress.advance(f"loss {values['loss']:.4f}")
+            progress.advance(progress_info(values))
             if step % schedule.save_every == 0 and step < run.total:
                 save_training_state(run.out, step, run.accelerator, run.model, run.optimizer, schedule.keep_checkpoints, run.scheduler)
     if not last and main:  # resumed from the final checkpoint: its metrics are on disk
         last = (read_metrics(run.out) or [{}])[-1]
     save_training_state(run.out, run.total, run.accelerator, run.model, run.optimizer, schedule.keep_checkpoints, run.scheduler)
     return last
+
+
+PROGRESS_ACCURACIES = ("accuracy", "pair_acc", "binary_acc", "step_acc")  # per-batch accuracies a step may report
+
+
+def progress_info(values: dict[str, Any]) -> str:
+    """What the progress display shows after a step: its loss and any accuracy it measured."""
+    shown = [f"loss {values['loss']:.4f}"]
+    shown += [f"{key} {values[key]:.3f}" for key in PROGRESS_ACCURACIES if isinstance(values.get(key), (int, float))]
+    return "  ".join(shown)
 
 
 def optimizer_step(accelerator, model, optimizer, max_grad_norm: float, scheduler=None) -> float | None:
