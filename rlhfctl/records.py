@@ -125,11 +125,14 @@ class RecordKind:
     name: str
     required: dict[str, Check]
     optional: dict[str, Check]
+    adapt: Callable[[dict, str, int | None], dict] | None = None  # other formats of the same data, rewritten first
 
     def check(self, record: Any, path: str, line: int | None) -> Record:
         """Validate one parsed JSON value; return it as a record (id filled in)."""
         if not isinstance(record, dict):
             raise DataError(path, line, f"expected a JSON object, got {_type(record)}")
+        if self.adapt is not None:
+            record = self.adapt(record, path, line)
         for field, check in self.required.items():
             if field not in record:
                 raise DataError(path, line, "missing", field)
@@ -154,7 +157,36 @@ _PROMPT_OPTIONAL = {"id": _is_id, "answer": _is_scalar_answer, "task": _is_str, 
                     "meta": _is_dict, "choices": _is_any}
 
 PROMPTS = RecordKind("prompts", {"prompt": _is_text_or_chat}, _PROMPT_OPTIONAL)
-SFT = RecordKind("sft", {"prompt": _is_text_or_chat, "completion": _is_text_or_chat}, {"id": _is_id, "meta": _is_dict})
+def _sft_from_trl(record: dict, path: str, line: int | None) -> dict:
+    """TRL's language-modelling (``text``) and conversational (``messages``) rows as prompt-completion.
+
+    ``text``: an empty prompt and the text as the completion, so the loss
+    covers every token. ``messages``: the prompt is every message before the
+    last assistant turn, the completion that turn (earlier assistant turns
+    are context, not trained on).
+    """
+    if "prompt" in record or "completion" in record:
+        return record
+    rest = {k: v for k, v in record.items() if k not in ("text", "messages")}
+    if "text" in record:
+        _run_check(_is_str, record["text"], path, line, "text")
+        return {**rest, "prompt": "", "completion": record["text"]}
+    if "messages" not in record:
+        return record
+    messages = record["messages"]
+    if not isinstance(messages, list):
+        raise DataError(path, line, f"expected a list of chat messages, got {_type(messages)}", "messages")
+    _run_check(_is_text_or_chat, messages, path, line, "messages")
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise DataError(path, line, "no assistant message: nothing to train on", "messages")
+    if last == 0:
+        raise DataError(path, line, "no message before the assistant's: nothing to prompt it with", "messages")
+    return {**rest, "prompt": messages[:last], "completion": [messages[last]]}
+
+
+SFT = RecordKind("sft", {"prompt": _is_text_or_chat, "completion": _is_text_or_chat}, {"id": _is_id, "meta": _is_dict},
+                 adapt=_sft_from_trl)
 ROLLOUTS = RecordKind(
     "rollouts",
     {"id": _is_id, "prompt": _is_text_or_chat, "responses": _list_of(_is_str, "strings")},

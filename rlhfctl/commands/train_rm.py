@@ -12,7 +12,7 @@ from rlhfctl.commands._options import (
 
 
 def train_rm(
-    data: Annotated[list[str], typer.Argument(help="Prefs JSONL files: pairs {prompt, chosen, rejected, margin?} and/or binary items {prompt, completion, label}; with --prm, stepwise files {prompt, completions, labels}.")],
+    data: Annotated[list[str], typer.Argument(metavar="DATA...", help="Prefs JSONL files in TRL's formats: pairs {prompt, chosen, rejected, margin?} (without prompt: the prompt is what chosen and rejected share at the start) and/or unpaired items {prompt, completion, label}; with --prm, stepwise supervision {prompt, completions, labels}.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder: the reward model, checkpoints/, metrics.jsonl.")],
     model: ModelOpt,
     prm: Annotated[bool, typer.Option("--prm", help="Train a process reward model on stepwise data (label-prm output).")] = False,

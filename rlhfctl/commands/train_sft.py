@@ -12,7 +12,7 @@ from rlhfctl.commands._options import (
 
 
 def train_sft(
-    data: Annotated[str, typer.Argument(help="{prompt, completion} records (TRL's prompt-completion format): JSONL, Parquet, CSV, a datasets folder or hf:ORG/NAME.")],
+    data: Annotated[str, typer.Argument(metavar="DATA", help="Records in one of TRL's formats: {prompt, completion} (loss on the completion); {text} (language modelling: loss on every token); or {messages} (conversational: the last assistant message is the completion, the messages before it the prompt). JSONL, Parquet, CSV, a datasets folder or hf:ORG/NAME.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder: the final model, checkpoints/, metrics.jsonl.")],
     model: ModelOpt,
     epochs: EpochsOpt = 1.0,
@@ -43,7 +43,7 @@ def train_sft(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Supervised fine-tuning on prompt-completion data (loss on completion tokens only).
+    """Supervised fine-tuning: loss on completion tokens only (every token of {text} records).
 
     Writes a Hugging Face model folder (AutoModelForCausalLM) with rlhfctl.json,
     metrics.jsonl (one line per step) and checkpoints/step-N/. Runs under

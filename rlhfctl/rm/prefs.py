@@ -31,6 +31,7 @@ from rlhfctl.artifacts import describe_inputs, make_manifest
 from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.models import ModelSource
 from rlhfctl.records import PAIRS, ROLLOUTS, Record, check_out_file, iter_values, read_records, write_json, write_jsonl
+from rlhfctl.rm.data import split_prompt
 from rlhfctl.rm.scorers import score_rollouts
 
 MODES = ("verified", "rm", "import")
@@ -170,7 +171,7 @@ def _import_row(row: Record, config: PrefsConfig, line: int, dropped: Counter) -
             return None
         chosen, rejected = best_worst
     prompt = row.get(config.prompt_key)
-    prompt, chosen, rejected = _split_prompt(prompt, chosen, rejected, config.source, line, config.prompt_key)
+    prompt, chosen, rejected = split_prompt(prompt, chosen, rejected, config.source, line, config.prompt_key)
     if chosen == rejected:
         dropped["chosen equals rejected"] += 1
         return None
@@ -205,34 +206,6 @@ def _best_and_worst(row: Record, config: PrefsConfig, line: int) -> tuple[Any, A
 
 def _first(item: dict, keys: tuple[str, ...]) -> Any:
     return next((item[k] for k in keys if item.get(k) is not None), None)
-
-
-def _split_prompt(prompt: Any, chosen: Any, rejected: Any, source: str, line: int, key: str) -> tuple[Any, Any, Any]:
-    """(prompt, chosen, rejected) with the prompt's turns cut from conversations that repeat them.
-
-    Without a prompt (TRL's implicit-prompt format) the prompt is the shared
-    beginning: leading messages both conversations share, or for strings
-    their common prefix, ending before a space (TRL's rule).
-    """
-    if isinstance(chosen, list) and isinstance(rejected, list):
-        shared = 0
-        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
-            shared += 1
-        if prompt is None or (shared and chosen[:shared] in ([{"role": "user", "content": prompt}], prompt)):
-            if shared == 0:
-                raise DataError(source, line, "missing: the conversations share no prompt turns", key)
-            return chosen[:shared], chosen[shared:], rejected[shared:]
-        return prompt, chosen, rejected
-    if prompt is not None:
-        return prompt, chosen, rejected
-    if not isinstance(chosen, str) or not isinstance(rejected, str):
-        raise DataError(source, line, "missing (map it with --prompt-key)", key)
-    idx = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
-    if idx > 0 and chosen[idx - 1] == " ":
-        idx -= 1
-    if idx == 0:
-        raise DataError(source, line, "missing: chosen and rejected share no prompt text", key)
-    return chosen[:idx], chosen[idx:], rejected[idx:]
 
 
 def _load_rows(config: PrefsConfig) -> Iterator[tuple[int, Any]]:
