@@ -5,7 +5,8 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, RMMaxLengthOpt, SeedOpt, TemperatureOpt, TopPOpt, TpOpt,
+    ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, ConcurrencyOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, RMMaxLengthOpt,
+    SeedOpt, ServedModelOpt, StopOpt, TemperatureOpt, TopPOpt, TpOpt, server_options,
 )
 from rlhfctl.generation.base import EngineOptions, SamplingParams
 
@@ -32,6 +33,11 @@ def best_of_n(
     backend: BackendOpt = "auto",
     tp: TpOpt = 1,
     gpu_memory_utilization: GpuMemoryOpt = 0.9,
+    base_url: BaseUrlOpt = None,
+    served_model: ServedModelOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    stop: StopOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -42,7 +48,8 @@ def best_of_n(
     `rm`, `prm-min` (one per --agg), `logprob`, `majority`, `weighted`. Scores are kept in
     OUT.scores.json, so rerunning with another scorer or --plot never
     re-scores; with --policy the samples are kept in OUT-stem.rollouts.jsonl
-    and reused by a rerun.
+    and reused by a rerun. With --backend openai (--base-url, --served-model) a
+    server samples them instead, and SOURCE is a prompts file.
 
     Examples:
 
@@ -54,12 +61,14 @@ def best_of_n(
     """
     from rlhfctl.eval.best_of_n_sweep import BoNConfig, run
 
+    server = server_options(backend, base_url=base_url, served_model=served_model, api_key_env=api_key_env,
+                            concurrency=concurrency, stop=stop)
     params = SamplingParams(n=n or 16, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)
     result = run(BoNConfig(source=source, out=out, rm=rm, prm=prm, aggs=tuple(agg or ("min",)), votes=tuple(vote or ()),
                            logprob=logprob, oracle=oracle, n=n, picks=picks, plot=plot, policy=policy, params=params,
                            backend=backend, engine=EngineOptions(tp=tp, gpu_memory_utilization=gpu_memory_utilization),
-                           rm_max_length=rm_max_length))
+                           rm_max_length=rm_max_length, server=server))
     if as_json:
         import json
         import sys

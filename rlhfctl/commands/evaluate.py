@@ -5,8 +5,8 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, NOpt, RMMaxLengthOpt, SeedOpt, TopPOpt, TpOpt, TrustOpt,
-    print_summary,
+    ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, ConcurrencyOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, NOpt,
+    RMMaxLengthOpt, SeedOpt, ServedModelOpt, StopOpt, TopPOpt, TpOpt, TrustOpt, print_summary, server_options,
 )
 from rlhfctl.errors import ConfigError
 from rlhfctl.generation.base import EngineOptions, SamplingParams
@@ -28,13 +28,20 @@ def evaluate(
     backend: BackendOpt = "auto",
     tp: TpOpt = 1,
     gpu_memory_utilization: GpuMemoryOpt = 0.9,
+    base_url: BaseUrlOpt = None,
+    served_model: ServedModelOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    stop: StopOpt = None,
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Measure a policy (pass@k, maj@k) or a reward model (pair accuracy, AUC).
 
-    With --model: pass@k and maj@k for k = 1, 2, 4, … up to --n.
+    With --model: pass@k and maj@k for k = 1, 2, 4, … up to --n. With
+    --backend openai a server samples the policy (--base-url,
+    --served-model) and --model may be left out.
 
     pass@k uses the unbiased estimator from n samples (Chen et al. 2021);
     maj@k is the expected accuracy of a majority vote over k samples. The
@@ -57,8 +64,10 @@ def evaluate(
 
         rlhfctl eval --rm runs/prm --prm --data runs/steps-test.jsonl
     """
-    if (model is None) == (rm is None):
-        raise ConfigError("give exactly one of --model (a policy) or --rm (a reward model)")
+    server = server_options(backend, base_url=base_url, served_model=served_model, api_key_env=api_key_env,
+                            concurrency=concurrency, stop=stop)
+    if (model is None and server is None) == (rm is None):
+        raise ConfigError("give exactly one of --model (a policy; or --backend openai) or --rm (a reward model)")
     if rm is not None:
         from rlhfctl.eval.rm_eval import RMEvalConfig, run as run_rm
 
@@ -72,5 +81,6 @@ def evaluate(
         temperature = 0.0 if n == 1 else 1.0
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)
-    summary = run(BenchmarkConfig(model, data, params, out, backend, trust_remote_code, EngineOptions(tp, gpu_memory_utilization)))
+    summary = run(BenchmarkConfig(model, data, params, out, backend, trust_remote_code, EngineOptions(tp, gpu_memory_utilization),
+                                  server=server))
     print_summary(summary, as_json, "eval")

@@ -5,16 +5,17 @@ from typing import Annotated
 import typer
 
 from rlhfctl.commands._options import (
-    BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, NOpt, SeedOpt, TemperatureOpt,
-    TopPOpt, TpOpt, TrustOpt, print_summary,
+    ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, ConcurrencyOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, NOpt,
+    SamplerModelOpt, SeedOpt, ServedModelOpt, StopOpt, TemperatureOpt, TopPOpt, TpOpt, TrustOpt, print_summary, require_model,
+    server_options,
 )
 from rlhfctl.generation.base import EngineOptions, SamplingParams
 
 
 def rollout(
     prompts: Annotated[str, typer.Argument(help="Prompts JSONL ({prompt, id?, answer?, task?}); - for stdin.")],
-    model: ModelOpt,
     out: Annotated[str, typer.Option("--out", "-o", help="Rollouts JSONL; rerunning with the same file resumes. - for stdout.")],
+    model: SamplerModelOpt = None,
     n: NOpt = 4,
     temperature: TemperatureOpt = 1.0,
     top_p: TopPOpt = 1.0,
@@ -24,6 +25,11 @@ def rollout(
     backend: BackendOpt = "auto",
     tp: TpOpt = 1,
     gpu_memory_utilization: GpuMemoryOpt = 0.9,
+    base_url: BaseUrlOpt = None,
+    served_model: ServedModelOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    stop: StopOpt = None,
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
@@ -37,6 +43,11 @@ def rollout(
     made with other settings, or held by a running rollout, is refused; prompts
     longer than the model's context are skipped and counted.
 
+    With --backend openai an OpenAI-compatible server (vllm serve,
+    transformers serve, ...) samples: one request per response, --concurrency
+    at a time; --model is then optional and only names the tokenizer that
+    finds prompts too long for the context.
+
     Examples:
 
         rlhfctl rollout data/toy/train.jsonl --model runs/sft --out runs/rollouts.jsonl --n 8
@@ -44,11 +55,16 @@ def rollout(
         rlhfctl rollout data/toy/test.jsonl --model toy:tiny --out - --n 2 --max-new-tokens 16
 
         rlhfctl rollout data/toy/train.jsonl --model runs/sft --out runs/rollouts.jsonl --n 8 --backend vllm --tp 2
+
+        rlhfctl rollout data/toy/train.jsonl --backend openai --base-url http://localhost:8000/v1 --served-model Qwen/Qwen2.5-0.5B-Instruct --out runs/rollouts.jsonl --n 8
     """
     from rlhfctl.generation.rollout import RolloutConfig, run
 
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)
+    require_model(backend, model, "--model")
+    server = server_options(backend, base_url=base_url, served_model=served_model, api_key_env=api_key_env,
+                            concurrency=concurrency, stop=stop)
     engine = EngineOptions(tp, gpu_memory_utilization)
-    summary = run(RolloutConfig(prompts, model, out, params, backend, trust_remote_code, engine))
+    summary = run(RolloutConfig(prompts, model, out, params, backend, trust_remote_code, engine, server=server))
     print_summary(summary, as_json, "rollout", to_stderr=out == "-")

@@ -5,24 +5,25 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rlhfctl.data import render_prompt
 from rlhfctl.errors import DataError
 from rlhfctl.eval.passk import summarize
 from rlhfctl.generation.backends import make_generator
 from rlhfctl.generation.base import EngineOptions, SamplingParams
+from rlhfctl.generation.server import ServerOptions
 from rlhfctl.grading import check_graders, get_grader, gold_field, grade, task_of
 from rlhfctl.records import PROMPTS, check_out_file, read_records, write_json
 
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    model: str
+    model: str | None  # optional with a server backend
     data: str
     params: SamplingParams
     out: str | None = None
     backend: str = "auto"
     trust_remote_code: bool = False
     engine: EngineOptions = EngineOptions()
+    server: ServerOptions | None = None  # --backend openai
 
 
 def run(config: BenchmarkConfig) -> dict[str, Any]:
@@ -39,15 +40,17 @@ def run(config: BenchmarkConfig) -> dict[str, Any]:
         if r.get(gold) is None or task_of(r) in (None, "chat"):
             raise DataError(config.data, i + 1, f"missing: eval needs {'tests' if gold == 'tests' else 'a gold answer'} for every prompt", gold)
     check_graders(records, config.data)
-    generator = make_generator(config.backend, config.model, config.params.seed, config.trust_remote_code, config.engine)
-    texts = [render_prompt(r["prompt"], generator.tokenizer) for r in records]
-    samples = generator.generate(texts, config.params, keys=[r["id"] for r in records])
+    generator = make_generator(config.backend, config.model, config.params.seed, config.trust_remote_code, config.engine,
+                               server=config.server)
+    samples = generator.generate([generator.render(r["prompt"]) for r in records], config.params, keys=[r["id"] for r in records])
     groups = []
     for record, group in zip(records, samples):
         responses = [s.text for s in group]
         grader = get_grader(task_of(record))
         groups.append(([grader.extract(t) for t in responses], grade(record, responses)))
     summary = summarize(groups)
+    if generator.name == "openai":
+        summary["generator"] = {"backend": "openai", **config.server.public()}
     summary.update({"temperature": config.params.temperature, "model": config.model, "data": config.data,
                     "mean_tokens": sum(s.num_tokens for g in samples for s in g) / sum(len(g) for g in samples)})
     if config.out:

@@ -27,6 +27,7 @@ from rlhfctl.errors import ConfigError, DataError, ModelError
 from rlhfctl.eval.selection import best_of_n_accuracy, oracle_accuracy
 from rlhfctl.eval.passk import ks_up_to, maj_at_k, weighted_maj_at_k
 from rlhfctl.generation.base import EngineOptions, SamplingParams
+from rlhfctl.generation.server import ServerOptions
 from rlhfctl.generation.rollout import RolloutConfig, run as rollout
 from rlhfctl.grading import get_grader, task_of
 from rlhfctl.records import ROLLOUTS, Record, check_out_file, read_records, write_json, write_jsonl
@@ -51,11 +52,12 @@ class BoNConfig:
     n: int | None = None  # caps N_max
     picks: str | None = None
     plot: str | None = None
-    policy: str | None = None  # sample the N responses with this model first
+    policy: str | None = None  # sample the N responses with this model first (with `server`: its tokenizer, optional)
     params: SamplingParams = SamplingParams(n=16)
     backend: str = "auto"
     engine: EngineOptions = EngineOptions()
     rm_max_length: int | None = None  # tokens a reward model reads; None: its trained --max-length
+    server: ServerOptions | None = None  # --backend openai: the server samples the N responses first
 
     def check(self) -> None:
         for v in self.votes:
@@ -118,12 +120,13 @@ def run(config: BoNConfig) -> dict[str, Any]:
 
 
 def _rollouts(config: BoNConfig) -> list[Record]:
-    """The rollouts to select from; with --policy, sampled first (and kept beside the output)."""
+    """The rollouts to select from; with --policy or a server, sampled first (and kept beside the output)."""
     path = config.source
-    if config.policy:
+    if config.policy or config.server:
         path = str(Path(config.out).with_suffix("")) + ".rollouts.jsonl"
         n = config.n or config.params.n
-        rollout(RolloutConfig(config.source, config.policy, path, replace(config.params, n=n), config.backend, engine=config.engine))
+        rollout(RolloutConfig(config.source, config.policy, path, replace(config.params, n=n), config.backend, engine=config.engine,
+                              server=config.server))
     rollouts = read_records(path, ROLLOUTS)
     for line, r in enumerate(rollouts, start=1):
         if "correct" not in r:
