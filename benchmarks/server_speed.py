@@ -4,7 +4,7 @@ What it measures
     Sampling speed, in new tokens per second, of one model folder (a briefly
     trained toy:small policy by default, or ``--model``) over prompts from the
     toy ``test.jsonl``, with the same sampling settings on both sides
-    (``SamplingParams(n=N, temperature=1.0, top_p=1.0, max_new_tokens=M)``):
+    (``SamplingParams(n=N, temperature=T, top_p=1.0, max_new_tokens=M)``):
 
     * server: ``OpenAIGenerator(ServerOptions(base_url, served_model,
       concurrency=C)).generate(...)``, the backend behind ``rlhfctl rollout
@@ -17,7 +17,16 @@ What it measures
 
     for each C of ``--concurrency`` (default 1, 4, 16). New tokens are
     ``Sample.num_tokens``: the server's ``usage.completion_tokens`` on the
-    server side, the sampled tokens (eos included) on the hf side.
+    server side, the sampled tokens (eos included) on the hf side; each
+    side's mean per sample is printed as a check that both did the same work.
+
+Greedy by default
+    ``transformers serve`` samples only where the model folder's
+    ``generation_config.json`` sets ``do_sample``; otherwise it decodes
+    greedily whatever the request's temperature. ``--temperature`` defaults
+    to 0 (greedy on both sides, so both produce the same responses and the
+    same token counts); ``--temperature 1`` compares like with like only on
+    a folder whose generation config samples.
 
 How it is timed
     The server is started once (its start-up and model load excluded) and
@@ -61,6 +70,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 SIDES = ("server", "hf")
@@ -79,6 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-prompts", type=int, default=64, help="test.jsonl prompts per pass (default 64)")
     p.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="default 64")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy, on both sides (default 0: see the docstring)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16],
                    help="server requests in flight = hf batch size, one comparison each (default 1 4 16)")
     p.add_argument("--repeats", type=int, default=3, help="rounds (default 3)")
@@ -162,24 +173,27 @@ def main(argv=None) -> None:
     tokenizer = load_tokenizer(args.model)
     hf = HFGenerator(load_causal_lm(args.model).eval(), tokenizer, eos_token_ids(tokenizer, args.model))
     hf_prompts = [hf.render(p) for p in records]
+    params = SamplingParams(n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
     proc, base_url = start_server(args.model, args.threads, Path(tmp.name) / "serve.log")
     try:
         def sampler(side: str, c: int):
             if side == "hf":
-                return hf, hf_prompts, SamplingParams(n=args.n, max_new_tokens=args.max_new_tokens, batch_size=c, seed=args.seed)
+                return hf, hf_prompts, replace(params, batch_size=c)
             server = OpenAIGenerator(ServerOptions(base_url=base_url, served_model=args.model, concurrency=c))
-            return server, [server.render(p) for p in records], SamplingParams(n=args.n, max_new_tokens=args.max_new_tokens, seed=args.seed)
+            return server, [server.render(p) for p in records], params
 
         for side in SIDES:  # untimed warm-up
             generator, prompts, params = sampler(side, max(args.concurrency))
             timed_pass(generator, prompts[: max(1, min(len(prompts), 4))], params, "warmup")
         rates: dict[int, dict[str, list[float]]] = {c: {s: [] for s in SIDES} for c in args.concurrency}
+        tokens_per_sample: dict[str, list[float]] = {s: [] for s in SIDES}
         for r in range(args.repeats):
             for c in args.concurrency:
                 for side in (SIDES if r % 2 == 0 else SIDES[::-1]):
                     generator, prompts, params = sampler(side, c)
                     seconds, tokens = timed_pass(generator, prompts, params, f"{r}")
                     rates[c][side].append(tokens / seconds)
+                    tokens_per_sample[side].append(tokens / (len(prompts) * args.n))
                     print(f"round {r + 1} concurrency {c:>3} {side:>6}: {tokens:>7} new tokens in {seconds:8.2f} s "
                           f"= {tokens / seconds:9.1f} tokens/s", flush=True)
     finally:
@@ -187,7 +201,9 @@ def main(argv=None) -> None:
         proc.wait(timeout=60)
 
     result = {"model": args.model, "num_prompts": args.num_prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
-              "repeats": args.repeats, "threads": args.threads or torch.get_num_threads(), "by_concurrency": {}}
+              "temperature": args.temperature, "repeats": args.repeats, "threads": args.threads or torch.get_num_threads(),
+              "mean_tokens_per_sample": {s: statistics.mean(v) for s, v in tokens_per_sample.items()}, "by_concurrency": {}}
+    print("mean new tokens per sample: " + ", ".join(f"{s} {v:.1f}" for s, v in result["mean_tokens_per_sample"].items()))
     print(f"\n{'concurrency':>11} {'server tok/s':>13} {'hf tok/s':>10} {'server/hf':>10}")
     for c in args.concurrency:
         server_rate, hf_rate = statistics.median(rates[c]["server"]), statistics.median(rates[c]["hf"])
