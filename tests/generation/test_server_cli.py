@@ -141,14 +141,16 @@ def test_server_flags_need_the_openai_backend_and_a_url(toy_dir, tmp_path, run_m
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_eval_and_best_of_n_sample_through_the_server(toy_dir, tmp_path, run_main):
+def test_eval_and_best_of_n_sample_through_the_server(toy_dir, tmp_path, run_main, monkeypatch):
+    monkeypatch.setenv("RLHFCTL_TEST_KEY", KEY)
     with StubServer() as server:
         e = run_main("eval", "--data", toy_dir / "test.jsonl", "--n", "2", "--out", tmp_path / "eval.json", "--json",
-                     *_server_args(server))
+                     *_server_args(server, "--api-key-env", "RLHFCTL_TEST_KEY"))
         b = run_main("best-of-n", toy_dir / "test.jsonl", "--n", "2", "--out", tmp_path / "bon.json", "--json",
                      *_server_args(server))
     assert e.code == 0, e.err
     assert b.code == 0, b.err
+    assert KEY not in (tmp_path / "eval.json").read_text() + e.out + e.err
     written = json.loads((tmp_path / "eval.json").read_text())
     assert written["num_prompts"] == 8 and written["generator"]["backend"] == "openai"
     assert written["generator"]["served_model"] == "stub-model"
@@ -171,3 +173,28 @@ def test_label_prm_sends_step_prefixes_as_text_and_needs_a_tokenizer_for_chats(t
     r = run_main("label-prm", rollouts, "--out", tmp_path / "chat.jsonl", "--backend", "openai",
                  "--base-url", "http://127.0.0.1:9/v1", "--served-model", "m")
     assert r.code == 2 and len(_error_lines(r.err)) == 1 and "give --completer" in r.err
+
+
+def test_label_prm_renders_chat_prefixes_with_the_completers_tokenizer(tmp_path, run_main):
+    from rlhfctl.data import render_prompt
+    from rlhfctl.models import load_tokenizer
+    from tests.model_folders import build_qwen2
+
+    folder = build_qwen2(tmp_path / "qwen2")
+    chat = [{"role": "user", "content": "2+3?"}]
+    rollouts = tmp_path / "rollouts.jsonl"
+    rollouts.write_text(json.dumps({"id": "a", "prompt": chat, "answer": "5", "responses": ["2+3=5\nAnswer: 5"]}) + "\n")
+    with StubServer() as server:
+        r = run_main("label-prm", rollouts, "--out", tmp_path / "steps.jsonl", "--n-completions", "2", "--completer", folder,
+                     *_server_args(server))
+    assert r.code == 0, r.err
+    head = render_prompt(chat, load_tokenizer(str(folder)))
+    assert "<|im_start|>user" in head
+    assert {q["path"] for q in server.requests} == {"/v1/completions"}
+    assert {q["body"]["prompt"] for q in server.requests} == {head + "2+3=5\n"}
+
+
+def test_train_policy_refuses_the_server_backend(toy_dir, tmp_path, run_main):
+    r = run_main("train-policy", toy_dir / "train.jsonl", "--out", tmp_path / "policy", "--verifier", "math",
+                 "--backend", "openai")
+    assert r.code == 2 and "train-policy samples from the policy it trains" in r.err, r.err
