@@ -41,6 +41,10 @@ def _is_str(v: Any) -> str | None:
     return None if isinstance(v, str) else f"expected a string, got {_type(v)}"
 
 
+def _is_str_or_null(v: Any) -> str | None:
+    return None if v is None else _is_str(v)
+
+
 def _is_text_or_chat(v: Any) -> str | None:
     """A string, or a list of chat messages ``{"role", "content"}``."""
     if isinstance(v, str):
@@ -159,8 +163,13 @@ ROLLOUTS = RecordKind(
      "correct": _list_of(_is_bool, "booleans"),
      "num_tokens": _list_of(_is_number, "integers"),
      "finish_reasons": _list_of(_is_str, "strings"),
+     "extracted": _list_of(_is_str_or_null, "strings or nulls"),
+     "extract_rule": _list_of(_is_str_or_null, "strings or nulls"),
      "generator": _is_dict},
 )
+# responses from anywhere (`grade`, `eval --responses`): a prompt may repeat, one row per response
+RESPONSES = RecordKind("responses", {"prompt": _is_text_or_chat},
+                       {**_PROMPT_OPTIONAL, "responses": _list_of(_is_str, "strings"), "response": _is_str})
 PAIRS = RecordKind(
     "pairs",
     {"prompt": _is_text_or_chat, "chosen": _is_text_or_chat, "rejected": _is_text_or_chat},

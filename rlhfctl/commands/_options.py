@@ -148,6 +148,31 @@ def require_model(backend: str, model: str | None, flag: str) -> None:
     """``flag`` (the model to sample from) may be left out only with --backend openai, where the server samples."""
     if model is None and backend != "openai":
         raise ConfigError(f"{flag} is required: only --backend openai samples without a local model")
+FieldOpt = Annotated[Optional[list[str]], typer.Option(
+    "--field", help="Map a column of the input to a field rlhfctl reads, FIELD=COLUMN (repeatable), e.g. --field prompt=question --field answer=answer.",
+    show_default=False)]
+SystemOpt = Annotated[Optional[str], typer.Option(
+    "--system", help="A system message put before each prompt (a chat model's; @FILE reads it from a file). Recorded with the outputs.",
+    show_default=False)]
+PromptTemplateOpt = Annotated[Optional[str], typer.Option(
+    "--prompt-template", help="Wording around each prompt, with {prompt} where it goes (@FILE reads it from a file), e.g. '{prompt} Put the final answer in \\boxed{}.' Recorded with the outputs.",
+    show_default=False)]
+ExtractOpt = Annotated[str, typer.Option(
+    "--extract", help="How math answers are found: strict (a box, an Answer line, 'the answer is', ####) or flexible (also the last number).")]
+
+
+def prompt_format(system: str | None, template: str | None):
+    """The `data.PromptFormat` of --system and --prompt-template (``@FILE`` read)."""
+    from rlhfctl.data import PromptFormat, read_text_option
+
+    return PromptFormat(system=read_text_option(system, "--system"), template=read_text_option(template, "--prompt-template"))
+
+
+def field_map(fields: list[str] | None) -> dict[str, str]:
+    """The --field options as ``{field: column}``."""
+    from rlhfctl.sources import parse_field_map
+
+    return parse_field_map(fields)
 
 
 def print_summary(summary: dict[str, Any], as_json: bool, title: str, to_stderr: bool = False) -> None:

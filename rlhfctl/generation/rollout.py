@@ -8,15 +8,15 @@ A lock beside the output (`locks`) keeps a second run off the same file.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rlhfctl.data import render_prompt
+from rlhfctl.data import PromptFormat, render_prompt
 from rlhfctl.errors import ConfigError
 from rlhfctl.generation.backends import make_generator, resolve_backend
 from rlhfctl.generation.base import EngineOptions, SamplingParams
 from rlhfctl.generation.server import ServerOptions
-from rlhfctl.grading import check_graders, grade
+from rlhfctl.grading import check_graders, explain
 from rlhfctl.locks import locked
 from rlhfctl.records import PROMPTS, ROLLOUTS, Record, ResumableWriter, read_records
 from rlhfctl.console import Progress, log
@@ -31,20 +31,25 @@ class RolloutConfig:
     backend: str = "auto"
     trust_remote_code: bool = False
     engine: EngineOptions = EngineOptions()
+    extract: str = "strict"  # the graders' extraction mode (grading.math)
+    fields: dict[str, str] = field(default_factory=dict)  # --field: column -> field renames of the prompts
+    prompt_format: PromptFormat = PromptFormat()
     server: ServerOptions | None = None  # --backend openai
 
 
 # the settings a rollout's samples depend on (its `generator` block), and the flag of each
 SETTING_FLAGS = {"model": "--model", "backend": "--backend", "served_model": "--served-model", "stop": "--stop",
                  "n": "--n", "temperature": "--temperature", "top_p": "--top-p", "max_new_tokens": "--max-new-tokens",
-                 "seed": "--seed"}
+                 "seed": "--seed", "extract": "--extract", "system": "--system", "prompt_template": "--prompt-template"}
+SETTING_DEFAULTS = {"extract": "strict"}  # what a file written before a setting existed was made with
 
 
 def generator_meta(config: RolloutConfig, backend: str) -> dict[str, Any]:
     """The `generator` block of each record: what made its samples (a server's URL and model, never its key).
     --batch-size and --concurrency change none of them."""
     server = config.server.public() if backend == "openai" and config.server is not None else {}
-    meta = {"model": config.model, "backend": backend, **server, **asdict(config.params)}
+    meta = {"model": config.model, "backend": backend, **server, **asdict(config.params), "extract": config.extract,
+            **config.prompt_format.public()}
     del meta["batch_size"]
     meta.pop("concurrency", None)
     return meta
@@ -58,7 +63,7 @@ def same_settings(meta: dict[str, Any]):
         if not isinstance(old, dict):
             return "field 'generator': missing, so not a file that rollout wrote"
         for key, flag in SETTING_FLAGS.items():
-            if old.get(key) != meta.get(key):
+            if old.get(key, SETTING_DEFAULTS.get(key)) != meta.get(key):
                 return f"written with {flag} {old.get(key)}, this run has {flag} {meta.get(key)} (rerun with the same settings to resume)"
         return None
 
@@ -66,7 +71,7 @@ def same_settings(meta: dict[str, Any]):
 
 
 def run(config: RolloutConfig) -> dict[str, Any]:
-    records = read_records(config.prompts, PROMPTS)
+    records = config.prompt_format.apply(read_records(config.prompts, PROMPTS, fields=config.fields), config.prompts)
     check_graders(records, config.prompts)
     backend = resolve_backend(config.backend, config.engine)
     meta = generator_meta(config, backend)
@@ -164,7 +169,7 @@ def _rollout_record(record: Record, group, meta: dict[str, Any]) -> Record:
     responses = [s.text for s in group]
     out = {**record, "responses": responses, "num_tokens": [s.num_tokens for s in group],
            "finish_reasons": [s.finish_reason for s in group], "generator": meta}
-    verdicts = grade(record, responses)
+    verdicts = explain(record, responses, meta["extract"])
     if verdicts is not None:
-        out["correct"] = verdicts
+        out.update(verdicts)
     return out
