@@ -267,6 +267,11 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
+def iter_values(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line or row number, value) of a JSONL file or of any other source `rlhfctl.sources` reads."""
+    return sources.iter_rows(path) if sources.is_table(path) else iter_json_lines(path)
+
+
 def read_records(path: str | os.PathLike, kind: RecordKind | str, allow_empty: bool = False,
                  fields: Mapping[str, str] | None = None) -> list[Record]:
     """All records of one kind from a JSONL file or another source (`rlhfctl.sources`), validated.
@@ -277,8 +282,7 @@ def read_records(path: str | os.PathLike, kind: RecordKind | str, allow_empty: b
     """
     kind = KINDS[kind] if isinstance(kind, str) else kind
     shown = "<stdin>" if str(path) == "-" else str(path)
-    rows = sources.iter_rows(path) if sources.is_table(path) else iter_json_lines(path)
-    numbered = [(n, kind.check(sources.map_fields(value, fields or {}, f"{shown}:{n}"), shown, n)) for n, value in rows]
+    numbered = [(n, kind.check(sources.map_fields(value, fields or {}, f"{shown}:{n}"), shown, n)) for n, value in iter_values(path)]
     if not numbered and not allow_empty:
         expected = "rows" if sources.is_table(path) else "JSONL, one object per line"
         raise DataError(shown, None, f"no records (expected {kind.name} {expected})")

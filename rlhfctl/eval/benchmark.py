@@ -21,6 +21,7 @@ from rlhfctl.generation.backends import make_generator
 from rlhfctl.generation.base import EngineOptions, SamplingParams
 from rlhfctl.generation.server import ServerOptions
 from rlhfctl.grading import check_graders, explain, get_grader, gold_field, task_of
+from rlhfctl.models import ModelSource
 from rlhfctl.records import PROMPTS, RESPONSES, Record, check_out_file, read_records, write_json
 
 
@@ -79,7 +80,7 @@ def _check_gold(records: list[Record], path: str) -> None:
 
 
 def _sample(records: list[Record], config: BenchmarkConfig) -> tuple[list[list[str]], dict[str, Any]]:
-    generator = make_generator(config.backend, config.model, config.params.seed, config.trust_remote_code, config.engine,
+    generator = make_generator(config.backend, ModelSource(config.model, config.trust_remote_code), config.params.seed, config.engine,
                                server=config.server)
     samples = generator.generate([generator.render(r["prompt"]) for r in records], config.params, keys=[r["id"] for r in records])
     mean_tokens = sum(s.num_tokens for g in samples for s in g) / sum(len(g) for g in samples)

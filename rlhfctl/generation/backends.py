@@ -10,7 +10,7 @@ from rlhfctl.generation.base import BACKENDS, EngineOptions, Generator
 from rlhfctl.generation.hf import HFGenerator
 from rlhfctl.generation.server import OpenAIGenerator, ServerOptions
 from rlhfctl.generation.vllm import build_vllm_generator, vllm_usable
-from rlhfctl.models import eos_token_ids, inference_device, load_causal_lm, load_tokenizer
+from rlhfctl.models import ModelSource, as_source, eos_token_ids, inference_device, load_causal_lm, load_tokenizer
 
 
 def resolve_backend(backend: str, engine: EngineOptions = EngineOptions()) -> str:
@@ -28,22 +28,26 @@ def resolve_backend(backend: str, engine: EngineOptions = EngineOptions()) -> st
     return resolved
 
 
-def make_generator(backend: str, model_spec: str | None, seed: int = 0, trust_remote_code: bool = False,
+def make_generator(backend: str, model: ModelSource | str | None, seed: int = 0,
                    engine: EngineOptions = EngineOptions(), server: ServerOptions | None = None) -> Generator:
-    """The generator for ``--backend`` (see `resolve_backend`) over ``model_spec``.
+    """The generator for ``--backend`` (see `resolve_backend`) over ``model``.
 
-    With ``openai`` the server samples; ``model_spec`` (optional there) only
-    names a tokenizer, for callers that render text locally.
+    With ``openai`` the server samples; ``model`` (optional there: None, or
+    a source whose spec is None) only names a tokenizer, for callers that
+    render text locally.
     """
+    source = as_source(model) if model is not None else None
+    if source is not None and source.spec is None:
+        source = None
     resolved = resolve_backend(backend, engine)
     if resolved == "openai":
         if server is None:
             raise ConfigError("--backend openai needs --base-url and --served-model")
-        return OpenAIGenerator(server, load_tokenizer(model_spec, trust_remote_code) if model_spec else None)
-    if model_spec is None:
+        return OpenAIGenerator(server, load_tokenizer(source) if source is not None else None)
+    if source is None:
         raise ConfigError(f"--backend {backend} needs a model folder to load; only --backend openai samples without one")
     if resolved == "vllm":
-        return build_vllm_generator(model_spec, seed, trust_remote_code, engine)
-    tokenizer = load_tokenizer(model_spec, trust_remote_code)
-    model = load_causal_lm(model_spec, seed=seed, trust_remote_code=trust_remote_code).to(inference_device())
-    return HFGenerator(model, tokenizer, eos_token_ids(tokenizer, model_spec))
+        return build_vllm_generator(source, seed, engine)
+    tokenizer = load_tokenizer(source)
+    lm = load_causal_lm(source, seed=seed).to(inference_device())
+    return HFGenerator(lm, tokenizer, eos_token_ids(tokenizer, source.spec))

@@ -8,7 +8,6 @@ measures it against a plain `generate` loop).
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import Any
 

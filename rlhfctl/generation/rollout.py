@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rlhfctl.console import Progress, log
 from rlhfctl.data import PromptFormat, render_prompt
 from rlhfctl.errors import ConfigError
 from rlhfctl.generation.backends import make_generator, resolve_backend
@@ -18,8 +19,8 @@ from rlhfctl.generation.base import EngineOptions, SamplingParams
 from rlhfctl.generation.server import ServerOptions
 from rlhfctl.grading import check_graders, explain
 from rlhfctl.locks import locked
+from rlhfctl.models import ModelSource
 from rlhfctl.records import PROMPTS, ROLLOUTS, Record, ResumableWriter, read_records
-from rlhfctl.console import Progress, log
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def run(config: RolloutConfig) -> dict[str, Any]:
                                    "skipped_too_long": 0, "new_tokens": 0, "tokens_per_s": 0.0, "out": config.out}
         if not todo:
             return summary
-        generator = make_generator(backend, config.model, config.params.seed, config.trust_remote_code, config.engine,
+        generator = make_generator(backend, ModelSource(config.model, config.trust_remote_code), config.params.seed, config.engine,
                                    server=config.server)
         todo = _skip_too_long(todo, generator, config.params.max_new_tokens, summary)
         with writer:

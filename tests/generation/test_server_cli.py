@@ -172,7 +172,7 @@ def test_label_prm_sends_step_prefixes_as_text_and_needs_a_tokenizer_for_chats(t
     rollouts.write_text(json.dumps(chat) + "\n")
     r = run_main("label-prm", rollouts, "--out", tmp_path / "chat.jsonl", "--backend", "openai",
                  "--base-url", "http://127.0.0.1:9/v1", "--served-model", "m")
-    assert r.code == 2 and len(_error_lines(r.err)) == 1 and "give --completer" in r.err
+    assert r.code == 2 and len(_error_lines(r.err)) == 1 and "give --model" in r.err
 
 
 def test_label_prm_renders_chat_prefixes_with_the_completers_tokenizer(tmp_path, run_main):
@@ -185,7 +185,7 @@ def test_label_prm_renders_chat_prefixes_with_the_completers_tokenizer(tmp_path,
     rollouts = tmp_path / "rollouts.jsonl"
     rollouts.write_text(json.dumps({"id": "a", "prompt": chat, "answer": "5", "responses": ["2+3=5\nAnswer: 5"]}) + "\n")
     with StubServer() as server:
-        r = run_main("label-prm", rollouts, "--out", tmp_path / "steps.jsonl", "--n-completions", "2", "--completer", folder,
+        r = run_main("label-prm", rollouts, "--out", tmp_path / "steps.jsonl", "--n-completions", "2", "--model", folder,
                      *_server_args(server))
     assert r.code == 0, r.err
     head = render_prompt(chat, load_tokenizer(str(folder)))
