@@ -28,6 +28,7 @@ from rlhfctl.errors import ConfigError, DataError, ModelError
 from rlhfctl.eval.selection import best_of_n_accuracy, oracle_accuracy
 from rlhfctl.eval.passk import ks_up_to, maj_at_k, weighted_maj_at_k
 from rlhfctl.generation.base import EngineOptions, SamplingParams
+from rlhfctl.generation.server import ServerOptions
 from rlhfctl.generation.rollout import RolloutConfig, run as rollout
 from rlhfctl.grading import get_grader, task_of
 from rlhfctl.models import ModelSource
@@ -53,7 +54,7 @@ class BoNConfig:
     n: int | None = None  # caps N_max
     picks: str | None = None
     plot: str | None = None
-    policy: str | None = None  # sample the N responses with this model first
+    policy: str | None = None  # sample the N responses with this model first (with `server`: its tokenizer, optional)
     params: SamplingParams = SamplingParams(n=16)
     backend: str = "auto"
     engine: EngineOptions = EngineOptions()
@@ -61,6 +62,7 @@ class BoNConfig:
     trust_remote_code: bool = False  # for every model the sweep loads
     fields: dict[str, str] = field(default_factory=dict)  # --field renames of SOURCE's columns
     prompt_format: PromptFormat = PromptFormat()  # --system / --prompt-template, with --policy
+    server: ServerOptions | None = None  # --backend openai: the server samples the N responses first
 
     def source_of(self, spec: str) -> ModelSource:
         return ModelSource(spec, self.trust_remote_code)
@@ -126,15 +128,15 @@ def run(config: BoNConfig) -> dict[str, Any]:
 
 
 def _rollouts(config: BoNConfig) -> list[Record]:
-    """The rollouts to select from; with --policy, sampled first (and kept beside the output)."""
+    """The rollouts to select from; with --policy or a server, sampled first (and kept beside the output)."""
     path = config.source
-    if config.policy:
+    if config.policy or config.server:
         path = str(Path(config.out).with_suffix("")) + ".rollouts.jsonl"
         n = config.n or config.params.n
         rollout(RolloutConfig(prompts=config.source, model=config.policy, out=path, params=replace(config.params, n=n),
                               backend=config.backend, engine=config.engine, trust_remote_code=config.trust_remote_code,
-                              fields=config.fields, prompt_format=config.prompt_format))
-    rollouts = read_records(path, ROLLOUTS, fields={} if config.policy else config.fields)
+                              fields=config.fields, prompt_format=config.prompt_format, server=config.server))
+    rollouts = read_records(path, ROLLOUTS, fields={} if config.policy or config.server else config.fields)
     for line, r in enumerate(rollouts, start=1):
         if "correct" not in r:
             raise DataError(path, line, "missing: best-of-n needs graded rollouts (prompts with an answer)", "correct")

@@ -87,6 +87,9 @@ class PolicyConfig:
     def check_generation(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown --backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.backend == "openai":
+            raise ConfigError("train-policy samples from the policy it trains: --backend openai (a server's fixed model) "
+                              "is for rollout, eval, label-prm and best-of-n; use hf, vllm or auto")
         EngineOptions(gpu_memory_utilization=self.gpu_memory_utilization)
         if self.vllm_sync_timeout <= 0:
             raise ConfigError(f"--vllm-sync-timeout must be positive, got {self.vllm_sync_timeout}")
