@@ -176,6 +176,10 @@ class PromptFormat:
     def __bool__(self) -> bool:
         return bool(self.system or self.template)
 
+    def as_options(self) -> dict[str, str | None]:
+        """The format as a manifest's options: one key per flag."""
+        return {"system": self.system, "prompt_template": self.template}
+
     def public(self) -> dict[str, str]:
         """The format as a record's generator block and a manifest record it (set parts only)."""
         return {k: v for k, v in (("system", self.system), ("prompt_template", self.template)) if v}

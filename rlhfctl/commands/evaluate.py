@@ -5,8 +5,9 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    BackendOpt, ConfigOpt, ExtractOpt, FieldOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, NOpt, PromptTemplateOpt,
-    RMMaxLengthOpt, SeedOpt, SystemOpt, TopPOpt, TpOpt, TrustOpt, field_map, print_summary, prompt_format,
+    ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, ConcurrencyOpt, ConfigOpt, ExtractOpt, FieldOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt,
+    MaxNewTokensOpt, NOpt, PromptTemplateOpt, RMMaxLengthOpt, SeedOpt, ServedModelOpt, StopOpt, SystemOpt, TopPOpt, TpOpt,
+    TrustOpt, field_map, print_summary, prompt_format, server_options,
 )
 from rlhfctl.errors import ConfigError
 from rlhfctl.generation.base import EngineOptions, SamplingParams
@@ -29,6 +30,11 @@ def evaluate(
     backend: BackendOpt = "auto",
     tp: TpOpt = 1,
     gpu_memory_utilization: GpuMemoryOpt = 0.9,
+    base_url: BaseUrlOpt = None,
+    served_model: ServedModelOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    stop: StopOpt = None,
     trust_remote_code: TrustOpt = False,
     field: FieldOpt = None,
     system: SystemOpt = None,
@@ -40,8 +46,10 @@ def evaluate(
     """Measure a policy (pass@k, maj@k) or a reward model (pair accuracy, AUC).
 
     With --model: pass@k and maj@k for k = 1, 2, 4, … up to --n. With
-    --responses FILE: the same from responses already sampled (every prompt
-    with the same number of them), no model needed.
+    --backend openai a server samples the policy (--base-url,
+    --served-model) and --model may be left out. With --responses FILE: the
+    same from responses already sampled (every prompt with the same number of
+    them), no model needed.
 
     pass@k uses the unbiased estimator from n samples (Chen et al. 2021);
     maj@k is the expected accuracy of a majority vote over k samples. The
@@ -68,8 +76,11 @@ def evaluate(
 
         rlhfctl eval --rm runs/prm --prm --data runs/steps-test.jsonl
     """
-    if sum(x is not None for x in (model, rm, responses)) != 1:
-        raise ConfigError("give exactly one of --model (a policy), --rm (a reward model) or --responses (responses to grade)")
+    server = server_options(backend, base_url=base_url, served_model=served_model, api_key_env=api_key_env,
+                            concurrency=concurrency, stop=stop)
+    if sum(x is not None for x in (model or server, rm, responses)) != 1:
+        raise ConfigError("give exactly one of --model (a policy; or --backend openai), --rm (a reward model) "
+                          "or --responses (responses to grade)")
     if responses is None and data is None:
         raise ConfigError("--data is needed with --model and --rm")
     if rm is not None:
@@ -89,5 +100,5 @@ def evaluate(
                                   trust_remote_code=trust_remote_code,
                                   engine=EngineOptions(tp=tp, gpu_memory_utilization=gpu_memory_utilization),
                                   extract=extract, fields=field_map(field), prompt_format=prompt_format(system, prompt_template),
-                                  responses=responses is not None))
+                                  responses=responses is not None, server=server))
     print_summary(summary, as_json, "eval", to_stderr=out == "-")

@@ -5,16 +5,17 @@ from typing import Annotated
 import typer
 
 from rlhfctl.commands._options import (
-    BackendOpt, ConfigOpt, ExtractOpt, FieldOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, NOpt,
-    PromptTemplateOpt, SeedOpt, SystemOpt, TemperatureOpt, TopPOpt, TpOpt, TrustOpt, field_map, print_summary, prompt_format,
+    ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, ConcurrencyOpt, ConfigOpt, ExtractOpt, FieldOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt,
+    MaxNewTokensOpt, NOpt, PromptTemplateOpt, SamplerModelOpt, SeedOpt, ServedModelOpt, StopOpt, SystemOpt, TemperatureOpt,
+    TopPOpt, TpOpt, TrustOpt, field_map, print_summary, prompt_format, require_model, server_options,
 )
 from rlhfctl.generation.base import EngineOptions, SamplingParams
 
 
 def rollout(
     prompts: Annotated[str, typer.Argument(help="Prompts ({prompt, id?, answer?, task?}): JSONL (- for stdin), Parquet, CSV/TSV, a datasets folder, or hf:ORG/NAME[:CONFIG][@SPLIT].")],
-    model: ModelOpt,
     out: Annotated[str, typer.Option("--out", "-o", help="Rollouts JSONL; rerunning with the same file resumes. - for stdout.")],
+    model: SamplerModelOpt = None,
     n: NOpt = 4,
     temperature: TemperatureOpt = 1.0,
     top_p: TopPOpt = 1.0,
@@ -24,6 +25,11 @@ def rollout(
     backend: BackendOpt = "auto",
     tp: TpOpt = 1,
     gpu_memory_utilization: GpuMemoryOpt = 0.9,
+    base_url: BaseUrlOpt = None,
+    served_model: ServedModelOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    stop: StopOpt = None,
     trust_remote_code: TrustOpt = False,
     field: FieldOpt = None,
     system: SystemOpt = None,
@@ -42,6 +48,11 @@ def rollout(
     made with other settings, or held by a running rollout, is refused; prompts
     longer than the model's context are skipped and counted.
 
+    With --backend openai an OpenAI-compatible server (vllm serve,
+    transformers serve, ...) samples: one request per response, --concurrency
+    at a time; --model is then optional and only names the tokenizer that
+    finds prompts too long for the context.
+
     Examples:
 
         rlhfctl rollout data/toy/train.jsonl --model runs/sft --out runs/rollouts.jsonl --n 8
@@ -50,6 +61,8 @@ def rollout(
 
         rlhfctl rollout data/toy/train.jsonl --model runs/sft --out runs/rollouts.jsonl --n 8 --backend vllm --tp 2
 
+        rlhfctl rollout data/toy/train.jsonl --backend openai --base-url http://localhost:8000/v1 --served-model Qwen/Qwen2.5-0.5B-Instruct --out runs/rollouts.jsonl --n 8
+
         rlhfctl rollout gsm8k.parquet --field prompt=question --model Qwen/Qwen2.5-0.5B-Instruct --out runs/gsm.jsonl --prompt-template '{prompt} Put the final answer in \\boxed{}.'
 
     """
@@ -57,8 +70,11 @@ def rollout(
 
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)
+    require_model(backend, model, "--model")
+    server = server_options(backend, base_url=base_url, served_model=served_model, api_key_env=api_key_env,
+                            concurrency=concurrency, stop=stop)
     engine = EngineOptions(tp=tp, gpu_memory_utilization=gpu_memory_utilization)
     summary = run(RolloutConfig(prompts=prompts, model=model, out=out, params=params, backend=backend,
                                 trust_remote_code=trust_remote_code, engine=engine, extract=extract, fields=field_map(field),
-                                prompt_format=prompt_format(system, prompt_template)))
+                                prompt_format=prompt_format(system, prompt_template), server=server))
     print_summary(summary, as_json, "rollout", to_stderr=out == "-")

@@ -13,12 +13,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rlhfctl.data import PromptFormat, render_prompt
+from rlhfctl.data import PromptFormat
 from rlhfctl.errors import DataError
 from rlhfctl.eval.grade import as_rollout
 from rlhfctl.eval.passk import summarize
 from rlhfctl.generation.backends import make_generator
 from rlhfctl.generation.base import EngineOptions, SamplingParams
+from rlhfctl.generation.server import ServerOptions
 from rlhfctl.grading import check_graders, explain, get_grader, gold_field, task_of
 from rlhfctl.models import ModelSource
 from rlhfctl.records import PROMPTS, RESPONSES, Record, check_out_file, read_records, write_json
@@ -26,7 +27,7 @@ from rlhfctl.records import PROMPTS, RESPONSES, Record, check_out_file, read_rec
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    model: str | None
+    model: str | None  # optional with a server backend
     data: str
     params: SamplingParams = SamplingParams()
     out: str | None = None
@@ -37,6 +38,7 @@ class BenchmarkConfig:
     fields: dict[str, str] = field(default_factory=dict)  # --field renames
     prompt_format: PromptFormat = PromptFormat()
     responses: bool = False  # `data` holds responses to grade: no model, no sampling
+    server: ServerOptions | None = None  # --backend openai
 
 
 def run(config: BenchmarkConfig) -> dict[str, Any]:
@@ -78,12 +80,14 @@ def _check_gold(records: list[Record], path: str) -> None:
 
 
 def _sample(records: list[Record], config: BenchmarkConfig) -> tuple[list[list[str]], dict[str, Any]]:
-    generator = make_generator(config.backend, ModelSource(config.model, config.trust_remote_code), config.params.seed, config.engine)
-    texts = [render_prompt(r["prompt"], generator.tokenizer) for r in records]
-    samples = generator.generate(texts, config.params, keys=[r["id"] for r in records])
+    generator = make_generator(config.backend, ModelSource(config.model, config.trust_remote_code), config.params.seed, config.engine,
+                               server=config.server)
+    samples = generator.generate([generator.render(r["prompt"]) for r in records], config.params, keys=[r["id"] for r in records])
     mean_tokens = sum(s.num_tokens for g in samples for s in g) / sum(len(g) for g in samples)
-    return ([[s.text for s in g] for g in samples],
-            {"temperature": config.params.temperature, "model": config.model, "mean_tokens": mean_tokens})
+    meta = {"temperature": config.params.temperature, "model": config.model, "mean_tokens": mean_tokens}
+    if generator.name == "openai":
+        meta["generator"] = {"backend": "openai", **config.server.public()}
+    return [[s.text for s in g] for g in samples], meta
 
 
 def _pooled(rows: list[Record], path: str) -> tuple[list[Record], list[list[str]]]:

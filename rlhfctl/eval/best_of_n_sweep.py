@@ -30,6 +30,7 @@ from rlhfctl.errors import ConfigError, DataError, ModelError
 from rlhfctl.eval.selection import best_of_n_accuracy, oracle_accuracy
 from rlhfctl.eval.passk import ks_up_to, maj_at_k, weighted_maj_at_k
 from rlhfctl.generation.base import EngineOptions, SamplingParams
+from rlhfctl.generation.server import ServerOptions
 from rlhfctl.generation.rollout import RolloutConfig, run as rollout
 from rlhfctl.grading import get_grader, task_of
 from rlhfctl.models import ModelSource
@@ -55,7 +56,7 @@ class BoNConfig:
     n: int | None = None  # caps N_max
     picks: str | None = None
     plot: str | None = None
-    policy: str | None = None  # sample the N responses with this model first
+    policy: str | None = None  # sample the N responses with this model first (with `server`: its tokenizer, optional)
     params: SamplingParams = SamplingParams(n=16)
     backend: str = "auto"
     engine: EngineOptions = EngineOptions()
@@ -63,6 +64,7 @@ class BoNConfig:
     trust_remote_code: bool = False  # for every model the sweep loads
     fields: dict[str, str] = field(default_factory=dict)  # --field renames of SOURCE's columns
     prompt_format: PromptFormat = PromptFormat()  # --system / --prompt-template, with --policy
+    server: ServerOptions | None = None  # --backend openai: the server samples the N responses first
 
     def source_of(self, spec: str) -> ModelSource:
         return ModelSource(spec, self.trust_remote_code)
@@ -128,8 +130,8 @@ def run(config: BoNConfig) -> dict[str, Any]:
 
 
 def _rollouts(config: BoNConfig) -> list[Record]:
-    """The rollouts to select from; with --policy, sampled first (and kept beside the output)."""
-    if not config.policy:
+    """The rollouts to select from; with --policy or a server, sampled first (and kept beside the output)."""
+    if not (config.policy or config.server):
         return _graded(config.source, read_records(config.source, ROLLOUTS, fields=config.fields))
     if config.out != "-":
         path = str(Path(config.out).with_suffix("")) + ".rollouts.jsonl"
@@ -139,11 +141,11 @@ def _rollouts(config: BoNConfig) -> list[Record]:
 
 
 def _sample(config: BoNConfig, path: str) -> str:
-    """Sample --n responses per prompt of SOURCE with --policy into ``path`` (resumed when it exists)."""
+    """Sample --n responses per prompt of SOURCE (--policy or the server) into ``path`` (resumed when it exists)."""
     n = config.n or config.params.n
     rollout(RolloutConfig(prompts=config.source, model=config.policy, out=path, params=replace(config.params, n=n),
                           backend=config.backend, engine=config.engine, trust_remote_code=config.trust_remote_code,
-                          fields=config.fields, prompt_format=config.prompt_format))
+                          fields=config.fields, prompt_format=config.prompt_format, server=config.server))
     return path
 
 

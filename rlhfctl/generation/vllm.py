@@ -33,6 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+from rlhfctl.data import Text, render_prompt
 from rlhfctl.errors import ConfigError, EngineError
 from rlhfctl.generation.base import EngineOptions, Sample, SamplingParams, decoded_sample, derive_seed
 from rlhfctl.models import ModelSource, as_source, eos_token_ids, is_toy_spec, load_causal_lm, load_tokenizer, model_path, save_model
@@ -91,6 +92,10 @@ class VLLMGenerator:
         self.control_timeout = control_timeout  # seconds allowed for a weight update, a sleep or a wake-up
         self._workdir = workdir  # a temporary folder the engine loaded its weights from, kept while the engine lives
         self._asleep: set[str] = set()
+
+    def render(self, prompt: Text) -> str:
+        """A record's prompt as the text `generate` takes (`data.render_prompt`)."""
+        return render_prompt(prompt, self.tokenizer)
 
     def generate(self, prompts: list[str], params: SamplingParams, keys: list[str] | None = None) -> list[list[Sample]]:
         if not prompts:

@@ -25,6 +25,7 @@ from rlhfctl.data import PromptFormat, render_prompt
 from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.generation.backends import make_generator
 from rlhfctl.generation.base import EngineOptions, SamplingParams
+from rlhfctl.generation.server import ServerOptions
 from rlhfctl.grading import check_graders, grade, task_of
 from rlhfctl.locks import locked
 from rlhfctl.models import ModelSource
@@ -39,7 +40,7 @@ OPENRLHF_STEP_TAG = " ки"  # the step placeholder of Math-Shepherd's released 
 @dataclass(frozen=True)
 class LabelConfig:
     rollouts: str
-    completer: str
+    completer: str | None  # optional with a server backend, where it names the tokenizer that renders chat prompts
     out: str
     params: SamplingParams  # n = completions per prefix
     method: str = "hard"
@@ -52,6 +53,7 @@ class LabelConfig:
     trust_remote_code: bool = False
     fields: dict[str, str] = field(default_factory=dict)  # --field renames of the rollouts' columns
     prompt_format: PromptFormat = PromptFormat()  # --system / --prompt-template, unless the rollouts carry it
+    server: ServerOptions | None = None  # --backend openai
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -86,6 +88,9 @@ def run(config: LabelConfig) -> dict[str, Any]:
     usable = [r for r in rollouts if r.get("answer") is not None and task_of(r) not in (None, "chat")]
     if not usable:
         raise DataError(config.rollouts, None, "missing in every record: label-prm needs a gold answer to grade completions", "answer")
+    if config.completer is None and any(not isinstance(r["prompt"], str) for r in usable):
+        raise ConfigError("chat prompts are rendered to text here before the server completes them: "
+                          "give --model, a model folder whose tokenizer has the served model's chat template")
     with ExitStack() as stack:  # one run per output: a second would label every solution again
         stack.enter_context(locked(config.out))
         if config.format == "openrlhf":
@@ -103,7 +108,7 @@ def _label_all(config: LabelConfig, rollouts: list[Record], usable: list[Record]
     if not todo:
         return _finish(stats, config, 0.0)
     generator = make_generator(config.backend, ModelSource(config.completer, config.trust_remote_code), config.params.seed,
-                               engine=config.engine)
+                               engine=config.engine, server=config.server)
     tic = time.perf_counter()
     streamed: list[Record] = []  # with --out -, the records this run wrote (there is no file to read back)
     with writer, Progress("label-prm", len(todo), 0, True) as progress:

@@ -44,9 +44,9 @@ class SFTConfig:
     resume: bool = False
     packing: bool = True  # run the batch's common prefix once (`--no-packing`: every record whole)
     trust_remote_code: bool = False
-    scale: ScaleOptions = ScaleOptions()
     fields: dict[str, str] = field(default_factory=dict)  # --field renames of the data's columns
     prompt_format: PromptFormat = PromptFormat()  # --system / --prompt-template
+    scale: ScaleOptions = ScaleOptions()  # last: the manifest lists its options last
 
 
 def run(config: SFTConfig) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import torch
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
 from rlhfctl.console import Progress
-from rlhfctl.data import render_prompt
 from rlhfctl.errors import ConfigError
 from rlhfctl.generation.base import SamplingParams, derive_seed
 from rlhfctl.grading import grade
@@ -162,8 +161,7 @@ def evaluate(generator, policy, records, config, accelerator) -> float | None:
 
 def _greedy_pass_at_1(generator, records, config) -> float:
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens, batch_size=64, seed=config.seed)
-    texts = [render_prompt(r["prompt"], generator.tokenizer) for r in records]
-    samples = generator.generate(texts, params, keys=[r["id"] for r in records])
+    samples = generator.generate([generator.render(r["prompt"]) for r in records], params, keys=[r["id"] for r in records])
     record = (lambda r: r) if config.verifier in (None, "auto") else (lambda r: {**r, "task": config.verifier})
     return sum(bool(grade(record(r), [g[0].text])[0]) for r, g in zip(records, samples)) / len(records)
 
