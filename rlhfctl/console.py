@@ -101,6 +101,11 @@ def _clock(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 step``, ``2 steps``: a count and its noun, in the number it takes."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
 def log(message: str, enabled: bool = True) -> None:
     if enabled:
         print(message, file=sys.stderr, flush=True)

@@ -196,6 +196,11 @@ def print_summary(summary: dict[str, Any], as_json: bool, title: str, to_stderr:
 
 
 def _fmt(value: Any) -> str:
+    """A summary value as a reader wants it: floats to 4 places, nested mappings as ``key: value`` lines."""
     if isinstance(value, float):
         return f"{value:.4f}"
+    if isinstance(value, dict):
+        return "\n".join(f"{k}: {_fmt(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value) or "-"
     return str(value)

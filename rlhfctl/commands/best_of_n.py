@@ -5,15 +5,16 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, ConcurrencyOpt, ConfigOpt, FieldOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt,
-    PromptTemplateOpt, RMMaxLengthOpt, SeedOpt, ServedModelOpt, StopOpt, SystemOpt, TemperatureOpt, TopPOpt, TpOpt, TrustOpt,
-    field_map, prompt_format, server_options,
+    ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, ConcurrencyOpt, ConfigOpt, FieldOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt,
+    MaxNewTokensOpt, PromptTemplateOpt, RMMaxLengthOpt, SeedOpt, ServedModelOpt, StopOpt, SystemOpt, TemperatureOpt, TopPOpt,
+    TpOpt, TrustOpt, field_map, prompt_format, server_options,
 )
+from rlhfctl.console import plural
 from rlhfctl.generation.base import EngineOptions, SamplingParams
 
 
 def best_of_n(
-    source: Annotated[str, typer.Argument(help="Graded rollouts JSONL; or, with --policy, prompts JSONL to sample from.")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="Graded rollouts JSONL; or, with --policy, prompts JSONL to sample from.")],
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Result JSON: {n, curves: {scorer: \\[accuracy per N]}, num_prompts}; default SOURCE-stem.bon.json beside SOURCE. Scores are cached in OUT.scores.json; - writes the JSON to stdout and keeps no score cache (nor, with --policy, the samples).", show_default=False)] = None,
     rm: Annotated[Optional[str], typer.Option("--rm", help="Select by this reward model (train-rm folder).", show_default=False)] = None,
     prm: Annotated[Optional[str], typer.Option("--prm", help="Select by this process reward model (train-rm --prm folder).", show_default=False)] = None,
@@ -90,7 +91,7 @@ def _print_table(result, to_stderr: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"best-of-n ({result['num_prompts']} prompts)")
+    table = Table(title=f"best-of-n ({plural(result['num_prompts'], 'prompt')})")
     table.add_column("N", justify="right")
     for name in result["curves"]:
         table.add_column(name, justify="right")

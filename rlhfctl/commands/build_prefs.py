@@ -8,7 +8,7 @@ from rlhfctl.commands._options import ConfigOpt, FieldOpt, JsonOpt, SeedOpt, Tru
 
 
 def build_prefs(
-    source: Annotated[str, typer.Argument(help="Rollouts JSONL (modes verified, rm), or for --mode import a JSONL file, a Hugging Face dataset name or a local dataset folder.")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="Rollouts JSONL (modes verified, rm), or for --mode import a JSONL file, a Hugging Face dataset name or a local dataset folder.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Prefs JSONL (pairs and binary items); - for stdout (the summary then goes to stderr).")],
     mode: Annotated[str, typer.Option("--mode", help="verified (graded rollouts), rm (ranked by --rm), or import.")] = "verified",
     max_prompts: Annotated[Optional[int], typer.Option("--max-prompts", help="Use only the first this many prompts (records for import).", show_default=False)] = None,

@@ -8,7 +8,7 @@ from rlhfctl.commands._options import ConfigOpt, ExtractOpt, FieldOpt, JsonOpt, 
 
 
 def grade(
-    responses: Annotated[str, typer.Argument(help="Rows with a prompt, a gold `answer` (or code `tests`) and `responses`, `response` or `completion`: JSONL (- for stdin), Parquet, CSV/TSV, a datasets folder, or hf:ORG/NAME[:CONFIG][@SPLIT].")],
+    responses: Annotated[str, typer.Argument(metavar="RESPONSES", help="Rows with a prompt, a gold `answer` (or code `tests`) and `responses`, `response` or `completion`: JSONL (- for stdin), Parquet, CSV/TSV, a datasets folder, or hf:ORG/NAME\\[:CONFIG]\\[@SPLIT].")],
     out: Annotated[str, typer.Option("--out", "-o", help="Graded rollouts JSONL; rerunning with the same file resumes. - for stdout.")],
     extract: ExtractOpt = "strict",
     field: FieldOpt = None,

@@ -14,12 +14,12 @@ from rlhfctl.generation.base import EngineOptions, SamplingParams
 
 
 def label_prm(
-    rollouts: Annotated[str, typer.Argument(help="Rollouts (rollout's or grade's output) whose prompts carry a gold `answer`: JSONL, Parquet, CSV, a datasets folder or hf:ORG/NAME.")],
+    rollouts: Annotated[str, typer.Argument(metavar="ROLLOUTS", help="Rollouts (rollout's or grade's output) whose prompts carry a gold `answer`: JSONL, Parquet, CSV, a datasets folder or hf:ORG/NAME.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Stepwise JSONL (prompt, completions, labels); rerunning resumes. - for stdout (the summary then goes to stderr).")],
     completer: Annotated[Optional[str], typer.Option("--model", "--completer", "-m", help="The model that completes each step prefix (usually the SFT policy). With --backend openai it names only the tokenizer that renders chat prompts.", show_default=False)] = None,
     n_completions: Annotated[int, typer.Option("--n-completions", help="Continuations sampled per step prefix (N).")] = 8,
     method: Annotated[str, typer.Option("--method", help="hard (any continuation right) or soft (the fraction right).")] = "hard",
-    step_sep: Annotated[str, typer.Option("--step-sep", help="What separates steps in a solution (a blank line: $'\\n\\n').")] = "\n",
+    step_sep: Annotated[str, typer.Option("--step-sep", help="What separates steps in a solution (a blank line: $'\\n\\n'); default: a newline.", show_default=False)] = "\n",
     max_solutions_per_prompt: Annotated[Optional[int], typer.Option("--max-solutions-per-prompt", help="Label at most this many distinct responses per prompt.", show_default=False)] = None,
     format: Annotated[str, typer.Option("--format", help="trl (stepwise records), or openrlhf: also OUT.openrlhf.jsonl with step tags and +/- labels.")] = "trl",
     temperature: TemperatureOpt = 1.0,

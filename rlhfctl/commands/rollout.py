@@ -13,7 +13,7 @@ from rlhfctl.generation.base import EngineOptions, SamplingParams
 
 
 def rollout(
-    prompts: Annotated[str, typer.Argument(help="Prompts ({prompt, id?, answer?, task?}): JSONL (- for stdin), Parquet, CSV/TSV, a datasets folder, or hf:ORG/NAME[:CONFIG][@SPLIT].")],
+    prompts: Annotated[str, typer.Argument(metavar="PROMPTS", help="Prompts ({prompt, id?, answer?, task?}): JSONL (- for stdin), Parquet, CSV/TSV, a datasets folder, or hf:ORG/NAME\\[:CONFIG]\\[@SPLIT].")],
     out: Annotated[str, typer.Option("--out", "-o", help="Rollouts JSONL; rerunning with the same file resumes. - for stdout.")],
     model: SamplerModelOpt = None,
     n: NOpt = 4,

@@ -8,7 +8,7 @@ from rlhfctl.commands._options import ConfigOpt, JsonOpt, SeedOpt, print_summary
 
 
 def toy_data(
-    out_dir: Annotated[str, typer.Argument(help="Folder for sft.jsonl, train.jsonl, test.jsonl, prefs_style.jsonl and toy.json (--task mcq/code: mcq_*/code_* files).")],
+    out_dir: Annotated[str, typer.Argument(metavar="OUT_DIR", help="Folder for sft.jsonl, train.jsonl, test.jsonl, prefs_style.jsonl and toy.json (--task mcq/code: mcq_*/code_* files).")],
     seed: SeedOpt = 0,
     kind: Annotated[str, typer.Option("--task", help="Form of the problems, one per grader: math (steps, `Answer: 64`), mcq (four lettered options, `Answer: B`; writes mcq_sft/train/test.jsonl) or code (a program reading x from stdin, graded by stdin/stdout tests in the sandbox; writes code_sft/train/test.jsonl).")] = "math",
     n_sft: Annotated[int, typer.Option("--sft", help="SFT demonstrations (prompt, completion); 64000 is 1000 steps of train-sft at its defaults.")] = 64000,

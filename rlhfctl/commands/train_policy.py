@@ -16,7 +16,7 @@ _F = typer.Option
 
 
 def train_policy(
-    prompts: Annotated[str, typer.Argument(help="Prompts JSONL ({prompt, answer?, task?}).")],
+    prompts: Annotated[str, typer.Argument(metavar="PROMPTS", help="Prompts JSONL ({prompt, answer?, task?}).")],
     out: Annotated[str, _F("--out", "-o", help="Run folder: the policy, checkpoints/, metrics.jsonl.")],
     model: ModelOpt,
     algo: Annotated[str, _F("--algo", help="ppo (with a critic, GAE) or grpo (critic-free, group-normalised).")] = "grpo",

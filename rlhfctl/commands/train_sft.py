@@ -5,9 +5,9 @@ from typing import Annotated
 import typer
 
 from rlhfctl.commands._options import (
-    Bf16Opt, CompileOpt, ConfigOpt, EpochsOpt, FieldOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt,
-    LoraROpt, LoraTargetsOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, PromptTemplateOpt, ResumeOpt, SaveDtypeOpt,
-    SaveEveryOpt, SeedOpt, SystemOpt, TrustOpt, WarmupOpt, WeightDecayOpt, field_map, print_summary, prompt_format,
+    Bf16Opt, CompileOpt, ConfigOpt, EpochsOpt, FieldOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt,
+    LoraTargetsOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, PromptTemplateOpt, ResumeOpt, SaveDtypeOpt, SaveEveryOpt,
+    SeedOpt, SystemOpt, TrustOpt, WarmupOpt, WeightDecayOpt, field_map, print_summary, prompt_format,
 )
 
 

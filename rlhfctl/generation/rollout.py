@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rlhfctl.console import Progress, log
+from rlhfctl.console import Progress, log, plural
 from rlhfctl.data import PromptFormat, render_prompt
 from rlhfctl.errors import ConfigError
 from rlhfctl.generation.backends import make_generator, resolve_backend
@@ -129,7 +129,7 @@ def _skip_too_long(todo: list[Record], generator, max_new_tokens: int, summary: 
     kept = [r for r in todo if not too_long(render_prompt(r["prompt"], generator.tokenizer), generator.tokenizer, limit)]
     summary["skipped_too_long"] = len(todo) - len(kept)
     if len(kept) < len(todo):
-        log(f"skipped {len(todo) - len(kept)} prompts longer than the model's context ({limit} tokens: {context} "
+        log(f"skipped {plural(len(todo) - len(kept), 'prompt')} longer than the model's context ({limit} tokens: {context} "
             f"less --max-new-tokens {max_new_tokens})")
     return kept
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlhfctl.console import plural
 from rlhfctl.report.numbers import eval_curve
 from rlhfctl.report.runs import BestOfNResult, TrainingRun
 
@@ -95,7 +96,7 @@ def best_of_n_figure(results: list[BestOfNResult], path: Path) -> str:
 
 def _of_prompts(result: BestOfNResult) -> str:
     """`` on 200 prompts of test.jsonl``: what a single Best-of-N figure measured."""
-    count = f" on {result.num_prompts} prompts" if result.num_prompts is not None else ""
+    count = f" on {plural(result.num_prompts, 'prompt')}" if result.num_prompts is not None else ""
     source = f" of {Path(result.source).name}" if result.source else ""
     return count + source
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from rlhfctl import sources
 from rlhfctl.artifacts import describe_inputs, make_manifest
+from rlhfctl.console import plural
 from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.models import ModelSource
 from rlhfctl.records import PAIRS, ROLLOUTS, Record, check_out_file, iter_values, read_records, write_json, write_jsonl
@@ -235,4 +236,4 @@ def _unique(texts: list[str]) -> list[str]:
 
 
 def _reasons(dropped: Counter) -> str:
-    return "; ".join(f"{n} prompts: {why}" for why, n in dropped.items()) or "empty input"
+    return "; ".join(f"{plural(n, 'prompt')}: {why}" for why, n in dropped.items()) or "empty input"

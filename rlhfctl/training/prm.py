@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
-from rlhfctl.console import log
+from rlhfctl.console import log, plural
 from rlhfctl.models import ModelSource, load_tokenizer, save_model, saved_dtype
 from rlhfctl.rm.data import StepItem, encode_step_items, read_steps, split_steps_by_prompt
 from rlhfctl.rm.evaluate import evaluate_steps
@@ -37,8 +37,8 @@ def run(config: RMConfig) -> dict[str, Any]:
     with claim_run_dir(out, "train-rm", options, accelerator.is_main_process):
         accelerator.wait_for_everyone()
         run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
-        log(f"train-rm --prm: {len(items)} solutions, {sum(len(i.labels) for i in items)} steps, {total} optimiser steps; "
-            f"held out: {len(held)} solutions", accelerator.is_main_process)
+        log(f"train-rm --prm: {plural(len(items), 'solution')}, {plural(sum(len(i.labels) for i in items), 'step')}, "
+            f"{plural(total, 'optimiser step')}; held out: {plural(len(held), 'solution')}", accelerator.is_main_process)
 
         def step(batch: list[int]) -> dict[str, Any]:
             return _train_step(run_, [items[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm)

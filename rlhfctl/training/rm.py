@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
-from rlhfctl.console import log
+from rlhfctl.console import log, plural
 from rlhfctl.errors import ConfigError
 from rlhfctl.models import ModelSource, load_tokenizer, save_model, saved_dtype
 from rlhfctl.packing import attention_implementation, pack, use_packing
@@ -86,8 +86,8 @@ def run(config: RMConfig) -> dict[str, Any]:
     with claim_run_dir(out, "train-rm", options, accelerator.is_main_process):
         accelerator.wait_for_everyone()
         run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
-        log(f"train-rm: {len(train.pairs)} pairs, {len(train.binary)} binary items, {total} steps of "
-            f"{config.schedule.batch_size}; held out: {len(held.pairs)} pairs, {len(held.binary)} binary", accelerator.is_main_process)
+        log(f"train-rm: {plural(len(train.pairs), 'pair')}, {plural(len(train.binary), 'binary item')}, {plural(total, 'step')} of "
+            f"{config.schedule.batch_size}; held out: {plural(len(held.pairs), 'pair')}, {len(held.binary)} binary", accelerator.is_main_process)
 
         def step(batch: list[int]) -> dict[str, Any]:
             return _train_step(run_, [items[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm, packing)

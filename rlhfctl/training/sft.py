@@ -21,7 +21,7 @@ from typing import Any
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
 from rlhfctl.data import Example, PromptFormat, encode_examples
-from rlhfctl.console import log
+from rlhfctl.console import log, plural
 from rlhfctl.generation.hf import cache_keyword
 from rlhfctl.models import ModelSource, check_model_spec, count_parameters, load_causal_lm, load_tokenizer, save_model, saved_dtype
 from rlhfctl.packing import common_prefix
@@ -73,7 +73,7 @@ def run(config: SFTConfig) -> dict[str, Any]:
     with claim_run_dir(out, "train-sft", options, accelerator.is_main_process):
         accelerator.wait_for_everyone()
         run_ = start_training(accelerator, model, config.schedule, total, out, config.resume)
-        log(f"train-sft: {len(examples)} records, {parameters:,} parameters, {total} steps of {config.schedule.batch_size}",
+        log(f"train-sft: {plural(len(examples), 'record')}, {parameters:,} parameters, {plural(total, 'step')} of {config.schedule.batch_size}",
             accelerator.is_main_process)
         share_prefix = config.packing and prefix_sharing_applies(accelerator, config.scale, accelerator.is_main_process)
 

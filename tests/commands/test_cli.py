@@ -199,7 +199,7 @@ def test_usage_errors(args, pattern, run_main, toy_dir, tmp_path):
 
     r = run_main(*(a.format(test=toy_dir / "test.jsonl", tmp=tmp_path) for a in args))
     assert r.code == 2 and "Traceback" not in r.err, r.err
-    assert re.search(r"^Error: " + pattern, r.err, re.M), r.err
+    assert re.search(r"^error: " + pattern, r.err, re.M), r.err
     assert r.err.startswith("Usage: ")
     assert list(tmp_path.iterdir()) == []
 
