@@ -120,3 +120,26 @@ def test_training_progress_shows_loss_and_accuracy():
     from rlhfctl.training.loop import progress_info
 
     assert progress_info({"loss": 0.5, "pair_acc": 0.75, "tokens": 3}) == "loss 0.5000  pair_acc 0.750"
+
+
+def test_best_of_n_figure_is_titled_by_what_it_measured(run_main, tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    titles: list[str] = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, text, *a, **k: titles.append(text))
+    r = run_main("best-of-n", _rollouts(tmp_path), "--vote", "majority", "--out", tmp_path / "bon.json", "--plot", tmp_path / "bon.png")
+    assert r.code == 0, r.err
+    assert titles == ["Best-of-N accuracy on 2 prompts of rollouts.jsonl"]
+
+
+def test_summary_tables_show_nested_values_readably(capsys):
+    from rlhfctl.commands._options import print_summary
+
+    print_summary({"train": {"pairs": 3, "dropped": {}}, "rules": ["box", "answer"], "loss": 0.5}, False, "t")
+    out = capsys.readouterr().out
+    assert "pairs: 3" in out and "dropped: -" in out and "box, answer" in out and "0.5000" in out
+    assert "{" not in out
+
+
+def test_counts_agree_with_their_nouns():
+    assert [console.plural(n, "step") for n in (0, 1, 2, 1500)] == ["0 steps", "1 step", "2 steps", "1,500 steps"]
