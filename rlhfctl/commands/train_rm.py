@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    Bf16Opt, CompileOpt, ConfigOpt, EpochsOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt,
+    Bf16Opt, CompileOpt, ConfigOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt,
     LoraTargetsOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, NoPackingOpt, ResumeOpt, SaveDtypeOpt, SaveEveryOpt, SeedOpt,
     TrustOpt, WarmupOpt, WeightDecayOpt, print_summary,
 )
@@ -19,7 +19,10 @@ def train_rm(
     step_sep: Annotated[str, typer.Option("--step-sep", help="With --prm: the text put between steps (as label-prm split them); default: a newline.", show_default=False)] = "\n",
     eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Held-out prefs file(s); default: a split of DATA by prompt.", show_default=False)] = None,
     eval_fraction: Annotated[float, typer.Option("--eval-fraction", help="Share of DATA's prompts held out when --eval-data is not given.")] = 0.1,
-    epochs: EpochsOpt = 1.0,
+    epochs: Annotated[float, typer.Option(
+        "--epochs", help="Passes over the data (ignored when --max-steps is given). 1 suits large preference sets (a reward model "
+                         "overfits after one pass); on a few thousand pairs, as the toy task's, use 4 (1 left its ORM at 0.63 "
+                         "held-out pair accuracy).")] = 1.0,
     max_steps: MaxStepsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Records (pairs or binary items) per optimiser step, global.")] = 32,
     lr: LrOpt = 5e-4,
