@@ -66,7 +66,7 @@ class Progress:
         done_here = self._done - self._first
         rate = done_here / elapsed if elapsed > 0 else 0.0
         eta = (self._total - self._done) / rate if rate > 0 else None
-        parts = [f"{self._description}: {self._done}/{self._total}", _rate(rate),
+        parts = [f"{self._description} {self._done}/{self._total}", _rate(rate),
                  f"elapsed {_clock(elapsed)}", f"eta {_clock(eta) if eta is not None else '?'}"]
         return "  ".join(parts + ([self._info] if self._info else []))
 

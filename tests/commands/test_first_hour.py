@@ -99,9 +99,9 @@ def test_progress_prints_plain_lines_when_stderr_is_not_a_terminal(monkeypatch):
         for step in range(3):
             progress.advance(f"loss {1.0 / (step + 1):.4f}")
     lines = fake.getvalue().splitlines()
-    assert lines[0].startswith("train-sft: 1/3") and "eta" in lines[0] and lines[0].endswith("loss 1.0000")
-    assert lines[2].startswith("train-sft: 3/3") and lines[2].endswith("loss 0.3333")
-    assert lines[-1].startswith("train-sft: 3/3")  # and one at the end
+    assert lines[0].startswith("train-sft 1/3") and "eta" in lines[0] and lines[0].endswith("loss 1.0000")
+    assert lines[2].startswith("train-sft 3/3") and lines[2].endswith("loss 0.3333")
+    assert lines[-1].startswith("train-sft 3/3")  # and one at the end
     assert "\x1b" not in fake.getvalue()
 
 
@@ -113,7 +113,7 @@ def test_progress_waits_for_its_interval(monkeypatch):
         for _ in range(5):
             progress.advance()
     assert fake.getvalue().splitlines() == [fake.getvalue().splitlines()[0]]
-    assert fake.getvalue().startswith("rollout: 5/5")
+    assert fake.getvalue().startswith("rollout 5/5")
 
 
 def test_training_progress_shows_loss_and_accuracy():
@@ -143,3 +143,10 @@ def test_summary_tables_show_nested_values_readably(capsys):
 
 def test_counts_agree_with_their_nouns():
     assert [console.plural(n, "step") for n in (0, 1, 2, 1500)] == ["0 steps", "1 step", "2 steps", "1,500 steps"]
+
+
+def test_label_prm_openrlhf_side_file_needs_a_file_out(run_main, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run_main("label-prm", _rollouts(tmp_path), "--model", "toy:tiny", "--format", "openrlhf", "--out", "-")
+    assert r.code == 2 and r.err.strip() == "error: --format openrlhf writes OUT.openrlhf.jsonl beside OUT: give --out a file, not -"
+    assert r.out == "" and not any(p.name.startswith("-") for p in tmp_path.iterdir())

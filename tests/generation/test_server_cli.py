@@ -195,6 +195,6 @@ def test_label_prm_renders_chat_prefixes_with_the_completers_tokenizer(tmp_path,
 
 
 def test_train_policy_refuses_the_server_backend(toy_dir, tmp_path, run_main):
-    r = run_main("train-policy", toy_dir / "train.jsonl", "--out", tmp_path / "policy", "--verifier", "math",
+    r = run_main("train-policy", toy_dir / "train.jsonl", "--model", "toy:tiny", "--out", tmp_path / "policy", "--verifier", "math",
                  "--backend", "openai")
     assert r.code == 2 and "train-policy samples from the policy it trains" in r.err, r.err
