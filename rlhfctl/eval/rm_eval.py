@@ -31,8 +31,8 @@ def run(config: RMEvalConfig) -> dict[str, Any]:
     if config.prm:
         return _run_prm(config)
 
+    data = read_preferences(config.data)  # bad data fails before the model loads
     model, tokenizer, manifest = load_reward_model(ModelSource(config.rm, config.trust_remote_code), ORM, inference_device())
-    data = read_preferences(config.data)
     limit = config.max_length or trained_max_length(manifest)
     items, overlong = encode_items(data, tokenizer, limit)
     report_overlong(overlong, sum(len(it.seqs) for it in items), limit, config.rm, None)
@@ -44,9 +44,10 @@ def run(config: RMEvalConfig) -> dict[str, Any]:
 
 
 def _run_prm(config: RMEvalConfig) -> dict[str, Any]:
+    steps = read_steps(config.data)  # bad data fails before the model loads
     model, tokenizer, manifest = load_reward_model(ModelSource(config.rm, config.trust_remote_code), PRM, inference_device())
     sep = manifest.get("results", {}).get("step_sep", "\n")
-    items = encode_step_items(read_steps(config.data), tokenizer, config.max_length or trained_max_length(manifest), sep)
+    items = encode_step_items(steps, tokenizer, config.max_length or trained_max_length(manifest), sep)
     summary = {**evaluate_steps(TokenValues(model), items, tokenizer.pad_token_id), "prm": config.rm}
     if config.out:
         write_json(config.out, summary)

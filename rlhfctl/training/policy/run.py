@@ -54,7 +54,6 @@ def run(config: PolicyConfig) -> dict[str, Any]:
     out, main = Path(config.out), accelerator.is_main_process
     if main:
         check_run_dir(out, "train-policy", manifest_options(config), config.resume, identity=("algo", *RESUME_IDENTITY))
-    print_settings(config, main)
     # Models, reward model and engine load inside the claim: a start that fails there or in the
     # first step (a prompt the chat template cannot render) takes the run folder back.
     with claim_run_dir(out, "train-policy", manifest_options(config), main):
@@ -103,6 +102,7 @@ def reference_model(config, policy, accelerator):
 def train(config, records, eval_records, accelerator, out: Path, options: dict[str, Any]) -> dict[str, Any]:
     main = accelerator.is_main_process
     models, ref, tokenizer, adapters = build_models(config, accelerator)
+    print_settings(config, main)  # after the line naming the model loaded
     config = replace(config, packing=use_packing(config.packing, models.policy, "train-policy", main))  # decided once
     rm = load_rm_handle(config.source_of(config.rm), accelerator.device, config.rm_max_length, main) if config.rm and config.rm_weight else None
     settings = AdvantageSettings(config.algo, config.n, config.shaping, config.kl_coef, config.kl_estimator, config.kl_in,
