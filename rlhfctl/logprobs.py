@@ -173,10 +173,13 @@ def final_hidden(model: Any) -> Iterator[FinalHidden]:
 def plain_head(model: Any) -> torch.nn.Linear | None:
     """``model``'s LM head if it is a plain, unsharded ``nn.Linear`` whose output is the logits; else None."""
     inner = model
-    while type(inner).__name__ in ("DistributedDataParallel", "DataParallel", "OptimizedModule") or hasattr(inner, "_orig_mod"):
-        inner = getattr(inner, "module", None) or getattr(inner, "_orig_mod", None)
+    for _ in range(4):  # DDP's wrapper; a LoRA policy's reference, which runs the policy with its adapters off
+        if type(inner).__name__ in ("DistributedDataParallel", "DataParallel"):
+            inner = inner.module
+        elif not hasattr(inner, "get_output_embeddings") and hasattr(inner, "policy"):
+            inner = inner.policy
     name = type(inner).__name__
-    if inner is None or "FullyShardedDataParallel" in name or "DeepSpeed" in name or _compiled(inner):
+    if "FullyShardedDataParallel" in name or "DeepSpeed" in name or name == "OptimizedModule" or _compiled(inner):
         return None
     getter = getattr(inner, "get_output_embeddings", None)
     head = getter() if callable(getter) else None

@@ -112,3 +112,12 @@ def test_a_head_that_is_not_plain_keeps_the_full_logits():
     with final_hidden(model) as found:
         output = model(input_ids=ids)
     assert found.head is None and found.states(output).shape == (2, 5, model.config.vocab_size)
+
+
+def test_the_head_is_found_through_a_reference_wrapper_and_not_in_a_compiled_model():
+    from rlhfctl.training.lora import BaseModelReference
+
+    model = _tiny_model()
+    assert plain_head(BaseModelReference(model)) is model.lm_head
+    model.compile()  # in place, as --compile does: a hook per call would recompile it, so the logits stay
+    assert plain_head(model) is None
