@@ -11,8 +11,9 @@ log-softmax and again for each gradient. Here:
   wanted (no logits for prompt positions or ignored labels);
 * those rows go through the head, the log-softmax and the gather
   ``chunk_rows`` rows at a time (`token_logprobs`); the backward pass
-  recomputes each chunk's logits instead of keeping them, so at most one
-  chunk of logits exists at a time.
+  recomputes each chunk's logits instead of keeping them (or, for a loss
+  that weighs every token alike, the forward pass makes the gradients
+  too), so at most one chunk of logits exists at a time.
 
 Values and gradients are those of the plain computation (each row's
 log-softmax is computed by the same kernel, in the same precision: the head
@@ -43,7 +44,8 @@ def default_chunk_rows(vocab: int) -> int:
 
 def token_logprobs(states: torch.Tensor, labels: torch.Tensor, head: torch.nn.Linear | None = None, *,
                    temperature: float = 1.0, with_entropy: bool = False, chunk_rows: int | None = None,
-                   compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   compute_dtype: torch.dtype | None = None, grads_ahead: bool = False,
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """fp32 ``log_softmax(z / temperature)[label]`` for each row; and the entropy of each row's distribution if asked.
 
     ``states`` (..., H) are final hidden states and ``head`` the LM head that
@@ -52,13 +54,20 @@ def token_logprobs(states: torch.Tensor, labels: torch.Tensor, head: torch.nn.Li
     and so have the results. The log-probs carry gradients (to ``states`` and
     the head's weight and bias); the entropy does not (it is a statistic).
     ``compute_dtype``: the dtype the head runs in (default: that of ``states``).
+
+    ``grads_ahead``: the caller's loss weighs every row's log-prob alike (a
+    sum or a mean, as the SFT loss): the forward pass then also makes the
+    gradients of the sum, and the backward pass scales them, instead of
+    computing every chunk's logits a second time (3 passes through the head
+    instead of 4; the gradients are held from the forward to the backward
+    pass). A backward pass that weighs the rows unequally recomputes them.
     """
     rows = states.reshape(-1, states.shape[-1])
     weight, bias = (head.weight, head.bias) if head is not None else (None, None)
     vocab = weight.shape[0] if weight is not None else rows.shape[-1]
     chunk = chunk_rows or default_chunk_rows(vocab)
     logp, entropy = _TokenLogprobs.apply(rows, weight, bias, labels.reshape(-1), float(temperature or 1.0), chunk,
-                                         with_entropy, compute_dtype or rows.dtype)
+                                         with_entropy, compute_dtype or rows.dtype, grads_ahead)
     return logp.view(labels.shape), entropy.view(labels.shape) if with_entropy else None
 
 
@@ -70,19 +79,25 @@ def _chunk_logits(rows, weight, bias, temperature: float) -> torch.Tensor:
 
 class _TokenLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows, weight, bias, labels, temperature, chunk, with_entropy, compute_dtype):
+    def forward(ctx, rows, weight, bias, labels, temperature, chunk, with_entropy, compute_dtype, grads_ahead):
         n = rows.shape[0]
         logp = torch.empty(n, dtype=torch.float32, device=rows.device)
         entropy = torch.zeros(n if with_entropy else 0, dtype=torch.float32, device=rows.device)
         w, b = _cast(weight, compute_dtype), _cast(bias, compute_dtype)
+        ahead = _Grads(rows, weight, bias, ctx.needs_input_grad[:3], torch.float32) if grads_ahead and any(
+            ctx.needs_input_grad[:3]) else None
+        ones = torch.ones(min(chunk, n), 1, device=rows.device)
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
-            lp = torch.log_softmax(_chunk_logits(rows[start:end].to(compute_dtype), w, b, temperature), dim=-1)
+            x = rows[start:end].to(compute_dtype)
+            lp = torch.log_softmax(_chunk_logits(x, w, b, temperature), dim=-1)
             logp[start:end] = lp.gather(-1, labels[start:end, None]).squeeze(-1)
             if with_entropy:
                 entropy[start:end] = -(lp.exp() * lp).sum(-1)
+            if ahead is not None:
+                ahead.add(start, x, w, lp, labels[start:end], ones[:end - start], temperature, compute_dtype)
         ctx.save_for_backward(rows, weight, bias, labels)
-        ctx.settings = (temperature, chunk, compute_dtype)
+        ctx.settings, ctx.ahead = (temperature, chunk, compute_dtype), ahead
         ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
@@ -90,34 +105,53 @@ class _TokenLogprobs(torch.autograd.Function):
     def backward(ctx, grad_logp, _grad_entropy):
         rows, weight, bias, labels = ctx.saved_tensors
         temperature, chunk, compute_dtype = ctx.settings
-        need_rows, need_weight, need_bias = ctx.needs_input_grad[:3]
+        ahead, ctx.ahead = ctx.ahead, None
+        if ahead is not None and grad_logp.numel() and bool((grad_logp == grad_logp[:1]).all()):  # Σ c·logp: the forward's gradients, times c
+            return (*ahead.result(rows, weight, bias, grad_logp[:1].float()), None, None, None, None, None, None)
+        grads = _Grads(rows, weight, bias, ctx.needs_input_grad[:3], rows.dtype)
         w, b = _cast(weight, compute_dtype), _cast(bias, compute_dtype)
-        grad_rows = torch.empty_like(rows) if need_rows else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_bias else None
         for start in range(0, rows.shape[0], chunk):
             end = min(start + chunk, rows.shape[0])
             x = rows[start:end].to(compute_dtype)
-            with torch.no_grad():
-                lp = torch.log_softmax(_chunk_logits(x, w, b, temperature), dim=-1)
-            g = grad_logp[start:end, None].float()
-            # d lp[y] / dz = onehot(y) - softmax(z), times the incoming gradient, through z = logits / T
-            grad_z = (lp.exp_().mul_(-g)).scatter_add_(-1, labels[start:end, None], g).div_(temperature)
-            grad_z = grad_z.to(compute_dtype)
-            del lp
-            if weight is None:
-                if need_rows:
-                    grad_rows[start:end] = grad_z.to(rows.dtype)
-                continue
-            if need_rows:
-                grad_rows[start:end] = (grad_z @ w).to(rows.dtype)
-            if need_weight:
-                grad_weight.add_(grad_z.t().mm(x).float())
-            if need_bias:
-                grad_bias.add_(grad_z.float().sum(0))
-        grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
-        grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
-        return grad_rows, grad_weight, grad_bias, None, None, None, None, None
+            lp = torch.log_softmax(_chunk_logits(x, w, b, temperature), dim=-1)
+            grads.add(start, x, w, lp, labels[start:end], grad_logp[start:end, None].float(), temperature, compute_dtype)
+        return (*grads.result(rows, weight, bias), None, None, None, None, None, None)
+
+
+class _Grads:
+    """Gradients of Σ_i g_i · logp_i with respect to the rows, the head's weight and its bias, a chunk at a time."""
+
+    def __init__(self, rows, weight, bias, needs, rows_dtype):
+        self.rows = torch.empty(rows.shape, dtype=rows_dtype, device=rows.device) if needs[0] else None
+        self.weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs[1] else None
+        self.bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if needs[2] else None
+
+    def add(self, start: int, x, w, lp, labels, g, temperature: float, compute_dtype) -> None:
+        """One chunk: ``x`` its rows in the compute dtype, ``lp`` its fp32 log-softmax (overwritten), ``g`` (rows, 1)."""
+        # d lp[y] / dz = onehot(y) - softmax(z), times the incoming gradient, through z = logits / T
+        grad_z = lp.exp_().mul_(-g).scatter_add_(-1, labels[:, None], g)
+        if temperature != 1.0:
+            grad_z.div_(temperature)
+        grad_z = grad_z.to(compute_dtype)
+        end = start + x.shape[0]
+        if w is None:  # the rows are the logits
+            if self.rows is not None:
+                self.rows[start:end] = grad_z
+            return
+        if self.rows is not None:
+            self.rows[start:end] = grad_z @ w
+        if self.weight is not None:  # accumulated in place, in fp32: no weight-sized temporary per chunk
+            self.weight.addmm_(grad_z.t().float(), x.float())
+        if self.bias is not None:
+            self.bias.add_(grad_z.float().sum(0))
+
+    def result(self, rows, weight, bias, scale=None) -> tuple:
+        out = []
+        for grad, like in ((self.rows, rows), (self.weight, weight), (self.bias, bias)):
+            if grad is not None and scale is not None:
+                grad = grad.mul_(scale)
+            out.append(None if grad is None else grad.to(like.dtype))
+        return tuple(out)
 
 
 def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

@@ -54,6 +54,42 @@ def test_head_path_matches_plain_values_and_gradients(bias):
         _close(head.bias.grad, twin.bias.grad)
 
 
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("with_head", [True, False])
+def test_gradients_made_ahead_match_plain_for_a_sum_and_fall_back_otherwise(uniform, with_head, monkeypatch):
+    import rlhfctl.logprobs as logprobs
+
+    calls = []
+    chunk_logits = logprobs._chunk_logits
+    monkeypatch.setattr(logprobs, "_chunk_logits", lambda *a: calls.append(1) or chunk_logits(*a))
+    gen = torch.Generator().manual_seed(5)
+    head = torch.nn.Linear(8, 90, bias=True)
+    twin = torch.nn.Linear(8, 90, bias=True)
+    twin.load_state_dict(head.state_dict())
+    x = torch.randn(13, 8 if with_head else 90, generator=gen)
+    labels = torch.randint(0, 90, (13,), generator=gen)
+    weights = torch.full((13,), -0.25) if uniform else torch.randn(13, generator=gen)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got, _ = token_logprobs(a, labels, head if with_head else None, temperature=1.3, chunk_rows=4, grads_ahead=True)
+    want, _ = _plain(twin(b) if with_head else b, labels, temperature=1.3)
+    _close(got, want)
+    (got * weights).sum().backward()
+    (want * weights).sum().backward()
+    assert len(calls) == (4 if uniform else 8)  # 13 rows in chunks of 4; unequal weights recompute the logits
+    _close(a.grad, b.grad)
+    if with_head:
+        _close(head.weight.grad, twin.weight.grad)
+        _close(head.bias.grad, twin.bias.grad)
+
+
+def test_no_rows_give_zero_gradients():
+    head = torch.nn.Linear(8, 20)
+    x = torch.randn(0, 8, requires_grad=True)
+    got, _ = token_logprobs(x, torch.zeros(0, dtype=torch.long), head, grads_ahead=True)
+    got.sum().backward()
+    assert got.shape == (0,) and head.weight.grad.abs().sum() == 0
+
+
 def test_bf16_logits_are_upcast_as_the_plain_path_does():
     gen = torch.Generator().manual_seed(2)
     logits = (torch.randn(10, 40, generator=gen) * 4).bfloat16()

@@ -111,7 +111,8 @@ def _train_step(run, batch: list[Example], pad_id: int, max_grad_norm: float, sh
     # averages the ranks' gradients, so the result is the token mean of the global batch.
     targets = labels[:, shared + 1:].to(acc.device)
     loss_rows = targets != -100
-    logp, _ = token_logprobs(states[:, :-1][loss_rows], targets[loss_rows], found.head, compute_dtype=found.compute_dtype)
+    logp, _ = token_logprobs(states[:, :-1][loss_rows], targets[loss_rows], found.head, compute_dtype=found.compute_dtype,
+                             grads_ahead=True)
     loss_sum = -weight * logp.sum()
     acc.backward(loss_sum * acc.num_processes / global_tokens)
     grad_norm = optimizer_step(run.accelerator, run.model, run.optimizer, max_grad_norm, run.scheduler)
