@@ -60,7 +60,9 @@ def token_logprobs(states: torch.Tensor, labels: torch.Tensor, head: torch.nn.Li
     gradients of the sum, and the backward pass scales them, instead of
     computing every chunk's logits a second time (3 passes through the head
     instead of 4; the gradients are held from the forward to the backward
-    pass). A backward pass that weighs the rows unequally recomputes them.
+    pass). A backward pass that weighs the rows unequally recomputes them,
+    and so does a head that runs in a lower precision (to round as the plain
+    computation does).
     """
     rows = states.reshape(-1, states.shape[-1])
     weight, bias = (head.weight, head.bias) if head is not None else (None, None)
@@ -84,8 +86,9 @@ class _TokenLogprobs(torch.autograd.Function):
         logp = torch.empty(n, dtype=torch.float32, device=rows.device)
         entropy = torch.zeros(n if with_entropy else 0, dtype=torch.float32, device=rows.device)
         w, b = _cast(weight, compute_dtype), _cast(bias, compute_dtype)
-        ahead = _Grads(rows, weight, bias, ctx.needs_input_grad[:3], torch.float32) if grads_ahead and any(
-            ctx.needs_input_grad[:3]) else None
+        # in bf16 the gradients would be rounded before the loss's weight scales them, unlike the plain path's
+        ahead = _Grads(rows, weight, bias, ctx.needs_input_grad[:3], torch.float32) if (
+            grads_ahead and compute_dtype == torch.float32 and any(ctx.needs_input_grad[:3])) else None
         ones = torch.ones(min(chunk, n), 1, device=rows.device)
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
