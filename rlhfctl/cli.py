@@ -16,6 +16,7 @@ from rlhfctl.commands.best_of_n import best_of_n
 from rlhfctl.commands.build_prefs import build_prefs
 from rlhfctl.commands.demo import demo
 from rlhfctl.commands.evaluate import evaluate
+from rlhfctl.commands.grade import grade
 from rlhfctl.commands.label_prm import label_prm
 from rlhfctl.commands.report import report
 from rlhfctl.commands.rollout import rollout
@@ -43,6 +44,7 @@ app.command("label-prm")(label_prm)
 app.command("train-rm")(train_rm)
 app.command("best-of-n")(best_of_n)
 app.command("train-policy")(train_policy)
+app.command("grade")(grade)
 app.command("eval")(evaluate)
 app.command("demo")(demo)
 app.command("report")(report)

@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +137,27 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_tokenizer(spec: str, trust_remote_code: bool = False):
-    """The tokenizer of a model spec, with a pad token and left padding."""
+@dataclass(frozen=True)
+class ModelSource:
+    """A model to load: a folder, a Hub id (``org/name[@rev]``) or ``toy:SIZE``, and whether its own code may run.
+
+    Every loader takes one (or a bare spec, which trusts no code), so
+    ``--trust-remote-code`` reaches each model a command loads.
+    """
+
+    spec: str
+    trust_remote_code: bool = False
+
+
+def as_source(model: ModelSource | str) -> ModelSource:
+    """`model` as a `ModelSource` (a bare spec trusts no remote code)."""
+    return model if isinstance(model, ModelSource) else ModelSource(str(model))
+
+
+def load_tokenizer(model: ModelSource | str):
+    """The tokenizer of a model, with a pad token and left padding."""
+    source = as_source(model)
+    spec, trust_remote_code = source.spec, source.trust_remote_code
     check_model_spec(spec)
     quiet_transformers()
     if is_toy_spec(spec):
@@ -151,11 +171,13 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_causal_lm(spec: str, seed: int = 0, dtype: str = "float32", trust_remote_code: bool = False):
+def load_causal_lm(model: ModelSource | str, seed: int = 0, dtype: str = "float32"):
     """A policy (`AutoModelForCausalLM`) from a folder, or a fresh seeded toy model."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    source = as_source(model)
+    spec, trust_remote_code = source.spec, source.trust_remote_code
     check_model_spec(spec)
     quiet_transformers()
     torch_dtype = _dtype(dtype)

@@ -41,6 +41,10 @@ def _is_str(v: Any) -> str | None:
     return None if isinstance(v, str) else f"expected a string, got {_type(v)}"
 
 
+def _is_str_or_null(v: Any) -> str | None:
+    return None if v is None else _is_str(v)
+
+
 def _is_text_or_chat(v: Any) -> str | None:
     """A string, or a list of chat messages ``{"role", "content"}``."""
     if isinstance(v, str):
@@ -159,8 +163,13 @@ ROLLOUTS = RecordKind(
      "correct": _list_of(_is_bool, "booleans"),
      "num_tokens": _list_of(_is_number, "integers"),
      "finish_reasons": _list_of(_is_str, "strings"),
+     "extracted": _list_of(_is_str_or_null, "strings or nulls"),
+     "extract_rule": _list_of(_is_str_or_null, "strings or nulls"),
      "generator": _is_dict},
 )
+# responses from anywhere (`grade`, `eval --responses`): a prompt may repeat, one row per response
+RESPONSES = RecordKind("responses", {"prompt": _is_text_or_chat},
+                       {**_PROMPT_OPTIONAL, "responses": _list_of(_is_str, "strings"), "response": _is_str})
 PAIRS = RecordKind(
     "pairs",
     {"prompt": _is_text_or_chat, "chosen": _is_text_or_chat, "rejected": _is_text_or_chat},
@@ -258,6 +267,11 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
+def iter_values(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line or row number, value) of a JSONL file or of any other source `rlhfctl.sources` reads."""
+    return sources.iter_rows(path) if sources.is_table(path) else iter_json_lines(path)
+
+
 def read_records(path: str | os.PathLike, kind: RecordKind | str, allow_empty: bool = False,
                  fields: Mapping[str, str] | None = None) -> list[Record]:
     """All records of one kind from a JSONL file or another source (`rlhfctl.sources`), validated.
@@ -268,8 +282,7 @@ def read_records(path: str | os.PathLike, kind: RecordKind | str, allow_empty: b
     """
     kind = KINDS[kind] if isinstance(kind, str) else kind
     shown = "<stdin>" if str(path) == "-" else str(path)
-    rows = sources.iter_rows(path) if sources.is_table(path) else iter_json_lines(path)
-    numbered = [(n, kind.check(sources.map_fields(value, fields or {}, f"{shown}:{n}"), shown, n)) for n, value in rows]
+    numbered = [(n, kind.check(sources.map_fields(value, fields or {}, f"{shown}:{n}"), shown, n)) for n, value in iter_values(path)]
     if not numbered and not allow_empty:
         expected = "rows" if sources.is_table(path) else "JSONL, one object per line"
         raise DataError(shown, None, f"no records (expected {kind.name} {expected})")

@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlhfctl.commands._options import ConfigOpt, JsonOpt, SeedOpt, print_summary
+from rlhfctl.commands._options import ConfigOpt, FieldOpt, JsonOpt, SeedOpt, TrustOpt, field_map, print_summary
 
 
 def build_prefs(
@@ -20,6 +20,8 @@ def build_prefs(
     rejected_key: Annotated[str, typer.Option("--rejected-key", help="Import: the field holding the dispreferred response.")] = "rejected",
     split: Annotated[str, typer.Option("--split", help="Import from a Hugging Face dataset: the split.")] = "train",
     seed: SeedOpt = 0,
+    trust_remote_code: TrustOpt = False,
+    field: FieldOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -39,7 +41,9 @@ def build_prefs(
     """
     from rlhfctl.rm.prefs import PrefsConfig, run
 
-    summary = run(PrefsConfig(source, out, mode, max_prompts, pairs_per_prompt, binary_per_prompt, seed, rm,
-                              prompt_key, chosen_key, rejected_key, split))
+    summary = run(PrefsConfig(source=source, out=out, mode=mode, max_prompts=max_prompts, pairs_per_prompt=pairs_per_prompt,
+                              binary_per_prompt=binary_per_prompt, seed=seed, rm=rm, prompt_key=prompt_key,
+                              chosen_key=chosen_key, rejected_key=rejected_key, split=split,
+                              trust_remote_code=trust_remote_code, fields=field_map(field)))
     if out != "-" or as_json:
         print_summary(summary, as_json and out != "-", "build-prefs")

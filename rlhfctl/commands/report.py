@@ -41,7 +41,7 @@ def report(
     """
     from rlhfctl.report.build import ReportConfig, run
 
-    summary = run(ReportConfig(tuple(inputs), out, smooth))
+    summary = run(ReportConfig(inputs=tuple(inputs), out=out, smooth=smooth))
     if as_json:
         print_summary(summary, True, "report")
         return

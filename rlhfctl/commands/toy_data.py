@@ -59,5 +59,6 @@ def toy_data(
     from rlhfctl.toy.task import ToyTaskConfig
 
     task = ToyTaskConfig(min_ops=min_ops, max_ops=max_ops, max_value=max_value, max_operand=max_operand, carry_rate=carry_rate, slip_kind=slip_kind, slip_rate=slip_rate)
-    summary = run(ToyDataConfig(out_dir, task, n_sft, n_train, n_test, n_style, seed, kind))
+    summary = run(ToyDataConfig(out_dir=out_dir, task=task, n_sft=n_sft, n_train=n_train, n_test=n_test, n_style=n_style,
+                                seed=seed, kind=kind))
     print_summary(summary, as_json, "toy-data")

@@ -5,14 +5,14 @@ from typing import Annotated
 import typer
 
 from rlhfctl.commands._options import (
-    Bf16Opt, CompileOpt, ConfigOpt, EpochsOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt, LoraTargetsOpt,
-    LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, ResumeOpt, SaveDtypeOpt, SaveEveryOpt, SeedOpt, TrustOpt, WarmupOpt, WeightDecayOpt,
-    print_summary,
+    Bf16Opt, CompileOpt, ConfigOpt, EpochsOpt, FieldOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt,
+    LoraROpt, LoraTargetsOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, PromptTemplateOpt, ResumeOpt, SaveDtypeOpt,
+    SaveEveryOpt, SeedOpt, SystemOpt, TrustOpt, WarmupOpt, WeightDecayOpt, field_map, print_summary, prompt_format,
 )
 
 
 def train_sft(
-    data: Annotated[str, typer.Argument(help="JSONL of {prompt, completion} records (TRL's prompt-completion format).")],
+    data: Annotated[str, typer.Argument(help="{prompt, completion} records (TRL's prompt-completion format): JSONL, Parquet, CSV, a datasets folder or hf:ORG/NAME.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder: the final model, checkpoints/, metrics.jsonl.")],
     model: ModelOpt = "toy:small",
     epochs: EpochsOpt = 1.0,
@@ -37,6 +37,9 @@ def train_sft(
     lora_dropout: LoraDropoutOpt = 0.0,
     lora_target_modules: LoraTargetsOpt = "all-linear",
     trust_remote_code: TrustOpt = False,
+    field: FieldOpt = None,
+    system: SystemOpt = None,
+    prompt_template: PromptTemplateOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -65,5 +68,6 @@ def train_sft(
     scale = ScaleOptions(bf16=bf16, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, lora_alpha=lora_alpha,
                          lora_dropout=lora_dropout, lora_target_modules=lora_target_modules, save_dtype=save_dtype)
     results = run(SFTConfig(data=data, model=model, out=out, schedule=schedule, max_length=max_length, resume=resume,
-                            packing=not no_packing, trust_remote_code=trust_remote_code, scale=scale))
+                            packing=not no_packing, trust_remote_code=trust_remote_code, scale=scale, fields=field_map(field),
+                            prompt_format=prompt_format(system, prompt_template)))
     print_summary({**results, "out": out}, as_json, "train-sft")

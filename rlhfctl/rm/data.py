@@ -14,7 +14,7 @@ from typing import Any
 
 from rlhfctl.data import encode_conversations, encode_prompt, render_prompt
 from rlhfctl.errors import DataError
-from rlhfctl.records import BINARY, PAIRS, STEPS, Record, iter_json_lines, prompt_id
+from rlhfctl.records import BINARY, PAIRS, STEPS, Record, iter_values, prompt_id
 
 PAIR, BINARY_ITEM = "pair", "binary"
 
@@ -43,7 +43,7 @@ def read_preferences(paths: list[str] | tuple[str, ...]) -> PrefData:
     data = PrefData()
     for path in paths:
         count = identical = 0
-        for lineno, value in iter_json_lines(path):
+        for lineno, value in iter_values(path):
             kind = record_kind(value)
             if kind is None:
                 raise DataError(path, lineno, "unknown record kind: expected a pair (prompt, chosen, rejected) "
@@ -128,8 +128,8 @@ def read_steps(paths: list[str] | tuple[str, ...]) -> list[Record]:
     """Stepwise records (TRL's format); labels and completions must pair up."""
     out = []
     for path in paths:
-        count = identical = 0
-        for lineno, value in iter_json_lines(path):
+        count = 0
+        for lineno, value in iter_values(path):
             record = STEPS.check(value, path, lineno)
             if len(record["labels"]) != len(record["completions"]):
                 raise DataError(path, lineno, f"has {len(record['labels'])} labels for {len(record['completions'])} completions (steps)", "labels")

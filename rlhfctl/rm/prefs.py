@@ -23,13 +23,14 @@ import os
 import random
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rlhfctl import sources
 from rlhfctl.artifacts import describe_inputs, make_manifest
 from rlhfctl.errors import ConfigError, DataError
-from rlhfctl import sources
-from rlhfctl.records import PAIRS, ROLLOUTS, Record, check_out_file, iter_json_lines, read_records, write_json, write_jsonl
+from rlhfctl.models import ModelSource
+from rlhfctl.records import PAIRS, ROLLOUTS, Record, check_out_file, iter_values, read_records, write_json, write_jsonl
 from rlhfctl.rm.scorers import score_rollouts
 
 MODES = ("verified", "rm", "import")
@@ -49,6 +50,8 @@ class PrefsConfig:
     chosen_key: str = "chosen"
     rejected_key: str = "rejected"
     split: str = "train"
+    trust_remote_code: bool = False  # for the --rm that ranks responses
+    fields: dict[str, str] = field(default_factory=dict)  # --field renames of the source's columns
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -71,7 +74,7 @@ def run(config: PrefsConfig) -> dict[str, Any]:
     if config.mode == "import":
         records, prompts = import_pairs(config, dropped)
     else:
-        rollouts = read_records(config.source, ROLLOUTS)
+        rollouts = read_records(config.source, ROLLOUTS, fields=config.fields)
         if config.max_prompts is not None:
             rollouts = rollouts[: config.max_prompts]
         if config.mode == "verified":
@@ -114,7 +117,7 @@ def verified_prefs(rollouts: list[Record], config: PrefsConfig, rng: random.Rand
 
 def ranked_prefs(rollouts: list[Record], config: PrefsConfig, dropped: Counter) -> list[Record]:
     """Pairs by reward-model rank: the k-th best response against the k-th worst."""
-    scores = score_rollouts(rollouts, config.rm)
+    scores = score_rollouts(rollouts, ModelSource(config.rm, config.trust_remote_code))
     out: list[Record] = []
     for r, s in zip(rollouts, scores):
         # a stable sort: tied scores keep the rollout's order (a set's order changes with each process's hash seed)
@@ -143,6 +146,7 @@ def import_pairs(config: PrefsConfig, dropped: Counter) -> tuple[list[Record], i
     for line, row in _load_rows(config):
         if not isinstance(row, dict):
             raise DataError(config.source, line, "expected a JSON object")
+        row = sources.map_fields(row, config.fields, f"{config.source}:{line}")
         record = _import_row(row, config, line, dropped)
         if record is None:
             continue
@@ -234,11 +238,10 @@ def _split_prompt(prompt: Any, chosen: Any, rejected: Any, source: str, line: in
 def _load_rows(config: PrefsConfig) -> Iterator[tuple[int, Any]]:
     """Rows of the import source: JSONL, any `rlhfctl.sources` source, or a Hub name read at --split."""
     source = config.source
-    if sources.is_table(source):
-        saved = os.path.isdir(source) and os.path.exists(os.path.join(source, "dataset_dict.json"))
-        return sources.iter_rows(f"{source}@{config.split}" if saved else source)
-    if os.path.exists(source) or source == "-":
-        return iter_json_lines(source)
+    if os.path.isdir(source) and os.path.exists(os.path.join(source, "dataset_dict.json")):
+        return sources.iter_rows(f"{source}@{config.split}")
+    if sources.is_table(source) or os.path.exists(source) or source == "-":
+        return iter_values(source)
     return sources.iter_rows(f"{sources.HUB_PREFIX}{source}@{config.split}")
 
 

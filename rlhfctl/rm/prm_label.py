@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from rlhfctl.console import Progress
-from rlhfctl.data import render_prompt
+from rlhfctl.data import PromptFormat, render_prompt
 from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.generation.backends import make_generator
 from rlhfctl.generation.base import EngineOptions, SamplingParams
+from rlhfctl.generation.server import ServerOptions
 from rlhfctl.grading import check_graders, grade, task_of
 from rlhfctl.locks import locked
+from rlhfctl.models import ModelSource
 from rlhfctl.records import KEYED, ROLLOUTS, STEPS, Record, ResumableWriter, read_records, write_jsonl
 from rlhfctl.toy.task import step_correctness
 
@@ -38,7 +40,7 @@ OPENRLHF_STEP_TAG = " ки"  # the step placeholder of Math-Shepherd's released 
 @dataclass(frozen=True)
 class LabelConfig:
     rollouts: str
-    completer: str
+    completer: str | None  # optional with a server backend, where it names the tokenizer that renders chat prompts
     out: str
     params: SamplingParams  # n = completions per prefix
     method: str = "hard"
@@ -48,6 +50,10 @@ class LabelConfig:
     backend: str = "auto"
     prompts_per_chunk: int = 8
     engine: EngineOptions = EngineOptions()
+    trust_remote_code: bool = False
+    fields: dict[str, str] = field(default_factory=dict)  # --field renames of the rollouts' columns
+    prompt_format: PromptFormat = PromptFormat()  # --system / --prompt-template, unless the rollouts carry it
+    server: ServerOptions | None = None  # --backend openai
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -75,11 +81,14 @@ def step_label(verdicts: list[bool], method: str) -> float | bool:
 
 def run(config: LabelConfig) -> dict[str, Any]:
     config.check()
-    rollouts = read_records(config.rollouts, ROLLOUTS)
+    rollouts = config.prompt_format.apply(read_records(config.rollouts, ROLLOUTS, fields=config.fields), config.rollouts)
     check_graders(rollouts, config.rollouts)
     usable = [r for r in rollouts if r.get("answer") is not None and task_of(r) not in (None, "chat")]
     if not usable:
         raise DataError(config.rollouts, None, "missing in every record: label-prm needs a gold answer to grade completions", "answer")
+    if config.completer is None and any(not isinstance(r["prompt"], str) for r in usable):
+        raise ConfigError("chat prompts are rendered to text here before the server completes them: "
+                          "give --model, a model folder whose tokenizer has the served model's chat template")
     with ExitStack() as stack:  # one run per output: a second would label every solution again
         stack.enter_context(locked(config.out))
         if config.format == "openrlhf":
@@ -96,7 +105,8 @@ def _label_all(config: LabelConfig, rollouts: list[Record], usable: list[Record]
              "already_done": len(jobs) - len(todo), "labelled": 0, "steps": 0, "prefixes_generated": 0, "new_tokens": 0}
     if not todo:
         return _finish(stats, config, 0.0)
-    generator = make_generator(config.backend, config.completer, config.params.seed, engine=config.engine)
+    generator = make_generator(config.backend, ModelSource(config.completer, config.trust_remote_code), config.params.seed,
+                               engine=config.engine, server=config.server)
     tic = time.perf_counter()
 
     with writer, Progress("label-prm", len(todo), 0, True) as progress:

@@ -17,6 +17,7 @@ from rlhfctl.data import encode_conversations, render_prompt
 from rlhfctl.generation.base import SamplingParams
 from rlhfctl.grading import grade
 from rlhfctl.logprobs import final_hidden, token_logprobs
+from rlhfctl.models import ModelSource, as_source
 from rlhfctl.packing import Packed, attention_implementation, pack
 from rlhfctl.rl.advantages import gae, whiten
 from rlhfctl.rl.kl import KL_ESTIMATORS
@@ -198,9 +199,10 @@ class RewardModelHandle:
     pad_id: int | None  # the config's pad id: the score is read at the last token that is not it
 
 
-def load_rm_handle(folder: str, device: Any = "cpu", max_length: int | None = None, main: bool = True) -> RewardModelHandle:
-    model, tokenizer, manifest = load_reward_model(folder, ORM, device=device)
-    mean, std = rm_statistics(folder, manifest.get("results", {}), main)
+def load_rm_handle(rm: ModelSource | str, device: Any = "cpu", max_length: int | None = None,
+                   main: bool = True) -> RewardModelHandle:
+    model, tokenizer, manifest = load_reward_model(rm, ORM, device=device)
+    mean, std = rm_statistics(as_source(rm).spec, manifest.get("results", {}), main)
     return RewardModelHandle(TokenValues(model).eval(), tokenizer, mean, std, max_length or trained_max_length(manifest),
                              model.config.pad_token_id)
 

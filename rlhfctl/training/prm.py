@@ -13,7 +13,7 @@ from typing import Any
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
 from rlhfctl.console import log
-from rlhfctl.models import load_tokenizer, save_model, saved_dtype
+from rlhfctl.models import ModelSource, load_tokenizer, save_model, saved_dtype
 from rlhfctl.rm.data import StepItem, encode_step_items, read_steps, split_steps_by_prompt
 from rlhfctl.rm.evaluate import evaluate_steps
 from rlhfctl.rm.losses import step_bce_loss
@@ -27,10 +27,10 @@ def run(config: RMConfig) -> dict[str, Any]:
     train, held = load_splits(config, read_steps, split_steps_by_prompt)
     accelerator, out, options = open_run(config)
 
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    tokenizer = load_tokenizer(ModelSource(config.model, config.trust_remote_code))
     items = encode_step_items(train, tokenizer, config.max_length, config.step_sep)
     seed_global_rngs(config.schedule.seed)
-    model = build_reward_model(config.model, PRM, config.schedule.seed, config.trust_remote_code)
+    model = build_reward_model(ModelSource(config.model, config.trust_remote_code), PRM, config.schedule.seed)
     adapters = prepare_model(accelerator, model, config.scale, heads=head_names(model))
     values = TokenValues(model)
     total = config.schedule.total_steps(len(items))

@@ -17,9 +17,9 @@ from typing import Any
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
 from rlhfctl.console import log
 from rlhfctl.errors import ConfigError
-from rlhfctl.models import load_tokenizer, save_model, saved_dtype
+from rlhfctl.models import ModelSource, load_tokenizer, save_model, saved_dtype
 from rlhfctl.packing import attention_implementation, pack, use_packing
-from rlhfctl.rm.data import BINARY_ITEM, PAIR, Item, PrefData, encode_items, read_preferences, split_by_prompt
+from rlhfctl.rm.data import BINARY_ITEM, PAIR, Item, encode_items, read_preferences, split_by_prompt
 from rlhfctl.rm.evaluate import evaluate_items
 from rlhfctl.rm.losses import unified_loss
 from rlhfctl.rm.model import ORM, TokenValues, build_reward_model, gather_last, head_names, right_pad
@@ -76,10 +76,10 @@ def run(config: RMConfig) -> dict[str, Any]:
     train, held = load_splits(config, read_preferences, split_by_prompt)
     accelerator, out, options = open_run(config)
 
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    tokenizer = load_tokenizer(ModelSource(config.model, config.trust_remote_code))
     items, overlong = encode_items(train, tokenizer, config.max_length)
     seed_global_rngs(config.schedule.seed)
-    model = build_reward_model(config.model, ORM, config.schedule.seed, config.trust_remote_code)
+    model = build_reward_model(ModelSource(config.model, config.trust_remote_code), ORM, config.schedule.seed)
     adapters = prepare_model(accelerator, model, config.scale, heads=head_names(model))
     values = TokenValues(model)
     packing = not values.pooled and use_packing(config.packing, model, "train-rm", accelerator.is_main_process)

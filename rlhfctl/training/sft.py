@@ -20,16 +20,16 @@ logits never exist at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
-from rlhfctl.data import Example, encode_examples
+from rlhfctl.data import Example, PromptFormat, encode_examples
 from rlhfctl.console import log
 from rlhfctl.generation.hf import cache_keyword
 from rlhfctl.logprobs import final_hidden, token_logprobs
-from rlhfctl.models import check_model_spec, count_parameters, load_causal_lm, load_tokenizer, save_model, saved_dtype
+from rlhfctl.models import ModelSource, check_model_spec, count_parameters, load_causal_lm, load_tokenizer, save_model, saved_dtype
 from rlhfctl.packing import common_prefix
 from rlhfctl.records import SFT, read_records
 from rlhfctl.training.loop import (
@@ -51,14 +51,17 @@ class SFTConfig:
     resume: bool = False
     packing: bool = True  # run the batch's common prefix once (`--no-packing`: every record whole)
     trust_remote_code: bool = False
-    scale: ScaleOptions = ScaleOptions()
+    fields: dict[str, str] = field(default_factory=dict)  # --field renames of the data's columns
+    prompt_format: PromptFormat = PromptFormat()  # --system / --prompt-template
+    scale: ScaleOptions = ScaleOptions()  # last: the manifest lists its options last
 
 
 def run(config: SFTConfig) -> dict[str, Any]:
     """Train, save the final model as a Hugging Face folder, return results."""
     config.schedule.check()
     config.scale.check()
-    records = read_records(config.data, SFT)  # bad data fails before the heavy imports
+    # bad data fails before the heavy imports
+    records = config.prompt_format.apply(read_records(config.data, SFT, fields=config.fields), config.data)
 
     check_model_spec(config.model)
     accelerator = make_accelerator(config.scale.bf16)
@@ -67,10 +70,10 @@ def run(config: SFTConfig) -> dict[str, Any]:
     if accelerator.is_main_process:
         check_run_dir(out, "train-sft", options, config.resume, identity=RESUME_IDENTITY)
 
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    tokenizer = load_tokenizer(ModelSource(config.model, config.trust_remote_code))
     examples = encode_examples(tokenizer, [(r["prompt"], r["completion"]) for r in records], config.max_length)
     seed_global_rngs(config.schedule.seed)
-    model = load_causal_lm(config.model, seed=config.schedule.seed, trust_remote_code=config.trust_remote_code)
+    model = load_causal_lm(ModelSource(config.model, config.trust_remote_code), seed=config.schedule.seed)
     parameters = count_parameters(model)
     adapters = prepare_model(accelerator, model, config.scale)
     total = config.schedule.total_steps(len(examples))

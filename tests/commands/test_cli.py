@@ -187,7 +187,7 @@ def test_bad_flags(args, pattern, run_main, toy_dir, tmp_path):
     "args,pattern",
     [
         (["rollout", "{test}", "--model", "toy:tiny", "--out", "{tmp}/out.jsonl", "--n", "two"], r"Invalid value for '--n'"),
-        (["rollout", "{test}", "--out", "{tmp}/out.jsonl"], r"Missing option '--model'"),
+        (["rollout", "{test}", "--model", "toy:tiny"], r"Missing option '--out'"),
         (["rollout", "{test}", "--model", "toy:tiny", "--out", "{tmp}/out.jsonl", "--bogus"], r"No such option: --bogus"),
         (["sft"], r"No such command 'sft'"),
     ],
