@@ -21,7 +21,7 @@ PACKAGE = Path(rlhfctl.__file__).parent
 LAYERS = [
     ("rlhfctl", "rlhfctl.records", "rlhfctl.sources", "rlhfctl.errors", "rlhfctl.console"),
     ("rlhfctl.toy", "rlhfctl.grading", "rlhfctl.data", "rlhfctl.models", "rlhfctl.artifacts", "rlhfctl.locks",
-     "rlhfctl.packing"),
+     "rlhfctl.packing", "rlhfctl.logprobs"),
     ("rlhfctl.generation",),
     ("rlhfctl.rm",),
     ("rlhfctl.rl",),

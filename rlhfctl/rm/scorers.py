@@ -11,6 +11,7 @@ from typing import Any
 
 from rlhfctl.console import log
 from rlhfctl.data import encode_conversations, encode_examples
+from rlhfctl.logprobs import final_hidden, token_logprobs
 from rlhfctl.models import ModelSource, as_source, inference_device, load_causal_lm, load_tokenizer
 from rlhfctl.records import Record
 from rlhfctl.rm.data import encode_steps
@@ -71,10 +72,14 @@ def logprob_rollouts(rollouts: list[Record], policy: ModelSource | str, batch_si
     seqs, prompt_lens = _sequences(rollouts, tokenizer, max_length)
 
     def mean_logprobs(ids, mask, chunk):
-        logps = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
-        token_logp = logps.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1): log p(x_t | x_<t)
         spans = [(prompt_lens[i] - 1, len(seqs[i]) - 1) for i in chunk]  # response tokens, shifted by one
-        return [float(token_logp[row, lo:hi].mean()) if hi > lo else float("-inf") for row, (lo, hi) in enumerate(spans)]
+        columns = torch.arange(ids.shape[1] - 1, device=ids.device)
+        wanted = torch.stack([(columns >= lo) & (columns < hi) for lo, hi in spans])  # (B, T-1)
+        with final_hidden(model) as found:
+            states = found.states(model(input_ids=ids, attention_mask=mask))[:, :-1]
+        token_logp, _ = token_logprobs(states[wanted], ids[:, 1:][wanted], found.head, compute_dtype=found.compute_dtype)
+        counts = wanted.sum(1).tolist()  # log p(x_t | x_<t) of each response's tokens, row after row
+        return [float(part.mean()) if len(part) else float("-inf") for part in token_logp.split(counts)]
 
     with torch.inference_mode():
         flat = by_length(seqs, tokenizer.pad_token_id, batch_size, device, mean_logprobs)

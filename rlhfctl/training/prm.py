@@ -18,7 +18,7 @@ from rlhfctl.rm.data import StepItem, encode_step_items, read_steps, split_steps
 from rlhfctl.rm.evaluate import evaluate_steps
 from rlhfctl.rm.losses import step_bce_loss
 from rlhfctl.rm.model import PRM, TokenValues, build_reward_model, head_names, right_pad
-from rlhfctl.training.loop import claim_run_dir, fit, optimizer_step, seed_global_rngs, shard, start_training
+from rlhfctl.training.loop import claim_run_dir, fit, optimizer_step, peak_memory, seed_global_rngs, shard, start_training
 from rlhfctl.training.rm import RMConfig, _inputs, load_splits, open_run
 from rlhfctl.training.scale import final_state_dict, model_for_inference, prepare_model
 
@@ -54,7 +54,7 @@ def run(config: RMConfig) -> dict[str, Any]:
         dtype = saved_dtype(config.model, config.scale.save_dtype)
         publish_model_folder(out, lambda tmp: save_model(model, tokenizer, tmp, weights, dtype), manifest)
     accelerator.wait_for_everyone()
-    return results
+    return {**results, **peak_memory()}  # the summary shows it; the manifest keeps what a rerun reproduces
 
 
 def _train_step(run, batch: list[StepItem], pad_id: int, max_grad_norm: float) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from rlhfctl.rm.evaluate import evaluate_items
 from rlhfctl.rm.losses import unified_loss
 from rlhfctl.rm.model import ORM, TokenValues, build_reward_model, gather_last, head_names, right_pad
 from rlhfctl.training.loop import (
-    Schedule, check_run_dir, claim_run_dir, fit, manifest_options, optimizer_step, seed_global_rngs, shard, start_training,
+    Schedule, check_run_dir, claim_run_dir, fit, manifest_options, optimizer_step, peak_memory, seed_global_rngs, shard,
+    start_training,
 )
 from rlhfctl.training.scale import RESUME_IDENTITY, ScaleOptions, final_state_dict, make_accelerator, model_for_inference, prepare_model
 
@@ -104,7 +105,7 @@ def run(config: RMConfig) -> dict[str, Any]:
         dtype = saved_dtype(config.model, config.scale.save_dtype)
         publish_model_folder(out, lambda tmp: save_model(model, tokenizer, tmp, weights, dtype), manifest)
     accelerator.wait_for_everyone()
-    return results
+    return {**results, **peak_memory()}  # the summary shows it; the manifest keeps what a rerun reproduces
 
 
 def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float, packing: bool = False) -> dict[str, Any]:

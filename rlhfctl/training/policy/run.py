@@ -20,8 +20,8 @@ from rlhfctl.records import METRICS, PROMPTS, read_metrics, read_records
 from rlhfctl.rm.model import ORM, PRM, TokenValues, build_reward_model, check_reward_folder, head_names
 from rlhfctl.training.experience import AdvantageSettings, collect, load_rm_handle
 from rlhfctl.training.loop import (
-    MetricsLog, adamw, batch_stream, check_run_dir, claim_run_dir, manifest_options, restore_training_state, save_training_state,
-    seed_global_rngs, shard,
+    MetricsLog, adamw, batch_stream, check_run_dir, claim_run_dir, manifest_options, peak_memory, restore_training_state,
+    save_training_state, seed_global_rngs, shard,
 )
 from rlhfctl.training.lora import BaseModelReference
 from rlhfctl.training.policy.config import PolicyConfig, check_parallelism, check_prompts, print_settings
@@ -129,7 +129,7 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
             generator.sleep()  # a vLLM engine releases its GPU memory while the policy trains...
             stats.update(update(models, exp, config, accelerator, step, seed, settings))
             generator.update_weights(policy)  # ...and samples from the updated policy from here on
-            row = {"step": step, "epoch": epoch, **stats, "seconds": time.perf_counter() - tic}
+            row = {"step": step, "epoch": epoch, **stats, "seconds": time.perf_counter() - tic, **peak_memory()}
             if eval_records and (step % config.eval_every == 0 or step == config.max_steps):
                 row["eval_pass@1"] = evaluate(generator, models.policy, eval_records, config, accelerator)
             metrics.write(row)
@@ -146,7 +146,7 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
         dtype = saved_dtype(config.model, config.scale.save_dtype)
         publish_model_folder(out, lambda tmp: save_model(unwrapped, tokenizer, tmp, weights, dtype), manifest)
     accelerator.wait_for_everyone()
-    return results
+    return {**results, **peak_memory()}  # the summary shows it; the manifest keeps what a rerun reproduces
 
 
 def evaluate(generator, policy, records, config, accelerator) -> float | None:
