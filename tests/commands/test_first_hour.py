@@ -150,3 +150,13 @@ def test_label_prm_openrlhf_side_file_needs_a_file_out(run_main, tmp_path, monke
     r = run_main("label-prm", _rollouts(tmp_path), "--model", "toy:tiny", "--format", "openrlhf", "--out", "-")
     assert r.code == 2 and r.err.strip() == "error: --format openrlhf writes OUT.openrlhf.jsonl beside OUT: give --out a file, not -"
     assert r.out == "" and not any(p.name.startswith("-") for p in tmp_path.iterdir())
+
+
+def test_model_line_is_said_once_and_by_the_main_process_only(capsys, monkeypatch):
+    console.forget_logged()
+    console.log_once("model: a (X, 1.0M parameters)")
+    console.log_once("model: a (X, 1.0M parameters)")
+    monkeypatch.setenv("RANK", "1")
+    console.log_once("model: b (X, 1.0M parameters)")
+    assert capsys.readouterr().err == "model: a (X, 1.0M parameters)\n"
+    console.forget_logged()
