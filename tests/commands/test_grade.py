@@ -113,3 +113,18 @@ def test_prompt_format_is_applied_once(tmp_path, run_main):
     r = run_main("rollout", tmp_path / "none.jsonl", "--model", "toy:tiny", "--out", tmp_path / "o.jsonl",
                  "--prompt-template", f"@{tmp_path / 'missing.txt'}")
     assert r.code == 2 and "--prompt-template @" in r.err and "cannot read" in r.err
+
+
+def test_outside_generations_feed_best_of_n_and_build_prefs(tmp_path, run_main):
+    rows = [{"prompt": f"Q{i}?", "answer": "1", "responses": ["Answer: 1", "Answer: 2", "no idea", "\\boxed{1}"]} for i in range(3)]
+    src = tmp_path / "api-samples.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run_main("grade", src, "--out", tmp_path / "graded.jsonl").code == 0
+    r = run_main("best-of-n", tmp_path / "graded.jsonl", "--vote", "majority", "--out", tmp_path / "bon.json", "--json")
+    assert r.code == 0, r.err
+    curves = json.loads(r.out)["curves"]
+    assert curves["oracle"][0] == 0.5 and curves["oracle"][-1] == 1.0
+    r = run_main("build-prefs", tmp_path / "graded.jsonl", "--out", tmp_path / "prefs.jsonl", "--pairs-per-prompt", "2")
+    assert r.code == 0, r.err
+    pairs = read_jsonl(tmp_path / "prefs.jsonl")
+    assert len(pairs) == 6 and all(p["chosen"] in ("Answer: 1", "\\boxed{1}") for p in pairs)

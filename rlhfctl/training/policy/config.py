@@ -86,7 +86,8 @@ class PolicyConfig:
 
     def check_generation(self) -> None:
         if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown --backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+            trainable = ", ".join(b for b in BACKENDS if b != "openai")
+            raise ConfigError(f"unknown --backend {self.backend!r}: choose one of {trainable}")
         if self.backend == "openai":
             raise ConfigError("train-policy samples from the policy it trains: --backend openai (a server's fixed model) "
                               "is for rollout, eval, label-prm and best-of-n; use hf, vllm or auto")
