@@ -33,10 +33,20 @@ Targets
     rlhfctl GRPO / TRL GRPO <= 0.7x seconds per step;
     rlhfctl PPO / rlhfctl GRPO <= 1.6x seconds per step.
 
+    Large vocabulary (``--shape qwen2.5-0.5b --layers 2 --n 8
+    --prompts-per-step 1 --max-new-tokens 240``: 8 completions a step,
+    sequences of ~256 tokens, fp32, no gradient checkpointing on either
+    side): rlhfctl GRPO's peak RSS <= 0.6x TRL's and its steps/s >= 1.2x
+    TRL's. ``--shape`` builds a randomly initialised model of a public
+    checkpoint's architecture and vocabulary with ``--layers`` layers
+    (``_shapes.py``), used as the policy as it is (no SFT first).
+
 How to run
     python benchmarks/policy_speed.py --model runs/sft          # any train-sft output folder
     python benchmarks/policy_speed.py                           # trains toy:small for 150 steps first
     python benchmarks/policy_speed.py --model runs/sft --steps 8 --warmup 1 --only rlhfctl-grpo
+    python benchmarks/policy_speed.py --shape qwen2.5-0.5b --layers 2 --n 8 --prompts-per-step 1 --max-new-tokens 240 \
+        --only rlhfctl-grpo --only trl-grpo
 
 The last line of output is one JSON object with all the numbers.
 """
@@ -55,8 +65,10 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _lockstep import Gate, Worker, lockstep  # noqa: E402
+from _shapes import add_model_args, shaped_inputs  # noqa: E402
 
 TARGET_TRL = 0.7
+SHAPE_TARGETS = {"peak_rss_ratio": 0.6, "steps_ratio": 1.2}  # with --shape: rlhfctl GRPO against TRL GRPO
 TARGET_PPO = 1.6
 SIDES = ("rlhfctl-grpo", "trl-grpo", "rlhfctl-ppo")
 
@@ -66,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="RL step seconds: rlhfctl GRPO vs TRL GRPOTrainer, and rlhfctl PPO vs GRPO, "
                     "on a briefly trained toy:small, in lock-step subprocesses.",
         epilog=f"Targets: rlhfctl/TRL GRPO <= {TARGET_TRL}x, PPO/GRPO <= {TARGET_PPO}x s/step. The last output line is JSON.")
-    p.add_argument("--model", default=None, help="a train-sft output folder (default: train toy:small for 150 steps)")
+    add_model_args(p, None)  # no --model and no --shape: train toy:small for 150 steps first
     p.add_argument("--data", default=None, help="a `rlhfctl toy-data` folder (default: make one in a temp dir)")
     p.add_argument("--steps", type=int, default=5, help="timed RL steps per round (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before them (default 1)")
@@ -162,7 +174,9 @@ def prepare(args):
         args.data = tmp.name
         print(f"making toy data in {args.data}", flush=True)
         subprocess.run(cli + ["toy-data", args.data, "--sft", "2000", "--train", "200", "--test", "100"], check=True, capture_output=True)
-    if args.model is None:
+    if args.shape:
+        shaped_inputs(args, os.path.join(tmp.name, "shape"))
+    elif args.model is None:
         args.model = os.path.join(tmp.name, "sft")
         print("training toy:small for 150 steps (the policy)", flush=True)
         subprocess.run(cli + ["train-sft", str(Path(args.data) / "sft.jsonl"), "--model", "toy:small", "--out", args.model,
@@ -176,7 +190,7 @@ def main(argv=None) -> None:
         raise SystemExit("--warmup, --steps and --repeats must be at least 1")
     if args.worker:
         return run_worker(args)
-    tmp = prepare(args) if args.data is None or args.model is None else None
+    tmp = prepare(args) if args.data is None or args.model is None or args.shape else None
     sides = args.only or list(SIDES)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
     cmd = lambda side: [sys.executable, os.path.abspath(__file__), "--worker", side, "--model", args.model, "--data",  # noqa: E731
@@ -193,21 +207,32 @@ def main(argv=None) -> None:
             check = f"   (metrics.jsonl median {statistics.median(res['metrics_seconds']):.2f} s)" if "metrics_seconds" in res else ""
             print(f"round {r + 1}/{args.repeats} {w.name:13s} {res['seconds_per_step']:7.2f} s/step{check}   "
                   f"peak RSS {res['peak_rss_mb']:7.1f} MB", flush=True)
-    summary: dict = {"benchmark": "policy_speed", "baseline": "trl.GRPOTrainer", "model": args.model, "n": args.n,
+    summary: dict = {"benchmark": "policy_speed", "baseline": "trl.GRPOTrainer", "model": args.model, "shape": args.shape,
+                     "layers": args.layers if args.shape else None, "n": args.n,
                      "prompts_per_step": args.prompts_per_step, "max_new_tokens": args.max_new_tokens, "steps": args.steps,
                      "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads,
                      "target_grpo_vs_trl": TARGET_TRL, "target_ppo_vs_grpo": TARGET_PPO}
     for side in sides:
         rs = runs[side]
         summary[side] = {"seconds_per_step": statistics.median(x["seconds_per_step"] for x in rs),
+                         "steps_per_s": 1 / statistics.median(x["seconds_per_step"] for x in rs),
                          "step_seconds": [round(t, 3) for x in rs for t in x["step_seconds"]],
                          "peak_rss_mb": max(x["peak_rss_mb"] for x in rs)}
-        print(f"{side:13s} {summary[side]['seconds_per_step']:7.2f} s/step   peak RSS {summary[side]['peak_rss_mb']:.1f} MB")
+        print(f"{side:13s} {summary[side]['seconds_per_step']:7.2f} s/step ({summary[side]['steps_per_s']:.3f} steps/s)   "
+              f"peak RSS {summary[side]['peak_rss_mb']:.1f} MB")
     s = lambda k: summary[k]["seconds_per_step"]  # noqa: E731
     if {"rlhfctl-grpo", "trl-grpo"} <= set(sides):
         ratio = s("rlhfctl-grpo") / s("trl-grpo")
         summary.update(ratio_grpo_vs_trl=ratio, meets_target_grpo_vs_trl=ratio <= TARGET_TRL)
         print(f"rlhfctl GRPO / TRL GRPO: {ratio:.2f}x s/step; target <= {TARGET_TRL}x: {'met' if ratio <= TARGET_TRL else 'NOT met'}")
+        rss = summary["rlhfctl-grpo"]["peak_rss_mb"] / summary["trl-grpo"]["peak_rss_mb"]
+        summary.update(peak_rss_ratio_grpo_vs_trl=rss, steps_ratio_grpo_vs_trl=1 / ratio)
+        print(f"rlhfctl GRPO / TRL GRPO: {1 / ratio:.2f}x steps/s, peak RSS {rss:.2f}x")
+        if args.shape:
+            met = rss <= SHAPE_TARGETS["peak_rss_ratio"] and 1 / ratio >= SHAPE_TARGETS["steps_ratio"]
+            summary["shape_targets"] = {**SHAPE_TARGETS, "met": met}
+            print(f"--shape targets: peak RSS <= {SHAPE_TARGETS['peak_rss_ratio']}x, steps/s >= "
+                  f"{SHAPE_TARGETS['steps_ratio']}x: {'met' if met else 'NOT met'}")
     if {"rlhfctl-grpo", "rlhfctl-ppo"} <= set(sides):
         ratio = s("rlhfctl-ppo") / s("rlhfctl-grpo")
         summary.update(ratio_ppo_vs_grpo=ratio, meets_target_ppo_vs_grpo=ratio <= TARGET_PPO)

@@ -24,10 +24,18 @@ How it is timed
 Target
     rlhfctl / TRL >= 1.5x pairs/s.
 
+    Large vocabulary (``--shape qwen2.5-0.5b --layers 2 --batch-size 8``,
+    sequences of ~256 tokens, fp32, no gradient checkpointing on either
+    side): peak RSS <= 0.6x TRL's and pairs/s >= 1.2x TRL's. ``--model PATH``
+    trains a reward model on any model folder instead of toy:small;
+    ``--shape`` builds a randomly initialised model of a public checkpoint's
+    architecture and vocabulary with ``--layers`` layers (``_shapes.py``).
+
 How to run
     python benchmarks/rm_speed.py                       # toy data made in a temp dir
     python benchmarks/rm_speed.py --data data/toy --steps 30 --warmup 3 --repeats 2 --threads 1
     python benchmarks/rm_speed.py --only rlhfctl
+    python benchmarks/rm_speed.py --shape qwen2.5-0.5b --layers 2 --batch-size 8 --steps 10 --warmup 2
 
 The last line of output is one JSON object with all the numbers.
 """
@@ -47,8 +55,10 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _lockstep import Gate, Worker, lockstep  # noqa: E402
+from _shapes import add_model_args, shaped_inputs  # noqa: E402
 
 TARGET = 1.5
+SHAPE_TARGETS = {"peak_rss_ratio": 0.6, "samples_ratio": 1.2}  # with --shape
 MODEL = "toy:small"
 SIDES = ("rlhfctl", "trl")
 
@@ -66,6 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, both sides (default 1e-3)")
     p.add_argument("--max-length", type=int, default=512, help="max tokens per sequence, both sides (default 512)")
     p.add_argument("--threads", type=int, default=1, help="torch threads in each worker (default 1)")
+    add_model_args(p, MODEL)
     p.add_argument("--only", choices=SIDES, default=None, help="run one side only (no ratio)")
     p.add_argument("--worker", choices=SIDES, default=None, help=argparse.SUPPRESS)
     p.add_argument("--gate", default=None, help=argparse.SUPPRESS)
@@ -90,7 +101,7 @@ def worker_rlhfctl(args, gate: Gate) -> dict:
     with tempfile.TemporaryDirectory() as out:
         schedule = Schedule(max_steps=total, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.05,
                             max_grad_norm=1.0, seed=0, save_every=10**9)
-        rm.run(rm.RMConfig((str(Path(args.data) / "prefs_style.jsonl"),), MODEL, os.path.join(out, "run"), schedule,
+        rm.run(rm.RMConfig((str(Path(args.data) / "prefs_style.jsonl"),), args.model, os.path.join(out, "run"), schedule,
                            eval_fraction=0.1, max_length=args.max_length))
         metrics = read_metrics(os.path.join(out, "run"))
     return {"final_loss": metrics[-1]["loss"]}
@@ -117,8 +128,8 @@ def worker_trl(args, gate: Gate) -> dict:
     total = args.warmup + args.steps
     data = load_dataset("json", data_files=str(Path(args.data) / "prefs_style.jsonl"), split="train")
     data = data.select_columns(["prompt", "chosen", "rejected"]).train_test_split(test_size=0.1, seed=0)["train"]
-    tokenizer = load_tokenizer(MODEL)
-    model = build_reward_model(MODEL, ORM, 0)  # the same AutoModelForSequenceClassification rlhfctl trains
+    tokenizer = load_tokenizer(args.model)
+    model = build_reward_model(args.model, ORM, 0)  # the same AutoModelForSequenceClassification rlhfctl trains
     with tempfile.TemporaryDirectory() as out:
         config = RewardConfig(
             output_dir=out, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
@@ -146,7 +157,8 @@ def run_worker(args) -> None:
 
 
 def worker_cmd(side: str, args) -> list[str]:
-    return [sys.executable, os.path.abspath(__file__), "--worker", side, "--data", args.data, "--steps", str(args.steps),
+    return [sys.executable, os.path.abspath(__file__), "--worker", side, "--model", args.model, "--data", args.data,
+            "--steps", str(args.steps),
             "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
             "--max-length", str(args.max_length), "--threads", str(args.threads)]
 
@@ -164,6 +176,9 @@ def main(argv=None) -> None:
         print(f"making toy data in {args.data}", flush=True)
         subprocess.run([sys.executable, "-m", "rlhfctl", "toy-data", args.data, "--sft", "2000", "--train", "200",
                         "--test", "100"], check=True, capture_output=True)
+    shape_dir = tempfile.TemporaryDirectory(prefix="rm_speed_shape_") if args.shape else None
+    if shape_dir is not None:
+        shaped_inputs(args, shape_dir.name)
     sides = [args.only] if args.only else list(SIDES)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
     runs: dict[str, list[dict]] = {s: [] for s in sides}
@@ -176,7 +191,8 @@ def main(argv=None) -> None:
             runs[w.name].append(res)
             print(f"round {r + 1}/{args.repeats} {w.name:8s} {res['pairs_per_s']:8.1f} pairs/s   "
                   f"peak RSS {res['peak_rss_mb']:7.1f} MB   final loss {res['final_loss']}", flush=True)
-    summary: dict = {"benchmark": "rm_speed", "baseline": "trl.RewardTrainer", "model": MODEL, "batch_pairs": args.batch_size,
+    summary: dict = {"benchmark": "rm_speed", "baseline": "trl.RewardTrainer", "model": args.model,
+                     "shape": args.shape, "layers": args.layers if args.shape else None, "batch_pairs": args.batch_size,
                      "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads,
                      "target_ratio": TARGET}
     for side in sides:
@@ -195,9 +211,18 @@ def main(argv=None) -> None:
                        step_ratio_median=statistics.median(step_ratios), meets_target=ratio >= TARGET)
         print(f"ratio rlhfctl/TRL: {ratio:.2f}x (median step-by-step {summary['step_ratio_median']:.2f}x); "
               f"target >= {TARGET}x: {'met' if ratio >= TARGET else 'NOT met'}")
+        rss = summary["rlhfctl"]["peak_rss_mb"] / summary["trl"]["peak_rss_mb"]
+        summary["peak_rss_ratio"] = rss
+        print(f"peak RSS rlhfctl/TRL: {rss:.2f}x")
+        if args.shape:
+            met = rss <= SHAPE_TARGETS["peak_rss_ratio"] and ratio >= SHAPE_TARGETS["samples_ratio"]
+            summary["shape_targets"] = {**SHAPE_TARGETS, "met": met}
+            print(f"--shape targets: peak RSS <= {SHAPE_TARGETS['peak_rss_ratio']}x, pairs/s >= "
+                  f"{SHAPE_TARGETS['samples_ratio']}x: {'met' if met else 'NOT met'}")
     print(json.dumps(summary))
-    if tmp is not None:
-        tmp.cleanup()
+    for folder in (tmp, shape_dir):
+        if folder is not None:
+            folder.cleanup()
 
 
 if __name__ == "__main__":

@@ -73,6 +73,14 @@ Target
     rlhfctl / TRL (as shipped, same precision) >= 1.5x samples/s. The
     like-for-like ratio is printed with it.
 
+    Large vocabulary (``--shape qwen2.5-0.5b --layers 2 --batch-size 8``,
+    records of ~256 tokens, fp32, no gradient checkpointing on either side:
+    rlhfctl against ``trl-no-ckpt``): peak RSS <= 0.6x TRL's and samples/s
+    >= 1.2x TRL's. ``--model PATH`` runs any model folder instead of
+    toy:small; ``--shape`` builds a randomly initialised model of a public
+    checkpoint's architecture and vocabulary with ``--layers`` layers
+    (``_shapes.py``).
+
 How to run
     pip install -e '.[bench]'          # TRL
     python benchmarks/sft_speed.py                     # toy data made in a temp dir
@@ -82,6 +90,7 @@ How to run
     python benchmarks/sft_speed.py --compile --trl-compile  # both sides compiled
     python benchmarks/sft_speed.py --bf16              # every side in bf16 autocast (TRL's CPU default)
     python benchmarks/sft_speed.py --only rlhfctl      # one side, e.g. under a profiler
+    python benchmarks/sft_speed.py --shape qwen2.5-0.5b --layers 2 --batch-size 8 --steps 10 --warmup 2 --threads 1
 
 The last line of output is one JSON object with all the numbers.
 """
@@ -100,8 +109,10 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _lockstep import Gate, Worker, lockstep  # noqa: E402
+from _shapes import add_model_args, shaped_inputs  # noqa: E402
 
 TARGET = 1.5
+SHAPE_TARGETS = {"peak_rss_ratio": 0.6, "samples_ratio": 1.2}  # with --shape, rlhfctl against trl-no-ckpt (like for like)
 MODEL = "toy:small"
 SIDES = ("rlhfctl", "trl", "trl-no-ckpt")  # the target is rlhfctl / trl; trl-no-ckpt is like for like
 
@@ -126,6 +137,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="run TRL with torch_compile=True (its model compiled by the Trainer; compare with --compile)")
     p.add_argument("--bf16", action="store_true",
                    help="bf16 autocast on every side (rlhfctl train-sft --bf16; TRL's own CPU default); default fp32")
+    add_model_args(p, MODEL)
     p.add_argument("--only", choices=SIDES, default=None, help="run one side only (no ratio)")
     p.add_argument("--worker", choices=SIDES, default=None, help=argparse.SUPPRESS)
     p.add_argument("--gate", default=None, help=argparse.SUPPRESS)
@@ -156,7 +168,7 @@ def worker_rlhfctl(args: argparse.Namespace, gate: Gate) -> dict:
         schedule = Schedule(max_steps=total, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.05,
                             weight_decay=0.0, max_grad_norm=1.0, seed=0, save_every=10**9, compile=args.compile)
         with count_token_columns(gate) as columns:
-            sft.run(sft.SFTConfig(str(Path(args.data) / "sft.jsonl"), MODEL, os.path.join(out, "run"), schedule,
+            sft.run(sft.SFTConfig(str(Path(args.data) / "sft.jsonl"), args.model, os.path.join(out, "run"), schedule,
                                   args.max_length, scale=ScaleOptions(bf16=args.bf16)))
         metrics = read_metrics(os.path.join(out, "run"))
     return {
@@ -193,8 +205,8 @@ def worker_trl(args: argparse.Namespace, gate: Gate) -> dict:
 
     total = args.warmup + args.steps
     dataset = load_dataset("json", data_files=str(Path(args.data) / "sft.jsonl"), split="train").select_columns(["prompt", "completion"])
-    model = load_causal_lm(MODEL, seed=0)
-    tokenizer = load_tokenizer(MODEL)
+    model = load_causal_lm(args.model, seed=0)
+    tokenizer = load_tokenizer(args.model)
     with tempfile.TemporaryDirectory() as out:
         config = SFTConfig(
             output_dir=out, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
@@ -227,8 +239,8 @@ def worker_trl(args: argparse.Namespace, gate: Gate) -> dict:
 
 class count_token_columns:
     """Counts the token columns (rows x sequence length, padding included) that each step's
-    training forward passes compute, by wrapping ``LlamaModel.forward``: both sides train a
-    ``LlamaForCausalLM``, whose own ``forward`` the Trainer may wrap per instance. A step's
+    training forward passes compute, by wrapping ``LlamaModel.forward`` and ``Qwen2Model.forward``:
+    both sides train the same causal LM, whose own ``forward`` the Trainer may wrap per instance. A step's
     columns add up until the gate's next unit. Forward passes without grad, and gradient
     checkpointing's recomputation inside the layers, are not counted: this is the work of one
     forward and one backward pass over the step's batch."""
@@ -240,28 +252,32 @@ class count_token_columns:
         import functools
 
         import torch
-        from transformers import LlamaModel
+        from transformers import LlamaModel, Qwen2Model
 
-        self.cls, self.forward, self.unit_done = LlamaModel, LlamaModel.forward, self.gate.unit_done
-        original = self.forward
+        self.originals, self.unit_done = {cls: cls.forward for cls in (LlamaModel, Qwen2Model)}, self.gate.unit_done
 
-        @functools.wraps(original)
-        def forward(model, *args, **kwargs):
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            if torch.is_tensor(ids) and torch.is_grad_enabled():
-                self.current += ids.numel()
-            return original(model, *args, **kwargs)
+        def counting(original):
+            @functools.wraps(original)
+            def forward(model, *args, **kwargs):
+                ids = kwargs.get("input_ids", args[0] if args else None)
+                if torch.is_tensor(ids) and torch.is_grad_enabled():
+                    self.current += ids.numel()
+                return original(model, *args, **kwargs)
+            return forward
 
         def unit_done():
             self.counts.append(self.current)
             self.current = 0
             self.unit_done()
 
-        self.cls.forward, self.gate.unit_done = forward, unit_done
+        for cls, original in self.originals.items():
+            cls.forward = counting(original)
+        self.gate.unit_done = unit_done
         return self
 
     def __exit__(self, *exc) -> None:
-        self.cls.forward = self.forward
+        for cls, original in self.originals.items():
+            cls.forward = original
         del self.gate.unit_done  # the instance attribute set above; the class's method shows again
 
     def per_step(self, warmup: int) -> float:
@@ -290,7 +306,8 @@ def run_worker(args: argparse.Namespace) -> None:
 # --- driver ------------------------------------------------------------------------
 
 def worker_cmd(side: str, args: argparse.Namespace) -> list[str]:
-    return [sys.executable, os.path.abspath(__file__), "--worker", side, "--data", args.data, "--steps", str(args.steps),
+    return [sys.executable, os.path.abspath(__file__), "--worker", side, "--model", args.model, "--data", args.data,
+            "--steps", str(args.steps),
             "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
             "--max-length", str(args.max_length)] + (["--threads", str(args.threads)] if args.threads else []) + (
                ["--compile"] if args.compile else []) + (["--trl-compile"] if args.trl_compile else []) + (
@@ -308,7 +325,9 @@ def compare(ours: list[dict], theirs: list[dict], summary: dict, baseline: str) 
     print(f"rlhfctl/{baseline}: {ratio:.2f}x (median of rounds {', '.join(f'{x:.2f}' for x in round_ratios)}; median "
           f"step-by-step {statistics.median(step_ratios):.2f}x) against {what}\n"
           f"    = token columns a step {columns:.2f}x  x  time per column {ratio / columns:.2f}x")
-    return {"ratio": ratio, "round_ratios": [round(x, 3) for x in round_ratios],
+    rss = summary["rlhfctl"]["peak_rss_mb"] / summary[baseline]["peak_rss_mb"]
+    print(f"    peak RSS rlhfctl/{baseline}: {rss:.2f}x")
+    return {"ratio": ratio, "peak_rss_ratio": rss, "round_ratios": [round(x, 3) for x in round_ratios],
             "step_ratio_median": statistics.median(step_ratios), "column_ratio": columns,
             "time_per_column_ratio": ratio / columns}
 
@@ -331,6 +350,9 @@ def main(argv=None) -> None:
         args.data = tmp.name
         print(f"making toy data in {args.data}", flush=True)
         make_data(args.data)
+    shape_dir = tempfile.TemporaryDirectory(prefix="sft_speed_shape_") if args.shape else None
+    if shape_dir is not None:
+        shaped_inputs(args, shape_dir.name)
     sides = [args.only] if args.only else list(SIDES)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
     runs: dict[str, list[dict]] = {s: [] for s in sides}
@@ -344,7 +366,8 @@ def main(argv=None) -> None:
             print(f"round {r + 1}/{args.repeats} {w.name:11s} {res['samples_per_s']:8.1f} samples/s   "
                   f"(in-step median {res['in_step_samples_per_s']:7.1f})   peak RSS {res['peak_rss_mb']:7.1f} MB   "
                   f"final loss {res['final_loss']:.4f}", flush=True)
-    summary: dict = {"benchmark": "sft_speed", "baseline": "trl.SFTTrainer", "model": MODEL, "batch_size": args.batch_size,
+    summary: dict = {"benchmark": "sft_speed", "baseline": "trl.SFTTrainer", "model": args.model, "shape": args.shape,
+                     "layers": args.layers if args.shape else None, "batch_size": args.batch_size,
                      "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "target_ratio": TARGET,
                      "rlhfctl_compile": args.compile, "trl_compile": args.trl_compile,
                      "bf16": args.bf16}
@@ -370,12 +393,23 @@ def main(argv=None) -> None:
             summary[f"vs_{baseline}"] = compare(runs["rlhfctl"], runs[baseline], summary, baseline)
         if "trl" in sides:
             summary.update(ratio=summary["vs_trl"]["ratio"], meets_target=summary["vs_trl"]["ratio"] >= TARGET)
+        if args.shape and "trl-no-ckpt" in sides:
+            summary["shape_targets"] = shape_verdict(summary["vs_trl-no-ckpt"], "trl-no-ckpt")
     for side in sides:
         for x in runs[side]:
             x.pop("step_seconds")
     print(json.dumps(summary))
-    if tmp is not None:
-        tmp.cleanup()
+    for folder in (tmp, shape_dir):
+        if folder is not None:
+            folder.cleanup()
+
+
+def shape_verdict(vs: dict, baseline: str) -> dict:
+    """The --shape targets against the like-for-like side, printed."""
+    met = vs["peak_rss_ratio"] <= SHAPE_TARGETS["peak_rss_ratio"] and vs["ratio"] >= SHAPE_TARGETS["samples_ratio"]
+    print(f"--shape targets against {baseline}: peak RSS {vs['peak_rss_ratio']:.2f}x (<= {SHAPE_TARGETS['peak_rss_ratio']}x), "
+          f"samples/s {vs['ratio']:.2f}x (>= {SHAPE_TARGETS['samples_ratio']}x): {'met' if met else 'NOT met'}")
+    return {**SHAPE_TARGETS, "met": met}
 
 
 if __name__ == "__main__":

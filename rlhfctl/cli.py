@@ -6,7 +6,9 @@ its body, so `rlhfctl --help` answers at once.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import sys
 
 import typer
@@ -16,6 +18,7 @@ from rlhfctl.commands.best_of_n import best_of_n
 from rlhfctl.commands.build_prefs import build_prefs
 from rlhfctl.commands.demo import demo
 from rlhfctl.commands.evaluate import evaluate
+from rlhfctl.commands.grade import grade
 from rlhfctl.commands.label_prm import label_prm
 from rlhfctl.commands.report import report
 from rlhfctl.commands.rollout import rollout
@@ -23,9 +26,31 @@ from rlhfctl.commands.toy_data import toy_data
 from rlhfctl.commands.train_policy import train_policy
 from rlhfctl.commands.train_rm import train_rm
 from rlhfctl.commands.train_sft import train_sft
+from rlhfctl.console import forget_logged
 from rlhfctl.errors import RlhfctlError
 
+
+class _FlagsWithoutPlaceholder:
+    """--help shows flags as flags: typer would print a ``<bool>`` placeholder after each, as if it took a value."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(_FlagsWithoutPlaceholder, typer.core.TyperCommand):
+    pass
+
+
+class Group(_FlagsWithoutPlaceholder, typer.core.TyperGroup):
+    pass
+
+
 app = typer.Typer(
+    cls=Group,
     name="rlhfctl",
     help="The RLHF pipeline of 'Does RLHF Scale?' (Hou et al., 2024) as composable commands "
     "that exchange JSONL and Hugging Face model folders.",
@@ -35,17 +60,18 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-app.command("toy-data")(toy_data)
-app.command("train-sft")(train_sft)
-app.command("rollout")(rollout)
-app.command("build-prefs")(build_prefs)
-app.command("label-prm")(label_prm)
-app.command("train-rm")(train_rm)
-app.command("best-of-n")(best_of_n)
-app.command("train-policy")(train_policy)
-app.command("eval")(evaluate)
-app.command("demo")(demo)
-app.command("report")(report)
+app.command("toy-data", cls=Command)(toy_data)
+app.command("train-sft", cls=Command)(train_sft)
+app.command("rollout", cls=Command)(rollout)
+app.command("build-prefs", cls=Command)(build_prefs)
+app.command("label-prm", cls=Command)(label_prm)
+app.command("train-rm", cls=Command)(train_rm)
+app.command("best-of-n", cls=Command)(best_of_n)
+app.command("train-policy", cls=Command)(train_policy)
+app.command("grade", cls=Command)(grade)
+app.command("eval", cls=Command)(evaluate)
+app.command("demo", cls=Command)(demo)
+app.command("report", cls=Command)(report)
 
 
 def _version(value: bool) -> None:
@@ -61,6 +87,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""
+    forget_logged()
     try:
         code = app(standalone_mode=False)
     except RlhfctlError as e:
@@ -72,7 +99,7 @@ def main() -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except _click_errors() as e:
-        e.show()
+        _show_click_error(e)
         sys.exit(2)
     except _click_abort():
         sys.exit(1)
@@ -80,6 +107,13 @@ def main() -> None:
     if _distributed():
         _exit_distributed(code)
     sys.exit(code)
+
+
+def _show_click_error(e) -> None:
+    """click's own report of a usage error, its last line starting ``error:`` as every rlhfctl error does."""
+    buffer = io.StringIO()
+    e.show(file=buffer)
+    sys.stderr.write(re.sub(r"^Error: ", "error: ", buffer.getvalue(), flags=re.M))
 
 
 def _distributed() -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rlhfctl.errors import ModelError
+from rlhfctl.errors import ConfigError, ModelError
 
 Text = str | list[dict[str, str]]
 
@@ -150,3 +150,92 @@ def _join(tokenizer: Any, prompt_ids: list[int], completion_ids: list[int], max_
         completion_ids = completion_ids + [tokenizer.eos_token_id]
     ids = (prompt_ids + completion_ids)[:max_length]
     return Example(ids, min(len(prompt_ids), len(ids)))
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """``--system`` and ``--prompt-template``: how each record's prompt is worded before a model reads it.
+
+    The template's ``{prompt}`` is replaced by a string prompt, or by the
+    content of a chat prompt's last user message. The system message goes
+    first in the conversation unless the record has one of its own; a string
+    prompt given a system message becomes a conversation (system, user), so
+    the model needs a chat template. Commands apply the format when they read
+    records (`apply`) and write it in each output record's ``generator``
+    block, so records that already carry it are not formatted twice
+    (docs/design.md §7).
+    """
+
+    system: str | None = None
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.template is not None and "{prompt}" not in self.template:
+            raise ConfigError("--prompt-template must contain {prompt}, where each record's prompt goes")
+
+    def __bool__(self) -> bool:
+        return bool(self.system or self.template)
+
+    def as_options(self) -> dict[str, str | None]:
+        """The format as a manifest's options: one key per flag."""
+        return {"system": self.system, "prompt_template": self.template}
+
+    def public(self) -> dict[str, str]:
+        """The format as a record's generator block and a manifest record it (set parts only)."""
+        return {k: v for k, v in (("system", self.system), ("prompt_template", self.template)) if v}
+
+    def apply(self, records: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
+        """`records` with their prompts formatted; ConfigError for a record formatted differently before."""
+        if not self:
+            return records
+        out = []
+        for line, record in enumerate(records, start=1):
+            earlier = _earlier_format(record)
+            if earlier == self.public():
+                out.append(record)
+                continue
+            if earlier:
+                raise ConfigError(f"{path}:{line}: the prompt was already formatted with {earlier}; "
+                                  "give the same --system/--prompt-template, or none")
+            out.append({**record, "prompt": self.format(record["prompt"])})
+        return out
+
+    def format(self, prompt: Text) -> Text:
+        """One prompt, formatted."""
+        if self.template:
+            if isinstance(prompt, str):
+                prompt = self.template.replace("{prompt}", prompt)
+            else:
+                prompt = _with_last_user(prompt, self.template)
+        if self.system:
+            messages = _messages(prompt, "user")
+            if not any(m.get("role") == "system" for m in messages):
+                prompt = [{"role": "system", "content": self.system}, *messages]
+        return prompt
+
+
+def _with_last_user(messages: list[dict[str, str]], template: str) -> list[dict[str, str]]:
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    if not users:
+        return messages
+    last = users[-1]
+    return [*messages[:last], {**messages[last], "content": template.replace("{prompt}", messages[last]["content"])},
+            *messages[last + 1:]]
+
+
+def _earlier_format(record: dict[str, Any]) -> dict[str, str]:
+    generator = record.get("generator")
+    if not isinstance(generator, dict):
+        return {}
+    return {k: generator[k] for k in ("system", "prompt_template") if generator.get(k)}
+
+
+def read_text_option(value: str | None, flag: str) -> str | None:
+    """An option's text, or the contents of the file it names as ``@path``."""
+    if value is None or not value.startswith("@"):
+        return value
+    try:
+        with open(value[1:], encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{flag} {value}: cannot read {value[1:]}: {e.strerror}") from None

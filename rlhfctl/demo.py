@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rlhfctl.errors import ConfigError, RlhfctlError
 
@@ -59,6 +59,7 @@ class Stage:
     may_find_nothing: bool = False  # a failure that says there was nothing to build ends the stage, not the demo
     needs: Path | None = None  # skipped (not failed) when an earlier stage found nothing to put here
     appends: bool = False  # rollout / label-prm append to their JSONL as they go, so ``output`` is a marker the demo writes
+    headline: Callable[[Path], str | None] | None = None  # the stage's number, read from ``output`` when it finishes
 
     def command(self) -> list[str]:
         if self.resume_folder is not None and (self.resume_folder / "run.json").exists():
@@ -81,6 +82,36 @@ class DemoResult:
     table: dict[str, Any] = field(default_factory=dict)
 
 
+def _number(value: Any) -> str | None:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else None
+
+
+def _pass_at_1(path: Path) -> str | None:
+    value = _number((_read(path) or {}).get("pass@1"))
+    return value and f"pass@1 {value}"
+
+
+def _manifest_number(label: str, key: str) -> Callable[[Path], str | None]:
+    """A headline from a run folder's ``rlhfctl.json`` results."""
+    def read(path: Path) -> str | None:
+        value = _number((_read(path) or {}).get("results", {}).get(key))
+        return value and f"{label} {value}"
+    return read
+
+
+def _pair_accuracy(path: Path) -> str | None:
+    value = _number((_read(path) or {}).get("pair_accuracy"))
+    return value and f"pair accuracy {value}"
+
+
+def _best_of_n(path: Path) -> str | None:
+    """Every curve at the largest N: ``Best-of-16: oracle 0.810, rm 0.640, ...``."""
+    result = _read(path) or {}
+    if not result.get("n") or not result.get("curves"):
+        return None
+    return f"Best-of-{result['n'][-1]}: " + ", ".join(f"{name} {ys[-1]:.3f}" for name, ys in result["curves"].items())
+
+
 def plan(work: Path, budget: Budget, seed: int = 0) -> list[Stage]:
     """The stages in order, with every path under ``work``."""
     d = work / "data"
@@ -90,31 +121,33 @@ def plan(work: Path, budget: Budget, seed: int = 0) -> list[Stage]:
         Stage("toy-data", ["toy-data", str(d), "--sft", str(budget.sft_steps * SFT_BATCH), "--train", str(budget.train_prompts),
                            "--test", str(budget.test_prompts), "--seed", s], d / "toy.json"),
         Stage("train-sft", ["train-sft", str(d / "sft.jsonl"), "--model", "toy:small", "--out", str(work / "sft"),
-                            "--max-steps", str(budget.sft_steps), "--seed", s], work / "sft" / "rlhfctl.json", work / "sft"),
+                            "--max-steps", str(budget.sft_steps), "--seed", s], work / "sft" / "rlhfctl.json", work / "sft",
+              headline=_manifest_number("final loss", "final_loss")),
         Stage("eval SFT", ["eval", "--model", str(work / "sft"), "--data", test, "--out", str(work / "eval-sft.json")],
-              work / "eval-sft.json"),
+              work / "eval-sft.json", headline=_pass_at_1),
         Stage("rollout (RM data)", ["rollout", train, "--model", str(work / "sft"), "--out", str(work / "rollouts.jsonl"),
                                     "--n", str(budget.rollout_n), "--seed", s], work / "rollouts.done", appends=True),
         Stage("build-prefs", ["build-prefs", str(work / "rollouts.jsonl"), "--out", str(work / "prefs.jsonl"),
                               "--pairs-per-prompt", "4", "--binary-per-prompt", "2", "--seed", s], work / "prefs.jsonl"),
         Stage("train-rm (ORM)", ["train-rm", str(work / "prefs.jsonl"), str(d / "prefs_style.jsonl"), "--model", str(work / "sft"),
                                  "--out", str(work / "rm"), "--epochs", str(budget.rm_epochs), "--seed", s],
-              work / "rm" / "rlhfctl.json", work / "rm"),
+              work / "rm" / "rlhfctl.json", work / "rm", headline=_manifest_number("held-out pair accuracy", "pair_accuracy")),
         Stage("label-prm", ["label-prm", str(work / "rollouts.jsonl"), "--completer", str(work / "sft"), "--out", str(work / "steps.jsonl"),
                             "--n-completions", str(budget.label_completions), "--max-solutions-per-prompt", str(budget.label_solutions),
                             "--seed", s],
               work / "steps.done", appends=True),
         Stage("train-rm --prm", ["train-rm", "--prm", str(work / "steps.jsonl"), "--model", str(work / "sft"), "--out", str(work / "prm"),
-                                 "--epochs", str(budget.prm_epochs), "--seed", s], work / "prm" / "rlhfctl.json", work / "prm"),
+                                 "--epochs", str(budget.prm_epochs), "--seed", s], work / "prm" / "rlhfctl.json", work / "prm",
+              headline=_manifest_number("held-out step accuracy", "step_accuracy")),
         Stage("rollout (Best-of-N)", ["rollout", test, "--model", str(work / "sft"), "--out", str(work / "rollouts-test.jsonl"),
                                       "--n", str(budget.bon_n), "--seed", s], work / "rollouts-test.done", appends=True),
         Stage("build-prefs (held-out)", ["build-prefs", str(work / "rollouts-test.jsonl"), "--out", str(work / "prefs-test.jsonl"),
                                          "--pairs-per-prompt", "4", "--seed", s], work / "prefs-test.jsonl", may_find_nothing=True),
         Stage("eval ORM", ["eval", "--rm", str(work / "rm"), "--data", str(work / "prefs-test.jsonl"), "--out", str(work / "eval-rm.json")],
-              work / "eval-rm.json", needs=work / "prefs-test.jsonl"),
+              work / "eval-rm.json", needs=work / "prefs-test.jsonl", headline=_pair_accuracy),
         Stage("best-of-n", ["best-of-n", str(work / "rollouts-test.jsonl"), "--rm", str(work / "rm"), "--prm", str(work / "prm"),
                             "--vote", "majority", "--out", str(work / "bon.json"), "--plot", str(work / "bon.png")],
-              work / "bon.json"),
+              work / "bon.json", headline=_best_of_n),
     ]
     for algo in ("ppo", "grpo"):
         out = work / algo
@@ -123,10 +156,9 @@ def plan(work: Path, budget: Budget, seed: int = 0) -> list[Stage]:
             "--max-steps", str(budget.policy_steps), "--prompts-per-step", str(budget.prompts_per_step),
             "--eval-data", test, "--eval-every", str(budget.eval_every), "--seed", s], out / "rlhfctl.json", out))
         stages.append(Stage(f"eval {algo.upper()}", ["eval", "--model", str(out), "--data", test, "--out", str(work / f"eval-{algo}.json")],
-                            work / f"eval-{algo}.json"))
-    stages.append(Stage("report", ["report", str(work / "ppo"), str(work / "grpo"), str(work / "bon.json"),
-                                   str(work / "eval-sft.json"), str(work / "eval-ppo.json"), str(work / "eval-grpo.json"),
-                                   "--out", str(work / "report")], work / "report" / "report.md"))
+                            work / f"eval-{algo}.json", headline=_pass_at_1))
+    runs = [str(work / name) for name in ("sft", "rm", "ppo", "grpo", "bon.json", "eval-sft.json", "eval-ppo.json", "eval-grpo.json")]
+    stages.append(Stage("report", ["report", *runs, "--out", str(work / "report")], work / "report" / "report.md"))
     return stages
 
 
@@ -180,7 +212,8 @@ def run(work: Path, budget: Budget, seed: int = 0, echo=print) -> DemoResult:
             raise StageFailed(stage.name, shown(args), proc.returncode)
         if stage.appends:  # its JSONL existing does not mean it finished: mark it done
             stage.output.write_text("")
-        echo(f"  finished in {time.perf_counter() - tic:.0f} s")
+        headline = stage.headline(stage.output) if stage.headline else None
+        echo(f"  {headline} (finished in {time.perf_counter() - tic:.0f} s)" if headline else f"  finished in {time.perf_counter() - tic:.0f} s")
         result.stages_run.append(stage.name)
     result.table = summary_table(work)
     return result

@@ -14,9 +14,11 @@ import functools
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhfctl.console import log_once
 from rlhfctl.errors import ModelError
 from rlhfctl.toy.sizes import TOY_SIZES, toy_config
 from rlhfctl.toy.tokenizer import build_toy_tokenizer
@@ -136,8 +138,27 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_tokenizer(spec: str, trust_remote_code: bool = False):
-    """The tokenizer of a model spec, with a pad token and left padding."""
+@dataclass(frozen=True)
+class ModelSource:
+    """A model to load: a folder, a Hub id (``org/name[@rev]``) or ``toy:SIZE``, and whether its own code may run.
+
+    Every loader takes one (or a bare spec, which trusts no code), so
+    ``--trust-remote-code`` reaches each model a command loads.
+    """
+
+    spec: str
+    trust_remote_code: bool = False
+
+
+def as_source(model: ModelSource | str) -> ModelSource:
+    """`model` as a `ModelSource` (a bare spec trusts no remote code)."""
+    return model if isinstance(model, ModelSource) else ModelSource(str(model))
+
+
+def load_tokenizer(model: ModelSource | str):
+    """The tokenizer of a model, with a pad token and left padding."""
+    source = as_source(model)
+    spec, trust_remote_code = source.spec, source.trust_remote_code
     check_model_spec(spec)
     quiet_transformers()
     if is_toy_spec(spec):
@@ -151,20 +172,38 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_causal_lm(spec: str, seed: int = 0, dtype: str = "float32", trust_remote_code: bool = False):
+def load_causal_lm(model: ModelSource | str, seed: int = 0, dtype: str = "float32"):
     """A policy (`AutoModelForCausalLM`) from a folder, or a fresh seeded toy model."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    source = as_source(model)
+    spec, trust_remote_code = source.spec, source.trust_remote_code
     check_model_spec(spec)
     quiet_transformers()
     torch_dtype = _dtype(dtype)
     if is_toy_spec(spec):
         with _seeded(seed):
             model = AutoModelForCausalLM.from_config(toy_config(spec[len(TOY_PREFIX):]), dtype=torch_dtype)
-        return model
+        return announce_model(spec, model)
     with loading(spec, "as a causal LM"):
-        return AutoModelForCausalLM.from_pretrained(model_path(spec), dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(model_path(spec), dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    return announce_model(spec, model)
+
+
+def announce_model(spec: str, model: Any) -> Any:
+    """Say once on stderr which model was loaded, its class and size (``model: runs/sft (LlamaForCausalLM, 0.9M parameters)``)."""
+    log_once(f"model: {spec} ({type(model).__name__}, {human_count(count_parameters(model))} parameters)")
+    return model
+
+
+def human_count(n: int) -> str:
+    """``n`` the way model sizes are quoted: 950 -> 950, 12,300 -> 12.3K, 912,000 -> 0.9M, 1.54e9 -> 1.5B."""
+    for unit, floor, scale in (("B", 1e9, 1e9), ("M", 1e5, 1e6), ("K", 1e3, 1e3)):
+        if n >= floor:
+            value = n / scale
+            return f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
+    return str(n)
 
 
 def save_model(model: Any, tokenizer: Any, folder: str | os.PathLike, state_dict: dict | None = None,

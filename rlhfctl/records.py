@@ -41,6 +41,10 @@ def _is_str(v: Any) -> str | None:
     return None if isinstance(v, str) else f"expected a string, got {_type(v)}"
 
 
+def _is_str_or_null(v: Any) -> str | None:
+    return None if v is None else _is_str(v)
+
+
 def _is_text_or_chat(v: Any) -> str | None:
     """A string, or a list of chat messages ``{"role", "content"}``."""
     if isinstance(v, str):
@@ -121,11 +125,14 @@ class RecordKind:
     name: str
     required: dict[str, Check]
     optional: dict[str, Check]
+    adapt: Callable[[dict, str, int | None], dict] | None = None  # other formats of the same data, rewritten first
 
     def check(self, record: Any, path: str, line: int | None) -> Record:
         """Validate one parsed JSON value; return it as a record (id filled in)."""
         if not isinstance(record, dict):
             raise DataError(path, line, f"expected a JSON object, got {_type(record)}")
+        if self.adapt is not None:
+            record = self.adapt(record, path, line)
         for field, check in self.required.items():
             if field not in record:
                 raise DataError(path, line, "missing", field)
@@ -150,7 +157,36 @@ _PROMPT_OPTIONAL = {"id": _is_id, "answer": _is_scalar_answer, "task": _is_str, 
                     "meta": _is_dict, "choices": _is_any}
 
 PROMPTS = RecordKind("prompts", {"prompt": _is_text_or_chat}, _PROMPT_OPTIONAL)
-SFT = RecordKind("sft", {"prompt": _is_text_or_chat, "completion": _is_text_or_chat}, {"id": _is_id, "meta": _is_dict})
+def _sft_from_trl(record: dict, path: str, line: int | None) -> dict:
+    """TRL's language-modelling (``text``) and conversational (``messages``) rows as prompt-completion.
+
+    ``text``: an empty prompt and the text as the completion, so the loss
+    covers every token. ``messages``: the prompt is every message before the
+    last assistant turn, the completion that turn (earlier assistant turns
+    are context, not trained on).
+    """
+    if "prompt" in record or "completion" in record:
+        return record
+    rest = {k: v for k, v in record.items() if k not in ("text", "messages")}
+    if "text" in record:
+        _run_check(_is_str, record["text"], path, line, "text")
+        return {**rest, "prompt": "", "completion": record["text"]}
+    if "messages" not in record:
+        return record
+    messages = record["messages"]
+    if not isinstance(messages, list):
+        raise DataError(path, line, f"expected a list of chat messages, got {_type(messages)}", "messages")
+    _run_check(_is_text_or_chat, messages, path, line, "messages")
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise DataError(path, line, "no assistant message: nothing to train on", "messages")
+    if last == 0:
+        raise DataError(path, line, "no message before the assistant's: nothing to prompt it with", "messages")
+    return {**rest, "prompt": messages[:last], "completion": [messages[last]]}
+
+
+SFT = RecordKind("sft", {"prompt": _is_text_or_chat, "completion": _is_text_or_chat}, {"id": _is_id, "meta": _is_dict},
+                 adapt=_sft_from_trl)
 ROLLOUTS = RecordKind(
     "rollouts",
     {"id": _is_id, "prompt": _is_text_or_chat, "responses": _list_of(_is_str, "strings")},
@@ -159,8 +195,13 @@ ROLLOUTS = RecordKind(
      "correct": _list_of(_is_bool, "booleans"),
      "num_tokens": _list_of(_is_number, "integers"),
      "finish_reasons": _list_of(_is_str, "strings"),
+     "extracted": _list_of(_is_str_or_null, "strings or nulls"),
+     "extract_rule": _list_of(_is_str_or_null, "strings or nulls"),
      "generator": _is_dict},
 )
+# responses from anywhere (`grade`, `eval --responses`): a prompt may repeat, one row per response
+RESPONSES = RecordKind("responses", {"prompt": _is_text_or_chat},
+                       {**_PROMPT_OPTIONAL, "responses": _list_of(_is_str, "strings"), "response": _is_str})
 PAIRS = RecordKind(
     "pairs",
     {"prompt": _is_text_or_chat, "chosen": _is_text_or_chat, "rejected": _is_text_or_chat},
@@ -258,6 +299,11 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
+def iter_values(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line or row number, value) of a JSONL file or of any other source `rlhfctl.sources` reads."""
+    return sources.iter_rows(path) if sources.is_table(path) else iter_json_lines(path)
+
+
 def read_records(path: str | os.PathLike, kind: RecordKind | str, allow_empty: bool = False,
                  fields: Mapping[str, str] | None = None) -> list[Record]:
     """All records of one kind from a JSONL file or another source (`rlhfctl.sources`), validated.
@@ -268,8 +314,7 @@ def read_records(path: str | os.PathLike, kind: RecordKind | str, allow_empty: b
     """
     kind = KINDS[kind] if isinstance(kind, str) else kind
     shown = "<stdin>" if str(path) == "-" else str(path)
-    rows = sources.iter_rows(path) if sources.is_table(path) else iter_json_lines(path)
-    numbered = [(n, kind.check(sources.map_fields(value, fields or {}, f"{shown}:{n}"), shown, n)) for n, value in rows]
+    numbered = [(n, kind.check(sources.map_fields(value, fields or {}, f"{shown}:{n}"), shown, n)) for n, value in iter_values(path)]
     if not numbered and not allow_empty:
         expected = "rows" if sources.is_table(path) else "JSONL, one object per line"
         raise DataError(shown, None, f"no records (expected {kind.name} {expected})")
@@ -381,7 +426,13 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """``obj`` as indented JSON, atomically; ``-`` writes to stdout."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    atomic_write_text(path, text)
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Record]) -> None:

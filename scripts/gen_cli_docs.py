@@ -34,7 +34,8 @@ def _plain(command) -> None:
 
 def _help(command, name: str, parent=None) -> str:
     _plain(command)
-    return command.get_help(_context(command, name, parent)).rstrip() + "\n"
+    text = command.get_help(_context(command, name, parent)).rstrip() + "\n"
+    return text.replace("\\[", "[")  # a rich markup escape, which the terminal's help shows as a plain bracket
 
 
 def _context(command, name: str, parent=None):

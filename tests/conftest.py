@@ -98,6 +98,11 @@ def sft_run(tmp_path_factory, cli, toy_dir) -> SFTRun:
     return SFTRun(out, json.loads(proc.stdout), read_jsonl(out / "metrics.jsonl"))
 
 
+def stderr_lines(err: str) -> list[str]:
+    """stderr's lines less the ``model: …`` line that a command which loads a model prints first."""
+    return [line for line in err.strip().splitlines() if not line.startswith("model: ")]
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

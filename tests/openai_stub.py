@@ -25,6 +25,8 @@ class StubServer:
         self.actions = list(actions or [])
         self.text = text
         self.requests: list[dict] = []
+        self.in_flight = 0
+        self.most_in_flight = 0  # the most requests the server held at once
         self._lock = threading.Lock()
         stub = self
 
@@ -37,6 +39,15 @@ class StubServer:
                 with stub._lock:
                     stub.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
                     action = stub.actions.pop(0) if stub.actions else "ok"
+                    stub.in_flight += 1
+                    stub.most_in_flight = max(stub.most_in_flight, stub.in_flight)
+                try:
+                    self._answer(action, body)
+                finally:
+                    with stub._lock:
+                        stub.in_flight -= 1
+
+            def _answer(self, action, body):
                 kind, _, arg = action.partition(":")
                 if kind == "drop":
                     self.close_connection = True

@@ -21,7 +21,7 @@ PACKAGE = Path(rlhfctl.__file__).parent
 LAYERS = [
     ("rlhfctl", "rlhfctl.records", "rlhfctl.sources", "rlhfctl.errors", "rlhfctl.console"),
     ("rlhfctl.toy", "rlhfctl.grading", "rlhfctl.data", "rlhfctl.models", "rlhfctl.artifacts", "rlhfctl.locks",
-     "rlhfctl.packing"),
+     "rlhfctl.packing", "rlhfctl.logprobs"),
     ("rlhfctl.generation",),
     ("rlhfctl.rm",),
     ("rlhfctl.rl",),
@@ -286,3 +286,45 @@ def test_a_package_reexporting_its_submodules_is_no_cycle(tmp_path):
         ("rlhfctl.grading", "rlhfctl.grading.code"), ("rlhfctl.grading", "rlhfctl.grading.math"),
         ("rlhfctl.grading.code", "rlhfctl.grading.math")}
     assert cycles(graph) == [] and upward_imports(graph) == []
+
+
+# --- configs are built by keyword -------------------------------------------------------------------
+
+CONFIG_SUFFIXES = ("Config", "Options", "Params")
+CONFIG_NAMES = ("Shaping", "Schedule")
+
+
+def _config_classes(root: Path) -> set[str]:
+    """Names of the dataclasses of the package at ``root`` that hold settings."""
+    names = set()
+    for path in modules(root).values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and (node.name.endswith(CONFIG_SUFFIXES) or node.name in CONFIG_NAMES):
+                names.add(node.name)
+    return names
+
+
+def positional_config_calls(root: Path) -> list[str]:
+    """``FILE:LINE: Name(...)`` for each construction of a settings class with a positional argument."""
+    known = _config_classes(root)
+    found = []
+    for path in modules(root).values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and node.args:
+                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+                if name in known:
+                    found.append(f"{path.relative_to(root.parent)}:{node.lineno}: {name}(...) takes positional arguments")
+    return found
+
+
+def test_configs_are_built_by_keyword():
+    assert positional_config_calls(PACKAGE) == []
+
+
+def test_the_keyword_check_finds_a_positional_config(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from dataclasses import dataclass\n\n@dataclass\nclass RunConfig:\n    lr: float\n    wd: float\n")
+    (pkg / "b.py").write_text("from pkg.a import RunConfig\n\nok = RunConfig(lr=1.0, wd=0.1)\nbad = RunConfig(1.0, 0.1)\n")
+    assert positional_config_calls(pkg) == ["pkg/b.py:4: RunConfig(...) takes positional arguments"]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import stderr_lines
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
@@ -36,7 +38,7 @@ def model_folder(tmp_path_factory) -> Path:
 
 def assert_one_line(result, *names: object) -> str:
     """Exit status 2 and exactly one stderr line, naming each of ``names``."""
-    lines = result.err.strip().splitlines()
+    lines = stderr_lines(result.err)
     assert result.code == 2, result.err
     assert len(lines) == 1 and lines[0].startswith("error: "), result.err
     for name in names:

@@ -15,8 +15,9 @@ import pytest
 
 from conftest import SFT_ARGS, read_jsonl, write_prompts
 from rlhfctl.records import write_jsonl
+from rlhfctl.training.loop import MEMORY_KEYS
 
-TIMING_KEYS = {"seconds", "samples_per_s", "tokens_per_s"}  # wall-clock numbers in metrics.jsonl
+TIMING_KEYS = {"seconds", "samples_per_s", "tokens_per_s", *MEMORY_KEYS}  # wall-clock numbers and peak memory in metrics.jsonl
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -121,3 +122,31 @@ def test_demo_time_is_the_same_in_readme_and_help():
     full, default = minutes.groups()
     readme = " ".join(README.read_text().split())
     assert f"about {default} minutes" in readme and f"about {full} minutes" in readme
+
+
+def test_the_data_walkthrough_runs_as_written(tmp_path):
+    """The README's bring-your-own-data block, on a Parquet file made here and a Qwen2-shaped fixture model."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests import model_folders
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    script = re.search(r"<!-- data-walkthrough -->\n```bash\n(.*?)```", readme, re.S).group(1)
+    pq.write_table(pa.table({"question": ["What is 2+3?", "What is 10-4?", "What is 3*3?"],
+                             "answer": ["2+3=5\n#### 5", "10-4=6\n#### 6", "3*3=9\n#### 9"]}), tmp_path / "gsm8k.parquet")
+    model = model_folders.build("qwen2", tmp_path / "qwen2")
+    env = {**os.environ, "MODEL": str(model), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout[[m.start() for m in re.finditer(r"^\{$", done.stdout, re.M)][-1]:])  # eval's --json
+    assert summary["n"] == 4 and summary["num_prompts"] == 3 and "pass@4" in summary and "no_answer" in summary
+    graded = [json.loads(line) for line in (tmp_path / "gsm8k-graded.jsonl").read_text().splitlines()]
+    assert graded[0]["prompt"].endswith("put your final answer within \\boxed{}.")
+    assert len(graded[0]["extract_rule"]) == 4

@@ -17,6 +17,7 @@ import click
 import typer
 
 from rlhfctl.errors import ConfigError
+from rlhfctl.generation.server import ServerOptions
 
 
 def _load_config(ctx: click.Context, param: click.Parameter, value: Optional[Path]) -> Optional[Path]:
@@ -73,7 +74,9 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", help="YAML file of flag values (keys are flag names); flags given on the command line win.",
     is_eager=True, callback=_load_config, show_default=False,
 )]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="A Hugging Face model folder, or toy:tiny|small|base.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="A Hugging Face model folder or Hub id (org/name), or toy:tiny|small|base for a fresh toy model.")]
+SamplerModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="The model to sample from: a Hugging Face model folder, or toy:tiny|small|base. With --backend openai it is optional and names only a local tokenizer.", show_default=False)]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same result on a CPU.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in --out.")]
@@ -110,10 +113,66 @@ TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep 
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Longest response in tokens.")]
 GenBatchOpt = Annotated[int, typer.Option("--batch-size", help="Sequences generated together (prompts x n).")]
 BackendOpt = Annotated[str, typer.Option(
-    "--backend", help="Generation backend: hf, vllm, or auto (vllm where it is installed and torch sees a CUDA GPU, else hf).")]
+    "--backend", help="Generation backend: hf, vllm, openai (an OpenAI-compatible server: --base-url, --served-model), or auto (vllm where it is installed and torch sees a CUDA GPU, else hf).")]
 TpOpt = Annotated[int, typer.Option("--tp", help="vLLM tensor parallelism: GPUs that hold one copy of the model (--backend vllm only).")]
 GpuMemoryOpt = Annotated[float, typer.Option(
     "--gpu-memory-utilization", help="vLLM: fraction of each GPU's memory the engine may take for weights and KV cache (the hf backend ignores it).")]
+BaseUrlOpt = Annotated[Optional[str], typer.Option(
+    "--base-url", help="--backend openai: the server's API root, e.g. http://localhost:8000/v1.", show_default=False)]
+ServedModelOpt = Annotated[Optional[str], typer.Option(
+    "--served-model", help="--backend openai: the model name the server serves (what its /v1/models lists).", show_default=False)]
+ApiKeyEnvOpt = Annotated[Optional[str], typer.Option(
+    "--api-key-env", help="--backend openai: the environment variable that holds the API key (sent only in the Authorization header, never written).", show_default=False)]
+ConcurrencyOpt = Annotated[int, typer.Option(
+    "--concurrency", help="--backend openai: requests in flight at once (one request per sample).")]
+StopOpt = Annotated[Optional[list[str]], typer.Option(
+    "--stop", help="--backend openai: a string that ends a response (the server drops it). Repeatable.", show_default=False)]
+
+
+def server_options(backend: str, base_url: str | None, served_model: str | None, api_key_env: str | None,
+                   concurrency: int, stop: list[str] | None) -> ServerOptions | None:
+    """The server that ``--backend openai`` samples through; None for the other backends, which refuse server flags."""
+    if backend == "openai":
+        if base_url is None:
+            raise ConfigError("--backend openai needs --base-url: the server's API root, e.g. http://localhost:8000/v1")
+        return ServerOptions(base_url=base_url, served_model=served_model or "", api_key_env=api_key_env,
+                             concurrency=concurrency, stop=tuple(stop or ()))
+    given = [flag for flag, value in (("--base-url", base_url), ("--served-model", served_model),
+                                      ("--api-key-env", api_key_env), ("--stop", stop)) if value]
+    if given:
+        raise ConfigError(f"{given[0]} needs --backend openai (this run has --backend {backend})")
+    return None
+
+
+def require_model(backend: str, model: str | None, flag: str) -> None:
+    """``flag`` (the model to sample from) may be left out only with --backend openai, where the server samples."""
+    if model is None and backend != "openai":
+        raise ConfigError(f"{flag} is required: only --backend openai samples without a local model")
+FieldOpt = Annotated[Optional[list[str]], typer.Option(
+    "--field", help="Map a column of the input to a field rlhfctl reads, FIELD=COLUMN (repeatable), e.g. --field prompt=question --field answer=answer.",
+    show_default=False)]
+SystemOpt = Annotated[Optional[str], typer.Option(
+    "--system", help="A system message put before each prompt (a chat model's; @FILE reads it from a file). Recorded with the outputs.",
+    show_default=False)]
+PromptTemplateOpt = Annotated[Optional[str], typer.Option(
+    "--prompt-template", help="Wording around each prompt, with {prompt} where it goes (@FILE reads it from a file), e.g. '{prompt} Put the final answer in \\boxed{}.' Recorded with the outputs.",
+    show_default=False)]
+ExtractOpt = Annotated[str, typer.Option(
+    "--extract", help="How math answers are found: strict (a box, an Answer line, 'the answer is', ####) or flexible (also the last number).")]
+
+
+def prompt_format(system: str | None, template: str | None):
+    """The `data.PromptFormat` of --system and --prompt-template (``@FILE`` read)."""
+    from rlhfctl.data import PromptFormat, read_text_option
+
+    return PromptFormat(system=read_text_option(system, "--system"), template=read_text_option(template, "--prompt-template"))
+
+
+def field_map(fields: list[str] | None) -> dict[str, str]:
+    """The --field options as ``{field: column}``."""
+    from rlhfctl.sources import parse_field_map
+
+    return parse_field_map(fields)
 
 
 def print_summary(summary: dict[str, Any], as_json: bool, title: str, to_stderr: bool = False) -> None:
@@ -137,6 +196,11 @@ def print_summary(summary: dict[str, Any], as_json: bool, title: str, to_stderr:
 
 
 def _fmt(value: Any) -> str:
+    """A summary value as a reader wants it: floats to 4 places, nested mappings as ``key: value`` lines."""
     if isinstance(value, float):
         return f"{value:.4f}"
+    if isinstance(value, dict):
+        return "\n".join(f"{k}: {_fmt(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value) or "-"
     return str(value)

@@ -5,14 +5,17 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    BackendOpt, ConfigOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt, MaxNewTokensOpt, RMMaxLengthOpt, SeedOpt, TemperatureOpt, TopPOpt, TpOpt,
+    ApiKeyEnvOpt, BackendOpt, BaseUrlOpt, ConcurrencyOpt, ConfigOpt, FieldOpt, GenBatchOpt, GpuMemoryOpt, JsonOpt,
+    MaxNewTokensOpt, PromptTemplateOpt, RMMaxLengthOpt, SeedOpt, ServedModelOpt, StopOpt, SystemOpt, TemperatureOpt, TopPOpt,
+    TpOpt, TrustOpt, field_map, prompt_format, server_options,
 )
+from rlhfctl.console import plural
 from rlhfctl.generation.base import EngineOptions, SamplingParams
 
 
 def best_of_n(
-    source: Annotated[str, typer.Argument(help="Graded rollouts JSONL; or, with --policy, prompts JSONL to sample from.")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Result JSON: {n, curves: {scorer: [accuracy per N]}, num_prompts}.")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="Graded rollouts JSONL; or, with --policy, prompts JSONL to sample from.")],
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Result JSON: {n, curves: {scorer: \\[accuracy per N]}, num_prompts}; default SOURCE-stem.bon.json beside SOURCE. Scores are cached in OUT.scores.json; - writes the JSON to stdout and keeps no score cache (nor, with --policy, the samples).", show_default=False)] = None,
     rm: Annotated[Optional[str], typer.Option("--rm", help="Select by this reward model (train-rm folder).", show_default=False)] = None,
     prm: Annotated[Optional[str], typer.Option("--prm", help="Select by this process reward model (train-rm --prm folder).", show_default=False)] = None,
     rm_max_length: RMMaxLengthOpt = None,
@@ -23,7 +26,7 @@ def best_of_n(
     n: Annotated[Optional[int], typer.Option("--n", "-n", help="N_max: use at most this many samples per prompt (with --policy: sample this many).", show_default=False)] = None,
     picks: Annotated[Optional[str], typer.Option("--picks", help="Write the top-scored response per prompt here (prompt/completion JSONL, ready for SFT).", show_default=False)] = None,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Draw every curve on one PNG figure.", show_default=False)] = None,
-    policy: Annotated[Optional[str], typer.Option("--policy", help="Sample the N responses from this model first (SOURCE is then a prompts file).", show_default=False)] = None,
+    policy: Annotated[Optional[str], typer.Option("--model", "--policy", "-m", help="Sample the N responses from this model first (SOURCE is then a prompts file). With --backend openai the server samples and this only names a tokenizer.", show_default=False)] = None,
     temperature: TemperatureOpt = 1.0,
     top_p: TopPOpt = 1.0,
     max_new_tokens: MaxNewTokensOpt = 128,
@@ -32,6 +35,15 @@ def best_of_n(
     backend: BackendOpt = "auto",
     tp: TpOpt = 1,
     gpu_memory_utilization: GpuMemoryOpt = 0.9,
+    base_url: BaseUrlOpt = None,
+    served_model: ServedModelOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    stop: StopOpt = None,
+    trust_remote_code: TrustOpt = False,
+    field: FieldOpt = None,
+    system: SystemOpt = None,
+    prompt_template: PromptTemplateOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -42,7 +54,8 @@ def best_of_n(
     `rm`, `prm-min` (one per --agg), `logprob`, `majority`, `weighted`. Scores are kept in
     OUT.scores.json, so rerunning with another scorer or --plot never
     re-scores; with --policy the samples are kept in OUT-stem.rollouts.jsonl
-    and reused by a rerun.
+    and reused by a rerun. With --backend openai (--base-url, --served-model) a
+    server samples them instead, and SOURCE is a prompts file.
 
     Examples:
 
@@ -52,31 +65,36 @@ def best_of_n(
 
         rlhfctl best-of-n data/toy/test.jsonl --policy runs/sft --n 16 --logprob runs/sft --out runs/bon-lp.json
     """
-    from rlhfctl.eval.best_of_n_sweep import BoNConfig, run
+    from rlhfctl.eval.best_of_n_sweep import BoNConfig, default_out, run
 
+    out = out or default_out(source)
+
+    server = server_options(backend, base_url=base_url, served_model=served_model, api_key_env=api_key_env,
+                            concurrency=concurrency, stop=stop)
     params = SamplingParams(n=n or 16, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)
     result = run(BoNConfig(source=source, out=out, rm=rm, prm=prm, aggs=tuple(agg or ("min",)), votes=tuple(vote or ()),
                            logprob=logprob, oracle=oracle, n=n, picks=picks, plot=plot, policy=policy, params=params,
                            backend=backend, engine=EngineOptions(tp=tp, gpu_memory_utilization=gpu_memory_utilization),
-                           rm_max_length=rm_max_length))
-    if as_json:
+                           rm_max_length=rm_max_length, trust_remote_code=trust_remote_code, fields=field_map(field),
+                           prompt_format=prompt_format(system, prompt_template), server=server))
+    if as_json and out != "-":  # with --out -, stdout holds the result already
         import json
         import sys
 
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
-        return
-    _print_table(result)
+    elif not as_json:
+        _print_table(result, to_stderr=out == "-")
 
 
-def _print_table(result) -> None:
+def _print_table(result, to_stderr: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"best-of-n ({result['num_prompts']} prompts)")
+    table = Table(title=f"best-of-n ({plural(result['num_prompts'], 'prompt')})")
     table.add_column("N", justify="right")
     for name in result["curves"]:
         table.add_column(name, justify="right")
     for i, n in enumerate(result["n"]):
         table.add_row(str(n), *(f"{ys[i]:.4f}" for ys in result["curves"].values()))
-    Console().print(table)
+    Console(stderr=to_stderr).print(table)

@@ -9,8 +9,8 @@ from rlhfctl.commands._options import ConfigOpt, JsonOpt, print_summary
 
 def report(
     inputs: Annotated[list[str], typer.Argument(
-        help="Training run folders (train-policy, train-sft, train-rm), best-of-n JSON and eval JSON files, in any mix.",
-        metavar="RUN_DIR", show_default=False)],
+        metavar="INPUTS", help="Training run folders (train-policy, train-sft, train-rm), best-of-n JSON and eval JSON files, in any mix.",
+        show_default=False)],
     out: Annotated[str, typer.Option("--out", "-o", help="Folder for report.md and the PNG figures; an earlier report there is replaced.")],
     smooth: Annotated[int, typer.Option("--smooth", help="Moving-average window (steps) drawn over per-step curves; 1 draws the raw values only.")] = 10,
     as_json: JsonOpt = False,
@@ -41,7 +41,7 @@ def report(
     """
     from rlhfctl.report.build import ReportConfig, run
 
-    summary = run(ReportConfig(tuple(inputs), out, smooth))
+    summary = run(ReportConfig(inputs=tuple(inputs), out=out, smooth=smooth))
     if as_json:
         print_summary(summary, True, "report")
         return

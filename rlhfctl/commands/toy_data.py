@@ -8,7 +8,7 @@ from rlhfctl.commands._options import ConfigOpt, JsonOpt, SeedOpt, print_summary
 
 
 def toy_data(
-    out_dir: Annotated[str, typer.Argument(help="Folder for sft.jsonl, train.jsonl, test.jsonl, prefs_style.jsonl and toy.json (--task mcq/code: mcq_*/code_* files).")],
+    out_dir: Annotated[str, typer.Argument(metavar="OUT_DIR", help="Folder for sft.jsonl, train.jsonl, test.jsonl, prefs_style.jsonl and toy.json (--task mcq/code: mcq_*/code_* files).")],
     seed: SeedOpt = 0,
     kind: Annotated[str, typer.Option("--task", help="Form of the problems, one per grader: math (steps, `Answer: 64`), mcq (four lettered options, `Answer: B`; writes mcq_sft/train/test.jsonl) or code (a program reading x from stdin, graded by stdin/stdout tests in the sandbox; writes code_sft/train/test.jsonl).")] = "math",
     n_sft: Annotated[int, typer.Option("--sft", help="SFT demonstrations (prompt, completion); 64000 is 1000 steps of train-sft at its defaults.")] = 64000,
@@ -59,5 +59,6 @@ def toy_data(
     from rlhfctl.toy.task import ToyTaskConfig
 
     task = ToyTaskConfig(min_ops=min_ops, max_ops=max_ops, max_value=max_value, max_operand=max_operand, carry_rate=carry_rate, slip_kind=slip_kind, slip_rate=slip_rate)
-    summary = run(ToyDataConfig(out_dir, task, n_sft, n_train, n_test, n_style, seed, kind))
+    summary = run(ToyDataConfig(out_dir=out_dir, task=task, n_sft=n_sft, n_train=n_train, n_test=n_test, n_style=n_style,
+                                seed=seed, kind=kind))
     print_summary(summary, as_json, "toy-data")

@@ -5,8 +5,10 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    BackendOpt, Bf16Opt, ConfigOpt, GpuMemoryOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt,
-    LoraTargetsOpt, MaxNewTokensOpt, ModelOpt, NoPackingOpt, ResumeOpt, RMMaxLengthOpt, SaveDtypeOpt, SaveEveryOpt, SeedOpt, TemperatureOpt, TopPOpt, print_summary,
+    BackendOpt, Bf16Opt, ConfigOpt, FieldOpt, GpuMemoryOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt,
+    LoraROpt, LoraTargetsOpt, MaxNewTokensOpt, ModelOpt, NoPackingOpt, PromptTemplateOpt, RMMaxLengthOpt, ResumeOpt,
+    SaveDtypeOpt, SaveEveryOpt, SeedOpt, SystemOpt, TemperatureOpt, TopPOpt, TrustOpt, field_map, print_summary,
+    prompt_format,
 )
 from rlhfctl.errors import ConfigError
 
@@ -14,9 +16,9 @@ _F = typer.Option
 
 
 def train_policy(
-    prompts: Annotated[str, typer.Argument(help="Prompts JSONL ({prompt, answer?, task?}).")],
+    prompts: Annotated[str, typer.Argument(metavar="PROMPTS", help="Prompts JSONL ({prompt, answer?, task?}).")],
     out: Annotated[str, _F("--out", "-o", help="Run folder: the policy, checkpoints/, metrics.jsonl.")],
-    model: ModelOpt = "toy:small",
+    model: ModelOpt,
     algo: Annotated[str, _F("--algo", help="ppo (with a critic, GAE) or grpo (critic-free, group-normalised).")] = "grpo",
     rm: Annotated[Optional[str], _F("--rm", help="Outcome reward model folder (train-rm); its score is standardised with the μ/σ in its manifest.", show_default=False)] = None,
     rm_weight: Annotated[float, _F("--rm-weight", help="Weight of the RM score in the reward.")] = 1.0,
@@ -68,6 +70,10 @@ def train_policy(
     lora_alpha: LoraAlphaOpt = None,
     lora_dropout: LoraDropoutOpt = 0.0,
     lora_target_modules: LoraTargetsOpt = "all-linear",
+    trust_remote_code: TrustOpt = False,
+    field: FieldOpt = None,
+    system: SystemOpt = None,
+    prompt_template: PromptTemplateOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -128,7 +134,8 @@ def train_policy(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, max_steps=max_steps, save_every=save_every,
         eval_data=eval_data, eval_every=eval_every, eval_max_prompts=eval_max_prompts, seed=seed, resume=resume,
         backend=backend, gpu_memory_utilization=gpu_memory_utilization, vllm_sync_timeout=vllm_sync_timeout,
-        packing=not no_packing,
+        packing=not no_packing, trust_remote_code=trust_remote_code, fields=field_map(field),
+        prompt_format=prompt_format(system, prompt_template),
         scale=ScaleOptions(bf16=bf16, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, lora_alpha=lora_alpha,
                            lora_dropout=lora_dropout, lora_target_modules=lora_target_modules, save_dtype=save_dtype),
     ))

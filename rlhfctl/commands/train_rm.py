@@ -5,21 +5,24 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    Bf16Opt, CompileOpt, ConfigOpt, EpochsOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt, LoraTargetsOpt,
-    LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, NoPackingOpt, ResumeOpt, SaveDtypeOpt, SaveEveryOpt, SeedOpt, TrustOpt, WarmupOpt, WeightDecayOpt,
-    print_summary,
+    Bf16Opt, CompileOpt, ConfigOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt,
+    LoraTargetsOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, NoPackingOpt, ResumeOpt, SaveDtypeOpt, SaveEveryOpt, SeedOpt,
+    TrustOpt, WarmupOpt, WeightDecayOpt, print_summary,
 )
 
 
 def train_rm(
-    data: Annotated[list[str], typer.Argument(help="Prefs JSONL files: pairs {prompt, chosen, rejected, margin?} and/or binary items {prompt, completion, label}; with --prm, stepwise files {prompt, completions, labels}.")],
+    data: Annotated[list[str], typer.Argument(metavar="DATA", help="Prefs JSONL files in TRL's formats: pairs {prompt, chosen, rejected, margin?} (without prompt: the prompt is what chosen and rejected share at the start) and/or unpaired items {prompt, completion, label}; with --prm, stepwise supervision {prompt, completions, labels}.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder: the reward model, checkpoints/, metrics.jsonl.")],
-    model: ModelOpt = "toy:small",
+    model: ModelOpt,
     prm: Annotated[bool, typer.Option("--prm", help="Train a process reward model on stepwise data (label-prm output).")] = False,
-    step_sep: Annotated[str, typer.Option("--step-sep", help="With --prm: the text put between steps (as label-prm split them).")] = "\n",
+    step_sep: Annotated[str, typer.Option("--step-sep", help="With --prm: the text put between steps (as label-prm split them); default: a newline.", show_default=False)] = "\n",
     eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Held-out prefs file(s); default: a split of DATA by prompt.", show_default=False)] = None,
     eval_fraction: Annotated[float, typer.Option("--eval-fraction", help="Share of DATA's prompts held out when --eval-data is not given.")] = 0.1,
-    epochs: EpochsOpt = 1.0,
+    epochs: Annotated[float, typer.Option(
+        "--epochs", help="Passes over the data (ignored when --max-steps is given). 1 suits large preference sets (a reward model "
+                         "overfits after one pass); on a few thousand pairs, as the toy task's, use 4 (1 left its ORM at 0.63 "
+                         "held-out pair accuracy).")] = 1.0,
     max_steps: MaxStepsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Records (pairs or binary items) per optimiser step, global.")] = 32,
     lr: LrOpt = 5e-4,

@@ -5,16 +5,16 @@ from typing import Annotated
 import typer
 
 from rlhfctl.commands._options import (
-    Bf16Opt, CompileOpt, ConfigOpt, EpochsOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt, LoraTargetsOpt,
-    LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, ResumeOpt, SaveDtypeOpt, SaveEveryOpt, SeedOpt, TrustOpt, WarmupOpt, WeightDecayOpt,
-    print_summary,
+    Bf16Opt, CompileOpt, ConfigOpt, EpochsOpt, FieldOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt,
+    LoraTargetsOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, PromptTemplateOpt, ResumeOpt, SaveDtypeOpt, SaveEveryOpt,
+    SeedOpt, SystemOpt, TrustOpt, WarmupOpt, WeightDecayOpt, field_map, print_summary, prompt_format,
 )
 
 
 def train_sft(
-    data: Annotated[str, typer.Argument(help="JSONL of {prompt, completion} records (TRL's prompt-completion format).")],
+    data: Annotated[str, typer.Argument(metavar="DATA", help="Records in one of TRL's formats: {prompt, completion} (loss on the completion); {text} (language modelling: loss on every token); or {messages} (conversational: the last assistant message is the completion, the messages before it the prompt). JSONL, Parquet, CSV, a datasets folder or hf:ORG/NAME.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder: the final model, checkpoints/, metrics.jsonl.")],
-    model: ModelOpt = "toy:small",
+    model: ModelOpt,
     epochs: EpochsOpt = 1.0,
     max_steps: MaxStepsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Records per optimiser step (global, over all ranks).")] = 64,
@@ -37,10 +37,13 @@ def train_sft(
     lora_dropout: LoraDropoutOpt = 0.0,
     lora_target_modules: LoraTargetsOpt = "all-linear",
     trust_remote_code: TrustOpt = False,
+    field: FieldOpt = None,
+    system: SystemOpt = None,
+    prompt_template: PromptTemplateOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Supervised fine-tuning on prompt-completion data (loss on completion tokens only).
+    """Supervised fine-tuning: loss on completion tokens only (every token of {text} records).
 
     Writes a Hugging Face model folder (AutoModelForCausalLM) with rlhfctl.json,
     metrics.jsonl (one line per step) and checkpoints/step-N/. Runs under
@@ -65,5 +68,6 @@ def train_sft(
     scale = ScaleOptions(bf16=bf16, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, lora_alpha=lora_alpha,
                          lora_dropout=lora_dropout, lora_target_modules=lora_target_modules, save_dtype=save_dtype)
     results = run(SFTConfig(data=data, model=model, out=out, schedule=schedule, max_length=max_length, resume=resume,
-                            packing=not no_packing, trust_remote_code=trust_remote_code, scale=scale))
+                            packing=not no_packing, trust_remote_code=trust_remote_code, scale=scale, fields=field_map(field),
+                            prompt_format=prompt_format(system, prompt_template)))
     print_summary({**results, "out": out}, as_json, "train-sft")

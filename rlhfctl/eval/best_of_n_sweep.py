@@ -18,17 +18,22 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rlhfctl.console import log
+from rlhfctl.data import PromptFormat
 from rlhfctl.errors import ConfigError, DataError, ModelError
 from rlhfctl.eval.selection import best_of_n_accuracy, oracle_accuracy
 from rlhfctl.eval.passk import ks_up_to, maj_at_k, weighted_maj_at_k
 from rlhfctl.generation.base import EngineOptions, SamplingParams
+from rlhfctl.generation.server import ServerOptions
 from rlhfctl.generation.rollout import RolloutConfig, run as rollout
 from rlhfctl.grading import get_grader, task_of
+from rlhfctl.models import ModelSource
 from rlhfctl.records import ROLLOUTS, Record, check_out_file, read_records, write_json, write_jsonl
 from rlhfctl.report.figures import best_of_n_figure
 from rlhfctl.report.runs import BestOfNResult
@@ -51,11 +56,18 @@ class BoNConfig:
     n: int | None = None  # caps N_max
     picks: str | None = None
     plot: str | None = None
-    policy: str | None = None  # sample the N responses with this model first
+    policy: str | None = None  # sample the N responses with this model first (with `server`: its tokenizer, optional)
     params: SamplingParams = SamplingParams(n=16)
     backend: str = "auto"
     engine: EngineOptions = EngineOptions()
     rm_max_length: int | None = None  # tokens a reward model reads; None: its trained --max-length
+    trust_remote_code: bool = False  # for every model the sweep loads
+    fields: dict[str, str] = field(default_factory=dict)  # --field renames of SOURCE's columns
+    prompt_format: PromptFormat = PromptFormat()  # --system / --prompt-template, with --policy
+    server: ServerOptions | None = None  # --backend openai: the server samples the N responses first
+
+    def source_of(self, spec: str) -> ModelSource:
+        return ModelSource(spec, self.trust_remote_code)
 
     def check(self) -> None:
         for v in self.votes:
@@ -81,7 +93,7 @@ def run(config: BoNConfig) -> dict[str, Any]:
     rollouts = _rollouts(config)
     n_max = _n_max(rollouts, config)
     rollouts = [{**r, "responses": r["responses"][:n_max], "correct": r["correct"][:n_max]} for r in rollouts]
-    scores = ScoreCache(config.out + ".scores.json", rollouts)
+    scores = ScoreCache(None if config.out == "-" else config.out + ".scores.json", rollouts)
     curves: dict[str, list[float]] = {}
     ns = ks_up_to(n_max) + ([n_max] if n_max & (n_max - 1) else [])
     if config.oracle:
@@ -90,15 +102,15 @@ def run(config: BoNConfig) -> dict[str, Any]:
     counts: Counter = Counter()
     if config.rm:
         ranked["rm"] = scores.get(model_key("rm", config.rm), rollouts,
-                                  lambda todo: _score_rm(todo, config.rm, config.rm_max_length, counts))
+                                  lambda todo: _score_rm(todo, config.source_of(config.rm), config.rm_max_length, counts))
     if config.prm and config.aggs:  # the step scores are cached once; each --agg is computed from them
 
         steps = scores.get(model_key("prm-steps", config.prm), rollouts,
-                           lambda todo: _score_prm_steps(todo, config.prm, config.rm_max_length, counts))
+                           lambda todo: _score_prm_steps(todo, config.source_of(config.prm), config.rm_max_length, counts))
         for agg in config.aggs:
             ranked[f"prm-{agg}"] = [[aggregate_steps(s, agg) for s in per_prompt] for per_prompt in steps]
     if config.logprob:
-        ranked["logprob"] = scores.get(model_key("logprob", config.logprob), rollouts, lambda todo: _score_logprob(todo, config.logprob))
+        ranked["logprob"] = scores.get(model_key("logprob", config.logprob), rollouts, lambda todo: _score_logprob(todo, config.source_of(config.logprob)))
     for name, per_prompt in ranked.items():
         curves[name] = [_mean(best_of_n_accuracy(s, r["correct"], k) for s, r in zip(per_prompt, rollouts)) for k in ns]
     keys = _vote_keys(rollouts) if config.votes else []
@@ -113,18 +125,32 @@ def run(config: BoNConfig) -> dict[str, Any]:
     if config.picks:
         write_jsonl(config.picks, _picks(rollouts, ranked))
     if config.plot:
-        plot_curves(result, config.plot, Path(config.out).stem)
+        plot_curves(result, config.plot, "best-of-n" if config.out == "-" else Path(config.out).stem)
     return result
 
 
 def _rollouts(config: BoNConfig) -> list[Record]:
-    """The rollouts to select from; with --policy, sampled first (and kept beside the output)."""
-    path = config.source
-    if config.policy:
+    """The rollouts to select from; with --policy or a server, sampled first (and kept beside the output)."""
+    if not (config.policy or config.server):
+        return _graded(config.source, read_records(config.source, ROLLOUTS, fields=config.fields))
+    if config.out != "-":
         path = str(Path(config.out).with_suffix("")) + ".rollouts.jsonl"
-        n = config.n or config.params.n
-        rollout(RolloutConfig(config.source, config.policy, path, replace(config.params, n=n), config.backend, engine=config.engine))
-    rollouts = read_records(path, ROLLOUTS)
+        return _graded(path, read_records(_sample(config, path), ROLLOUTS))
+    with tempfile.TemporaryDirectory(prefix="rlhfctl-bon-") as tmp:  # --out -: the samples are not kept
+        return _graded(config.source, read_records(_sample(config, os.path.join(tmp, "rollouts.jsonl")), ROLLOUTS))
+
+
+def _sample(config: BoNConfig, path: str) -> str:
+    """Sample --n responses per prompt of SOURCE (--policy or the server) into ``path`` (resumed when it exists)."""
+    n = config.n or config.params.n
+    rollout(RolloutConfig(prompts=config.source, model=config.policy, out=path, params=replace(config.params, n=n),
+                          backend=config.backend, engine=config.engine, trust_remote_code=config.trust_remote_code,
+                          fields=config.fields, prompt_format=config.prompt_format, server=config.server))
+    return path
+
+
+def _graded(path: str, rollouts: list[Record]) -> list[Record]:
+    """``rollouts``, refused unless every response carries a grade."""
     for line, r in enumerate(rollouts, start=1):
         if "correct" not in r:
             raise DataError(path, line, "missing: best-of-n needs graded rollouts (prompts with an answer)", "correct")
@@ -138,7 +164,17 @@ def _n_max(rollouts: list[Record], config: BoNConfig) -> int:
     n_max = min(len(r["responses"]) for r in rollouts)
     if n_max == 0:
         raise DataError(config.source, None, "a rollout has no responses", "responses")
+    if config.n and config.n > n_max:
+        log(f"best-of-n: --n {config.n}, but the prompts have {n_max} samples each (the fewest of any prompt): "
+            f"the curve stops at N = {n_max}")
     return min(n_max, config.n) if config.n else n_max
+
+
+def default_out(source: str) -> str:
+    """Where --out goes when not given: ``ROLLOUTS.bon.json`` beside a rollouts file."""
+    if source == "-" or not os.path.isfile(source):
+        raise ConfigError(f"--out is needed when SOURCE is not a file ({source})")
+    return str(Path(source).with_suffix("")) + ".bon.json"
 
 
 def model_key(kind: str, model: str) -> str:
@@ -175,10 +211,10 @@ class ScoreCache:
 
     RESPONSES = "responses"
 
-    def __init__(self, path: str, rollouts: list[Record]):
-        self.path = path
+    def __init__(self, path: str | None, rollouts: list[Record]):
+        self.path = path  # None: kept in memory only (--out -)
         self.data: dict[str, dict[str, list[Any]]] = {}
-        if os.path.exists(path):
+        if path is not None and os.path.exists(path):
             self.data = self._read(path)
         seen = self.data.setdefault(self.RESPONSES, {})
         for r in rollouts:
@@ -222,18 +258,19 @@ class ScoreCache:
         return [known[r["id"]][: len(r["responses"])] for r in rollouts]
 
     def save(self) -> None:
-        write_json(self.path, self.data)
+        if self.path is not None:
+            write_json(self.path, self.data)
 
 
-def _score_rm(rollouts: list[Record], rm: str, max_length: int | None, counts: Counter) -> list[list[float]]:
+def _score_rm(rollouts: list[Record], rm: ModelSource, max_length: int | None, counts: Counter) -> list[list[float]]:
     return score_rollouts(rollouts, rm, max_length=max_length, counts=counts)
 
 
-def _score_prm_steps(rollouts: list[Record], prm: str, max_length: int | None, counts: Counter) -> list[list[list[float]]]:
+def _score_prm_steps(rollouts: list[Record], prm: ModelSource, max_length: int | None, counts: Counter) -> list[list[list[float]]]:
     return prm_step_scores(rollouts, prm, max_length=max_length, counts=counts)
 
 
-def _score_logprob(rollouts: list[Record], model: str) -> list[list[float]]:
+def _score_logprob(rollouts: list[Record], model: ModelSource) -> list[list[float]]:
     return logprob_rollouts(rollouts, model)
 
 

@@ -23,7 +23,7 @@ from rlhfctl.console import Progress
 from rlhfctl.errors import DataError
 from rlhfctl.grading import check_graders, explain, gold_field, task_of
 from rlhfctl.locks import locked
-from rlhfctl.records import PROMPTS, ROLLOUTS, Record, ResumableWriter, read_records
+from rlhfctl.records import RESPONSES, ROLLOUTS, Record, ResumableWriter, read_records
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ class GradeConfig:
 
 def run(config: GradeConfig) -> dict[str, Any]:
     """Grade every row of ``config.responses`` into ``config.out``; the summary counts answers by extraction rule."""
-    rows = read_records(config.responses, PROMPTS, fields=config.fields)
-    records = [_as_rollout(row, n, config.responses) for n, row in enumerate(_with_ids(rows), start=1)]
+    rows = read_records(config.responses, RESPONSES, fields=config.fields)
+    records = [as_rollout(row, n, config.responses) for n, row in enumerate(_with_ids(rows), start=1)]
     check_graders(records, config.responses)
     summary: dict[str, Any] = {"records": len(records), "already_done": 0, "graded": 0, "responses": 0,
                                "accuracy": None, "no_answer": 0, "rules": {}, "extract": config.extract, "out": config.out}
@@ -73,7 +73,7 @@ def _with_ids(rows: list[Record]) -> list[Record]:
     return rows
 
 
-def _as_rollout(row: Record, line: int, path: str) -> Record:
+def as_rollout(row: Record, line: int, path: str) -> Record:
     """The row with its responses as a list of strings, and a gold to grade against."""
     if "responses" in row:
         responses = row["responses"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rlhfctl.models import inference_device
+from rlhfctl.models import ModelSource, inference_device
 from rlhfctl.records import check_out_file, write_json
 from rlhfctl.rm.data import encode_items, encode_step_items, read_preferences, read_steps
 from rlhfctl.rm.evaluate import evaluate_items, evaluate_steps
@@ -31,8 +31,8 @@ def run(config: RMEvalConfig) -> dict[str, Any]:
     if config.prm:
         return _run_prm(config)
 
-    model, tokenizer, manifest = load_reward_model(config.rm, ORM, config.trust_remote_code, inference_device())
-    data = read_preferences(config.data)
+    data = read_preferences(config.data)  # bad data fails before the model loads
+    model, tokenizer, manifest = load_reward_model(ModelSource(config.rm, config.trust_remote_code), ORM, inference_device())
     limit = config.max_length or trained_max_length(manifest)
     items, overlong = encode_items(data, tokenizer, limit)
     report_overlong(overlong, sum(len(it.seqs) for it in items), limit, config.rm, None)
@@ -44,9 +44,10 @@ def run(config: RMEvalConfig) -> dict[str, Any]:
 
 
 def _run_prm(config: RMEvalConfig) -> dict[str, Any]:
-    model, tokenizer, manifest = load_reward_model(config.rm, PRM, config.trust_remote_code, inference_device())
+    steps = read_steps(config.data)  # bad data fails before the model loads
+    model, tokenizer, manifest = load_reward_model(ModelSource(config.rm, config.trust_remote_code), PRM, inference_device())
     sep = manifest.get("results", {}).get("step_sep", "\n")
-    items = encode_step_items(read_steps(config.data), tokenizer, config.max_length or trained_max_length(manifest), sep)
+    items = encode_step_items(steps, tokenizer, config.max_length or trained_max_length(manifest), sep)
     summary = {**evaluate_steps(TokenValues(model), items, tokenizer.pad_token_id), "prm": config.rm}
     if config.out:
         write_json(config.out, summary)

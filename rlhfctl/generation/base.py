@@ -1,8 +1,8 @@
 """The generation protocol every backend implements.
 
-A backend turns rendered prompt strings into ``n`` samples each. Commands and
+A backend turns prompts (as its `render` gives them) into ``n`` samples each. Commands and
 training loops only see this protocol, so a backend (Hugging Face on any
-device, vLLM on GPUs) plugs in without touching them.
+device, vLLM on GPUs, an OpenAI-compatible server) plugs in without touching them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from rlhfctl.errors import ConfigError
 
-BACKENDS = ("auto", "hf", "vllm")
+BACKENDS = ("auto", "hf", "vllm", "openai")
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,13 @@ def decoded_sample(tokenizer: Any, token_ids: list[int], finish_reason: str, log
 
 
 class Generator(Protocol):
-    name: str  # the backend (hf, vllm), as rollout records name it
-    tokenizer: Any  # renders chat prompts (`data.render_prompt`)
+    name: str  # the backend (hf, vllm, openai), as rollout records name it
+    tokenizer: Any  # the model's tokenizer; None for a server backend given no --model
+
+    def render(self, prompt: Any) -> Any:
+        """What `generate` takes for a record's prompt: text rendered with the chat template,
+        or (a server backend) the prompt itself, since the server renders chats."""
+        ...
 
     def generate(self, prompts: list[str], params: SamplingParams, keys: list[str] | None = None) -> list[list[Sample]]:
         """``n`` samples for each prompt, in prompt order.

@@ -8,10 +8,10 @@ measures it against a plain `generate` loop).
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import Any
 
+from rlhfctl.data import Text, render_prompt
 from rlhfctl.generation.base import Sample, SamplingParams, decoded_sample, derive_seed
 
 
@@ -24,6 +24,10 @@ class HFGenerator:
         self.device = next(model.parameters()).device
         # a row stops at any of these (`models.eos_token_ids`: the tokenizer's and generation_config's)
         self.eos_ids = eos_ids or frozenset({tokenizer.eos_token_id})
+
+    def render(self, prompt: Text) -> str:
+        """A record's prompt as the text `generate` takes (`data.render_prompt`)."""
+        return render_prompt(prompt, self.tokenizer)
 
     def generate(self, prompts: list[str], params: SamplingParams, keys: list[str] | None = None) -> list[list[Sample]]:
         keys = keys if keys is not None else [str(i) for i in range(len(prompts))]

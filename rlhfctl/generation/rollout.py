@@ -8,39 +8,51 @@ A lock beside the output (`locks`) keeps a second run off the same file.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rlhfctl.data import render_prompt
+from rlhfctl.console import Progress, log, plural
+from rlhfctl.data import PromptFormat, render_prompt
 from rlhfctl.errors import ConfigError
 from rlhfctl.generation.backends import make_generator, resolve_backend
 from rlhfctl.generation.base import EngineOptions, SamplingParams
-from rlhfctl.grading import check_graders, grade
+from rlhfctl.generation.server import ServerOptions
+from rlhfctl.grading import check_graders, explain
 from rlhfctl.locks import locked
+from rlhfctl.models import ModelSource
 from rlhfctl.records import PROMPTS, ROLLOUTS, Record, ResumableWriter, read_records
-from rlhfctl.console import Progress, log
 
 
 @dataclass(frozen=True)
 class RolloutConfig:
     prompts: str
-    model: str
+    model: str | None  # optional with a server backend, where it only names a tokenizer
     out: str
     params: SamplingParams
     backend: str = "auto"
     trust_remote_code: bool = False
     engine: EngineOptions = EngineOptions()
+    extract: str = "strict"  # the graders' extraction mode (grading.math)
+    fields: dict[str, str] = field(default_factory=dict)  # --field: column -> field renames of the prompts
+    prompt_format: PromptFormat = PromptFormat()
+    server: ServerOptions | None = None  # --backend openai
 
 
 # the settings a rollout's samples depend on (its `generator` block), and the flag of each
-SETTING_FLAGS = {"model": "--model", "backend": "--backend", "n": "--n", "temperature": "--temperature",
-                 "top_p": "--top-p", "max_new_tokens": "--max-new-tokens", "seed": "--seed"}
+SETTING_FLAGS = {"model": "--model", "backend": "--backend", "served_model": "--served-model", "stop": "--stop",
+                 "n": "--n", "temperature": "--temperature", "top_p": "--top-p", "max_new_tokens": "--max-new-tokens",
+                 "seed": "--seed", "extract": "--extract", "system": "--system", "prompt_template": "--prompt-template"}
+SETTING_DEFAULTS = {"extract": "strict"}  # what a file written before a setting existed was made with
 
 
 def generator_meta(config: RolloutConfig, backend: str) -> dict[str, Any]:
-    """The `generator` block of each record: what made its samples. --batch-size changes none of them."""
-    meta = {"model": config.model, "backend": backend, **asdict(config.params)}
+    """The `generator` block of each record: what made its samples (a server's URL and model, never its key).
+    --batch-size and --concurrency change none of them."""
+    server = config.server.public() if backend == "openai" and config.server is not None else {}
+    meta = {"model": config.model, "backend": backend, **server, **asdict(config.params), "extract": config.extract,
+            **config.prompt_format.public()}
     del meta["batch_size"]
+    meta.pop("concurrency", None)
     return meta
 
 
@@ -52,15 +64,15 @@ def same_settings(meta: dict[str, Any]):
         if not isinstance(old, dict):
             return "field 'generator': missing, so not a file that rollout wrote"
         for key, flag in SETTING_FLAGS.items():
-            if old.get(key) != meta[key]:
-                return f"written with {flag} {old.get(key)}, this run has {flag} {meta[key]} (rerun with the same settings to resume)"
+            if old.get(key, SETTING_DEFAULTS.get(key)) != meta.get(key):
+                return f"written with {flag} {old.get(key)}, this run has {flag} {meta.get(key)} (rerun with the same settings to resume)"
         return None
 
     return check
 
 
 def run(config: RolloutConfig) -> dict[str, Any]:
-    records = read_records(config.prompts, PROMPTS)
+    records = config.prompt_format.apply(read_records(config.prompts, PROMPTS, fields=config.fields), config.prompts)
     check_graders(records, config.prompts)
     backend = resolve_backend(config.backend, config.engine)
     meta = generator_meta(config, backend)
@@ -71,7 +83,8 @@ def run(config: RolloutConfig) -> dict[str, Any]:
                                    "skipped_too_long": 0, "new_tokens": 0, "tokens_per_s": 0.0, "out": config.out}
         if not todo:
             return summary
-        generator = make_generator(backend, config.model, config.params.seed, config.trust_remote_code, config.engine)
+        generator = make_generator(backend, ModelSource(config.model, config.trust_remote_code), config.params.seed, config.engine,
+                                   server=config.server)
         todo = _skip_too_long(todo, generator, config.params.max_new_tokens, summary)
         with writer:
             _generate(todo, generator, config.params, meta, writer, summary)
@@ -86,8 +99,8 @@ def _generate(todo: list[Record], generator, params: SamplingParams, meta: dict[
     with Progress("rollout", len(todo), 0, True) as progress:
         for start in range(0, len(todo), per_batch):
             chunk = todo[start:start + per_batch]
-            texts = [render_prompt(r["prompt"], generator.tokenizer) for r in chunk]
-            samples = generator.generate(texts, params, keys=[r["id"] for r in chunk])
+            prompts = [generator.render(r["prompt"]) for r in chunk]
+            samples = generator.generate(prompts, params, keys=[r["id"] for r in chunk])
             for record, group in zip(chunk, samples):
                 out = _rollout_record(record, group, meta)
                 writer.write(out)
@@ -103,7 +116,10 @@ def _generate(todo: list[Record], generator, params: SamplingParams, meta: dict[
 
 def _skip_too_long(todo: list[Record], generator, max_new_tokens: int, summary: dict[str, Any]) -> list[Record]:
     """The prompts that fit the model's context with room for --max-new-tokens; the others are counted and
-    reported on stderr (a prompt of megabytes would otherwise take the machine's memory)."""
+    reported on stderr (a prompt of megabytes would otherwise take the machine's memory). A server backend
+    without a local tokenizer (no --model) cannot count tokens: its server refuses a prompt that is too long."""
+    if generator.tokenizer is None:
+        return todo
     context = context_length(generator)
     if context is None:
         return todo
@@ -113,7 +129,7 @@ def _skip_too_long(todo: list[Record], generator, max_new_tokens: int, summary: 
     kept = [r for r in todo if not too_long(render_prompt(r["prompt"], generator.tokenizer), generator.tokenizer, limit)]
     summary["skipped_too_long"] = len(todo) - len(kept)
     if len(kept) < len(todo):
-        log(f"skipped {len(todo) - len(kept)} prompts longer than the model's context ({limit} tokens: {context} "
+        log(f"skipped {plural(len(todo) - len(kept), 'prompt')} longer than the model's context ({limit} tokens: {context} "
             f"less --max-new-tokens {max_new_tokens})")
     return kept
 
@@ -154,7 +170,7 @@ def _rollout_record(record: Record, group, meta: dict[str, Any]) -> Record:
     responses = [s.text for s in group]
     out = {**record, "responses": responses, "num_tokens": [s.num_tokens for s in group],
            "finish_reasons": [s.finish_reason for s in group], "generator": meta}
-    verdicts = grade(record, responses)
+    verdicts = explain(record, responses, meta["extract"])
     if verdicts is not None:
-        out["correct"] = verdicts
+        out.update(verdicts)
     return out

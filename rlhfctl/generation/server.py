@@ -70,7 +70,8 @@ class ServerOptions:
 
     def public(self) -> dict[str, Any]:
         """What a manifest or a record's generator block may say about the server (never the key)."""
-        return {"base_url": self.base_url, "served_model": self.served_model, "concurrency": self.concurrency}
+        public = {"base_url": self.base_url, "served_model": self.served_model, "concurrency": self.concurrency}
+        return {**public, "stop": list(self.stop)} if self.stop else public
 
 
 class ServerError(RlhfctlError):

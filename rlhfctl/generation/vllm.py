@@ -33,9 +33,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+from rlhfctl.data import Text, render_prompt
 from rlhfctl.errors import ConfigError, EngineError
 from rlhfctl.generation.base import EngineOptions, Sample, SamplingParams, decoded_sample, derive_seed
-from rlhfctl.models import eos_token_ids, is_toy_spec, load_causal_lm, load_tokenizer, model_path, save_model
+from rlhfctl.models import ModelSource, as_source, eos_token_ids, is_toy_spec, load_causal_lm, load_tokenizer, model_path, save_model
 
 VLLM_EXTRA = "pip install 'rlhfctl[vllm]'"
 # vLLM seeds the j-th of a request's n samples with seed + j; 31-bit request seeds keep
@@ -91,6 +92,10 @@ class VLLMGenerator:
         self.control_timeout = control_timeout  # seconds allowed for a weight update, a sleep or a wake-up
         self._workdir = workdir  # a temporary folder the engine loaded its weights from, kept while the engine lives
         self._asleep: set[str] = set()
+
+    def render(self, prompt: Text) -> str:
+        """A record's prompt as the text `generate` takes (`data.render_prompt`)."""
+        return render_prompt(prompt, self.tokenizer)
 
     def generate(self, prompts: list[str], params: SamplingParams, keys: list[str] | None = None) -> list[list[Sample]]:
         if not prompts:
@@ -240,17 +245,17 @@ def saved_dtype(folder: str) -> str:
     return dtype if dtype in ("float32", "float16", "bfloat16") else "auto"
 
 
-def build_vllm_generator(model_spec: str, seed: int, trust_remote_code: bool, engine: EngineOptions) -> VLLMGenerator:
+def build_vllm_generator(model: ModelSource, seed: int, engine: EngineOptions) -> VLLMGenerator:
     """The engine of `rollout`, `eval`, `label-prm` and `best-of-n`."""
     vllm = import_vllm()
 
-    tokenizer = load_tokenizer(model_spec, trust_remote_code)
-    folder, workdir = engine_folder(model_spec, seed)
-    llm = vllm.LLM(**engine_kwargs(folder, engine, seed, saved_dtype(folder), trust_remote_code))
-    return VLLMGenerator(vllm, llm, tokenizer, workdir=workdir, eos_ids=eos_token_ids(tokenizer, model_spec))
+    tokenizer = load_tokenizer(model)
+    folder, workdir = engine_folder(model.spec, seed)
+    llm = vllm.LLM(**engine_kwargs(folder, engine, seed, saved_dtype(folder), model.trust_remote_code))
+    return VLLMGenerator(vllm, llm, tokenizer, workdir=workdir, eos_ids=eos_token_ids(tokenizer, model.spec))
 
 
-def build_policy_engine(model_spec: str, policy: Any, tokenizer: Any, seed: int, gpu_memory_utilization: float,
+def build_policy_engine(model: ModelSource | str, policy: Any, tokenizer: Any, seed: int, gpu_memory_utilization: float,
                         control_timeout: float) -> VLLMGenerator:
     """train-policy's colocated engine: built from the SFT folder, in this process, on this GPU.
 
@@ -264,9 +269,10 @@ def build_policy_engine(model_spec: str, policy: Any, tokenizer: Any, seed: int,
     if getattr(policy, "peft_config", None):
         raise ConfigError("train-policy --backend vllm loads full weights into the engine, not LoRA adapters: use --backend hf with LoRA")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    folder, workdir = engine_folder(model_spec, seed)
+    source = as_source(model)
+    folder, workdir = engine_folder(source.spec, seed)
     dtype = str(next(policy.parameters()).dtype).removeprefix("torch.")
-    kwargs = engine_kwargs(folder, EngineOptions(1, gpu_memory_utilization), seed, dtype, trust_remote_code=False)
+    kwargs = engine_kwargs(folder, EngineOptions(tp=1, gpu_memory_utilization=gpu_memory_utilization), seed, dtype, source.trust_remote_code)
     known = engine_arg_names(vllm)
     can_sleep = "enable_sleep_mode" in known and hasattr(vllm.LLM, "sleep")
     if can_sleep:
@@ -276,4 +282,4 @@ def build_policy_engine(model_spec: str, policy: Any, tokenizer: Any, seed: int,
     llm = vllm.LLM(**kwargs)
 
     return VLLMGenerator(vllm, llm, tokenizer, with_logprobs=True, can_sleep=can_sleep, control_timeout=control_timeout,
-                         workdir=workdir, eos_ids=eos_token_ids(tokenizer, model_spec))
+                         workdir=workdir, eos_ids=eos_token_ids(tokenizer, source.spec))

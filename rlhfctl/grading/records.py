@@ -46,10 +46,27 @@ def gold_field(task: str | None) -> str:
     return "tests" if task == "code" else "answer"
 
 
-def grade(record: Record, responses: list[str]) -> list[bool] | None:
-    """Correctness of each response, or None when the prompt has no answer to check."""
+def grade(record: Record, responses: list[str], extract: str = "strict") -> list[bool] | None:
+    """Correctness of each response, or None when the prompt has no answer to check.
+
+    `extract` is the grader's extraction mode (``strict`` or ``flexible``, see `grading.math`).
+    """
+    found = explain(record, responses, extract)
+    return None if found is None else found["correct"]
+
+
+def explain(record: Record, responses: list[str], extract: str = "strict") -> dict[str, list] | None:
+    """``correct``, ``extracted`` and ``extract_rule`` for each response, or None when the prompt has no answer.
+
+    ``extracted`` is the answer as the response states it (None when it states
+    none, and for code, whose program is the response itself); ``extract_rule``
+    names the rule that found it (None: nothing found).
+    """
     task = task_of(record)
     if task is None or task == "chat" or record.get("answer") is None and task in ("math", "mcq"):
         return None
-    grader = get_grader(task)
-    return [grader.is_correct(r, record) for r in responses]
+    grader = get_grader(task, extract)
+    found = [grader.find(r) for r in responses]
+    return {"correct": [grader.is_correct(r, record) for r in responses],
+            "extracted": [None if f is None or task == "code" else f.answer for f in found],
+            "extract_rule": [None if f is None else f.rule for f in found]}

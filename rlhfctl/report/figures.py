@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlhfctl.console import plural
 from rlhfctl.report.numbers import eval_curve
 from rlhfctl.report.runs import BestOfNResult, TrainingRun
 
@@ -88,9 +89,16 @@ def best_of_n_figure(results: list[BestOfNResult], path: Path) -> str:
     ax.set_xticks(ticks, [str(n) for n in ticks])
     ax.set_xlabel("N (samples per prompt)")
     ax.set_ylabel("accuracy")
-    ax.set_title("Best-of-N" if many else f"Best-of-N: {results[0].name}")
+    ax.set_title("Best-of-N accuracy" if many else f"Best-of-N accuracy{_of_prompts(results[0])}")
     ax.legend(fontsize="small", ncol=2 if len(ax.lines) > 8 else 1)
     return _save(fig, path)
+
+
+def _of_prompts(result: BestOfNResult) -> str:
+    """`` on 200 prompts of test.jsonl``: what a single Best-of-N figure measured."""
+    count = f" on {plural(result.num_prompts, 'prompt')}" if result.num_prompts is not None else ""
+    source = f" of {Path(result.source).name}" if result.source else ""
+    return count + source
 
 
 # --- drawing ---------------------------------------------------------------------

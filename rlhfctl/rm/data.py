@@ -2,8 +2,9 @@
 
 A prefs file may mix the two record kinds of docs/design.md §3, one per line:
 pairs (``prompt``, ``chosen``, ``rejected``, optional ``margin``) and binary
-items (``prompt``, ``completion``, ``label``). Anything else is an error that
-names the line.
+items (``prompt``, ``completion``, ``label``). A pair without a prompt is
+TRL's implicit-prompt form: the prompt is what chosen and rejected share at
+the start (`split_prompt`). Anything else is an error that names the line.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from rlhfctl.data import encode_conversations, encode_prompt, render_prompt
 from rlhfctl.errors import DataError
-from rlhfctl.records import BINARY, PAIRS, STEPS, Record, iter_json_lines, prompt_id
+from rlhfctl.records import BINARY, PAIRS, STEPS, Record, iter_values, prompt_id
 
 PAIR, BINARY_ITEM = "pair", "binary"
 
@@ -43,11 +44,14 @@ def read_preferences(paths: list[str] | tuple[str, ...]) -> PrefData:
     data = PrefData()
     for path in paths:
         count = identical = 0
-        for lineno, value in iter_json_lines(path):
+        for lineno, value in iter_values(path):
             kind = record_kind(value)
             if kind is None:
                 raise DataError(path, lineno, "unknown record kind: expected a pair (prompt, chosen, rejected) "
                                 "or a binary item (prompt, completion, label)")
+            if kind == PAIR and value.get("prompt") is None:  # TRL's implicit prompt: the shared beginning
+                prompt, chosen, rejected = split_prompt(None, value["chosen"], value["rejected"], path, lineno, "prompt")
+                value = {**value, "prompt": prompt, "chosen": chosen, "rejected": rejected}
             record = (PAIRS if kind == PAIR else BINARY).check(value, path, lineno)
             count += 1
             if kind == PAIR and record["chosen"] == record["rejected"]:
@@ -60,6 +64,34 @@ def read_preferences(paths: list[str] | tuple[str, ...]) -> PrefData:
         if identical == count:
             raise DataError(path, None, f"all {count} pairs have chosen equal to rejected: no preference to learn or measure")
     return data
+
+
+def split_prompt(prompt: Any, chosen: Any, rejected: Any, source: str, line: int, key: str) -> tuple[Any, Any, Any]:
+    """(prompt, chosen, rejected) with the prompt's turns cut from conversations that repeat them.
+
+    Without a prompt (TRL's implicit-prompt format) the prompt is the shared
+    beginning: leading messages both conversations share, or for strings
+    their common prefix, ending before a space (TRL's rule).
+    """
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+            shared += 1
+        if prompt is None or (shared and chosen[:shared] in ([{"role": "user", "content": prompt}], prompt)):
+            if shared == 0:
+                raise DataError(source, line, "missing: the conversations share no prompt turns", key)
+            return chosen[:shared], chosen[shared:], rejected[shared:]
+        return prompt, chosen, rejected
+    if prompt is not None:
+        return prompt, chosen, rejected
+    if not isinstance(chosen, str) or not isinstance(rejected, str):
+        raise DataError(source, line, "missing (map it with --prompt-key)", key)
+    idx = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+    if idx > 0 and chosen[idx - 1] == " ":
+        idx -= 1
+    if idx == 0:
+        raise DataError(source, line, "missing: chosen and rejected share no prompt text", key)
+    return chosen[:idx], chosen[idx:], rejected[idx:]
 
 
 def split_by_prompt(data: PrefData, fraction: float, seed: int) -> tuple[PrefData, PrefData]:
@@ -128,8 +160,8 @@ def read_steps(paths: list[str] | tuple[str, ...]) -> list[Record]:
     """Stepwise records (TRL's format); labels and completions must pair up."""
     out = []
     for path in paths:
-        count = identical = 0
-        for lineno, value in iter_json_lines(path):
+        count = 0
+        for lineno, value in iter_values(path):
             record = STEPS.check(value, path, lineno)
             if len(record["labels"]) != len(record["completions"]):
                 raise DataError(path, lineno, f"has {len(record['labels'])} labels for {len(record['completions'])} completions (steps)", "labels")

@@ -18,7 +18,9 @@ import torch
 
 from rlhfctl.artifacts import read_manifest
 from rlhfctl.errors import ModelError
-from rlhfctl.models import TOY_PREFIX, check_model_spec, is_toy_spec, load_tokenizer, loading, quiet_transformers
+from rlhfctl.models import (
+    TOY_PREFIX, ModelSource, announce_model, as_source, check_model_spec, is_toy_spec, load_tokenizer, loading, quiet_transformers,
+)
 from rlhfctl.toy.sizes import toy_config
 
 ORM, PRM = "orm", "prm"
@@ -71,8 +73,8 @@ class TokenValues(torch.nn.Module):
         return logits.squeeze(-1)  # (B, T, 1) -> (B, T)
 
 
-def build_reward_model(spec: str, kind: str, seed: int = 0, trust_remote_code: bool = False):
-    """A fresh reward model on the backbone of ``spec`` (a policy folder or toy:SIZE).
+def build_reward_model(model: ModelSource | str, kind: str, seed: int = 0):
+    """A fresh reward model on the backbone of ``model`` (a policy folder or toy:SIZE).
 
     The language-model head is dropped and a zero-initialised score head is
     added, so every response starts at reward 0. The config's pad id is set
@@ -81,6 +83,8 @@ def build_reward_model(spec: str, kind: str, seed: int = 0, trust_remote_code: b
     """
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
+    source = as_source(model)
+    spec = source.spec
     check_model_spec(spec)
     quiet_transformers()
     auto = AutoModelForSequenceClassification if kind == ORM else AutoModelForTokenClassification
@@ -92,12 +96,13 @@ def build_reward_model(spec: str, kind: str, seed: int = 0, trust_remote_code: b
             config.num_labels = 1  # from_config takes no config overrides as keyword arguments
             model = auto.from_config(config)
         else:
-            tokenizer = load_tokenizer(spec, trust_remote_code)
+            tokenizer = load_tokenizer(source)
             with loading(spec, "as a reward model backbone"):
-                model = auto.from_pretrained(check_model_spec(spec), num_labels=1, dtype=torch.float32, trust_remote_code=trust_remote_code)
+                model = auto.from_pretrained(check_model_spec(spec), num_labels=1, dtype=torch.float32,
+                                             trust_remote_code=source.trust_remote_code)
             model.config.pad_token_id = tokenizer.pad_token_id
     _zero_last_linear(getattr(model, head_names(model)[0]))
-    return model
+    return announce_model(spec, model)
 
 
 def _zero_last_linear(head: torch.nn.Module) -> None:
@@ -126,7 +131,7 @@ def check_reward_folder(folder: str, kind: str) -> dict[str, Any]:
     return manifest
 
 
-def load_reward_model(folder: str, kind: str, trust_remote_code: bool = False, device: str = "cpu"):
+def load_reward_model(model: ModelSource | str, kind: str, device: str = "cpu"):
     """(model, tokenizer, manifest) of a trained rlhfctl reward model folder, on ``device``.
 
     Refuses a folder without an rlhfctl manifest (its μ/σ are unknown) and a
@@ -134,14 +139,14 @@ def load_reward_model(folder: str, kind: str, trust_remote_code: bool = False, d
     """
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
+    source = as_source(model)
+    folder = source.spec
     manifest = check_reward_folder(folder, kind)
     quiet_transformers()
     auto = AutoModelForSequenceClassification if kind == ORM else AutoModelForTokenClassification
     with loading(folder, "as a reward model"):
-        model = auto.from_pretrained(check_model_spec(folder), dtype=torch.float32, trust_remote_code=trust_remote_code)
-    model = model.eval().to(device)
-    tokenizer = load_tokenizer(folder, trust_remote_code)
-    return model, tokenizer, manifest
+        loaded = auto.from_pretrained(check_model_spec(folder), dtype=torch.float32, trust_remote_code=source.trust_remote_code)
+    return announce_model(folder, loaded).eval().to(device), load_tokenizer(source), manifest
 
 
 def trained_max_length(manifest: dict[str, Any], default: int = 512) -> int:

@@ -23,13 +23,16 @@ import os
 import random
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rlhfctl.artifacts import describe_inputs, make_manifest
-from rlhfctl.errors import ConfigError, DataError
 from rlhfctl import sources
-from rlhfctl.records import PAIRS, ROLLOUTS, Record, check_out_file, iter_json_lines, read_records, write_json, write_jsonl
+from rlhfctl.artifacts import describe_inputs, make_manifest
+from rlhfctl.console import plural
+from rlhfctl.errors import ConfigError, DataError
+from rlhfctl.models import ModelSource
+from rlhfctl.records import PAIRS, ROLLOUTS, Record, check_out_file, iter_values, read_records, write_json, write_jsonl
+from rlhfctl.rm.data import split_prompt
 from rlhfctl.rm.scorers import score_rollouts
 
 MODES = ("verified", "rm", "import")
@@ -49,6 +52,8 @@ class PrefsConfig:
     chosen_key: str = "chosen"
     rejected_key: str = "rejected"
     split: str = "train"
+    trust_remote_code: bool = False  # for the --rm that ranks responses
+    fields: dict[str, str] = field(default_factory=dict)  # --field renames of the source's columns
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -71,7 +76,7 @@ def run(config: PrefsConfig) -> dict[str, Any]:
     if config.mode == "import":
         records, prompts = import_pairs(config, dropped)
     else:
-        rollouts = read_records(config.source, ROLLOUTS)
+        rollouts = read_records(config.source, ROLLOUTS, fields=config.fields)
         if config.max_prompts is not None:
             rollouts = rollouts[: config.max_prompts]
         if config.mode == "verified":
@@ -114,7 +119,7 @@ def verified_prefs(rollouts: list[Record], config: PrefsConfig, rng: random.Rand
 
 def ranked_prefs(rollouts: list[Record], config: PrefsConfig, dropped: Counter) -> list[Record]:
     """Pairs by reward-model rank: the k-th best response against the k-th worst."""
-    scores = score_rollouts(rollouts, config.rm)
+    scores = score_rollouts(rollouts, ModelSource(config.rm, config.trust_remote_code))
     out: list[Record] = []
     for r, s in zip(rollouts, scores):
         # a stable sort: tied scores keep the rollout's order (a set's order changes with each process's hash seed)
@@ -143,6 +148,7 @@ def import_pairs(config: PrefsConfig, dropped: Counter) -> tuple[list[Record], i
     for line, row in _load_rows(config):
         if not isinstance(row, dict):
             raise DataError(config.source, line, "expected a JSON object")
+        row = sources.map_fields(row, config.fields, f"{config.source}:{line}")
         record = _import_row(row, config, line, dropped)
         if record is None:
             continue
@@ -166,7 +172,7 @@ def _import_row(row: Record, config: PrefsConfig, line: int, dropped: Counter) -
             return None
         chosen, rejected = best_worst
     prompt = row.get(config.prompt_key)
-    prompt, chosen, rejected = _split_prompt(prompt, chosen, rejected, config.source, line, config.prompt_key)
+    prompt, chosen, rejected = split_prompt(prompt, chosen, rejected, config.source, line, config.prompt_key)
     if chosen == rejected:
         dropped["chosen equals rejected"] += 1
         return None
@@ -203,42 +209,13 @@ def _first(item: dict, keys: tuple[str, ...]) -> Any:
     return next((item[k] for k in keys if item.get(k) is not None), None)
 
 
-def _split_prompt(prompt: Any, chosen: Any, rejected: Any, source: str, line: int, key: str) -> tuple[Any, Any, Any]:
-    """(prompt, chosen, rejected) with the prompt's turns cut from conversations that repeat them.
-
-    Without a prompt (TRL's implicit-prompt format) the prompt is the shared
-    beginning: leading messages both conversations share, or for strings
-    their common prefix, ending before a space (TRL's rule).
-    """
-    if isinstance(chosen, list) and isinstance(rejected, list):
-        shared = 0
-        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
-            shared += 1
-        if prompt is None or (shared and chosen[:shared] in ([{"role": "user", "content": prompt}], prompt)):
-            if shared == 0:
-                raise DataError(source, line, "missing: the conversations share no prompt turns", key)
-            return chosen[:shared], chosen[shared:], rejected[shared:]
-        return prompt, chosen, rejected
-    if prompt is not None:
-        return prompt, chosen, rejected
-    if not isinstance(chosen, str) or not isinstance(rejected, str):
-        raise DataError(source, line, "missing (map it with --prompt-key)", key)
-    idx = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
-    if idx > 0 and chosen[idx - 1] == " ":
-        idx -= 1
-    if idx == 0:
-        raise DataError(source, line, "missing: chosen and rejected share no prompt text", key)
-    return chosen[:idx], chosen[idx:], rejected[idx:]
-
-
 def _load_rows(config: PrefsConfig) -> Iterator[tuple[int, Any]]:
     """Rows of the import source: JSONL, any `rlhfctl.sources` source, or a Hub name read at --split."""
     source = config.source
-    if sources.is_table(source):
-        saved = os.path.isdir(source) and os.path.exists(os.path.join(source, "dataset_dict.json"))
-        return sources.iter_rows(f"{source}@{config.split}" if saved else source)
-    if os.path.exists(source) or source == "-":
-        return iter_json_lines(source)
+    if os.path.isdir(source) and os.path.exists(os.path.join(source, "dataset_dict.json")):
+        return sources.iter_rows(f"{source}@{config.split}")
+    if sources.is_table(source) or os.path.exists(source) or source == "-":
+        return iter_values(source)
     return sources.iter_rows(f"{sources.HUB_PREFIX}{source}@{config.split}")
 
 
@@ -259,4 +236,4 @@ def _unique(texts: list[str]) -> list[str]:
 
 
 def _reasons(dropped: Counter) -> str:
-    return "; ".join(f"{n} prompts: {why}" for why, n in dropped.items()) or "empty input"
+    return "; ".join(f"{plural(n, 'prompt')}: {why}" for why, n in dropped.items()) or "empty input"

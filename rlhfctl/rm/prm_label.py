@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from rlhfctl.console import Progress
-from rlhfctl.data import render_prompt
+from rlhfctl.data import PromptFormat, render_prompt
 from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.generation.backends import make_generator
 from rlhfctl.generation.base import EngineOptions, SamplingParams
+from rlhfctl.generation.server import ServerOptions
 from rlhfctl.grading import check_graders, grade, task_of
 from rlhfctl.locks import locked
+from rlhfctl.models import ModelSource
 from rlhfctl.records import KEYED, ROLLOUTS, STEPS, Record, ResumableWriter, read_records, write_jsonl
 from rlhfctl.toy.task import step_correctness
 
@@ -38,7 +40,7 @@ OPENRLHF_STEP_TAG = " ки"  # the step placeholder of Math-Shepherd's released 
 @dataclass(frozen=True)
 class LabelConfig:
     rollouts: str
-    completer: str
+    completer: str | None  # optional with a server backend, where it names the tokenizer that renders chat prompts
     out: str
     params: SamplingParams  # n = completions per prefix
     method: str = "hard"
@@ -48,12 +50,18 @@ class LabelConfig:
     backend: str = "auto"
     prompts_per_chunk: int = 8
     engine: EngineOptions = EngineOptions()
+    trust_remote_code: bool = False
+    fields: dict[str, str] = field(default_factory=dict)  # --field renames of the rollouts' columns
+    prompt_format: PromptFormat = PromptFormat()  # --system / --prompt-template, unless the rollouts carry it
+    server: ServerOptions | None = None  # --backend openai
 
     def check(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown --method {self.method!r}: choose hard or soft")
         if self.format not in FORMATS:
             raise ConfigError(f"unknown --format {self.format!r}: choose trl or openrlhf")
+        if self.format == "openrlhf" and self.out == "-":
+            raise ConfigError("--format openrlhf writes OUT.openrlhf.jsonl beside OUT: give --out a file, not -")
         if not self.step_sep:
             raise ConfigError("--step-sep must not be empty")
         if self.max_solutions_per_prompt is not None and self.max_solutions_per_prompt < 1:
@@ -75,11 +83,14 @@ def step_label(verdicts: list[bool], method: str) -> float | bool:
 
 def run(config: LabelConfig) -> dict[str, Any]:
     config.check()
-    rollouts = read_records(config.rollouts, ROLLOUTS)
+    rollouts = config.prompt_format.apply(read_records(config.rollouts, ROLLOUTS, fields=config.fields), config.rollouts)
     check_graders(rollouts, config.rollouts)
     usable = [r for r in rollouts if r.get("answer") is not None and task_of(r) not in (None, "chat")]
     if not usable:
         raise DataError(config.rollouts, None, "missing in every record: label-prm needs a gold answer to grade completions", "answer")
+    if config.completer is None and any(not isinstance(r["prompt"], str) for r in usable):
+        raise ConfigError("chat prompts are rendered to text here before the server completes them: "
+                          "give --model, a model folder whose tokenizer has the served model's chat template")
     with ExitStack() as stack:  # one run per output: a second would label every solution again
         stack.enter_context(locked(config.out))
         if config.format == "openrlhf":
@@ -96,13 +107,16 @@ def _label_all(config: LabelConfig, rollouts: list[Record], usable: list[Record]
              "already_done": len(jobs) - len(todo), "labelled": 0, "steps": 0, "prefixes_generated": 0, "new_tokens": 0}
     if not todo:
         return _finish(stats, config, 0.0)
-    generator = make_generator(config.backend, config.completer, config.params.seed, engine=config.engine)
+    generator = make_generator(config.backend, ModelSource(config.completer, config.trust_remote_code), config.params.seed,
+                               engine=config.engine, server=config.server)
     tic = time.perf_counter()
-
+    streamed: list[Record] = []  # with --out -, the records this run wrote (there is no file to read back)
     with writer, Progress("label-prm", len(todo), 0, True) as progress:
         for chunk in _chunks_by_prompt(todo, config.prompts_per_chunk):
             for record in _label_chunk(chunk, generator, config, stats):
                 writer.write(record)
+                if config.out == "-":
+                    streamed.append(record)
                 if extra is not None:
                     extra.write(openrlhf_record(record))
                 stats["labelled"] += 1
@@ -110,7 +124,7 @@ def _label_all(config: LabelConfig, rollouts: list[Record], usable: list[Record]
                 progress.advance()
     if extra is not None:
         extra.close()
-    return _finish(stats, config, time.perf_counter() - tic)
+    return _finish(stats, config, time.perf_counter() - tic, streamed)
 
 
 def same_labelling(config: LabelConfig):
@@ -204,10 +218,13 @@ def openrlhf_record(record: Record) -> Record:
     return {"id": record["id"], "input": text, "value": labels}
 
 
-def _finish(stats: dict[str, Any], config: LabelConfig, seconds: float) -> dict[str, Any]:
+def _finish(stats: dict[str, Any], config: LabelConfig, seconds: float, streamed: list[Record] | None = None) -> dict[str, Any]:
     stats["tokens_per_s"] = stats["new_tokens"] / seconds if seconds else 0.0
     stats["out"] = config.out
-    records = read_records(config.out, STEPS, allow_empty=True) if stats["solutions"] else []
+    if config.out == "-":
+        records = streamed or []
+    else:
+        records = read_records(config.out, STEPS, allow_empty=True) if stats["solutions"] else []
     if config.format == "openrlhf":  # rebuilt from the steps file: a kill between the two appends leaves no gap or twin
         write_jsonl(config.out + ".openrlhf.jsonl", [openrlhf_record(r) for r in records])
     agreement = label_agreement(records) if records else None

@@ -11,7 +11,8 @@ from typing import Any
 
 from rlhfctl.console import log
 from rlhfctl.data import encode_conversations, encode_examples
-from rlhfctl.models import inference_device, load_causal_lm, load_tokenizer
+from rlhfctl.logprobs import final_hidden, token_logprobs
+from rlhfctl.models import ModelSource, as_source, inference_device, load_causal_lm, load_tokenizer
 from rlhfctl.records import Record
 from rlhfctl.rm.data import encode_steps
 from rlhfctl.rm.model import (
@@ -45,42 +46,47 @@ def report_overlong(count: int, total: int, max_length: int, folder: str, counts
             "scored on their first tokens only (raise --rm-max-length)")
 
 
-def score_rollouts(rollouts: list[Record], rm_dir: str, batch_size: int = 64, max_length: int | None = None,
+def score_rollouts(rollouts: list[Record], rm: ModelSource | str, batch_size: int = 64, max_length: int | None = None,
                    counts: Counter | None = None) -> list[list[float]]:
     """ORM score of every response (raw; standardising does not change a ranking).
 
     ``max_length`` defaults to the length the RM was trained with; longer
     sequences are reported and counted in ``counts`` (`OVERLONG`).
     """
-    model, tokenizer, manifest = load_reward_model(rm_dir, ORM, device=inference_device())
+    model, tokenizer, manifest = load_reward_model(rm, ORM, device=inference_device())
     limit = max_length or trained_max_length(manifest)
     pairs = [(r["prompt"], response) for r in rollouts for response in r["responses"]]
     encoded = encode_conversations(tokenizer, pairs, limit, model.config.pad_token_id)
-    report_overlong(encoded.overlong, len(pairs), limit, rm_dir, counts)
+    report_overlong(encoded.overlong, len(pairs), limit, as_source(rm).spec, counts)
     return _regroup(score_sequences(TokenValues(model), encoded.seqs, tokenizer.pad_token_id, batch_size), rollouts)
 
 
-def logprob_rollouts(rollouts: list[Record], model_spec: str, batch_size: int = 64, max_length: int = 512) -> list[list[float]]:
+def logprob_rollouts(rollouts: list[Record], policy: ModelSource | str, batch_size: int = 64,
+                     max_length: int = 512) -> list[list[float]]:
     """Mean token log-probability of each response (with its eos) under a policy."""
     import torch
 
-    tokenizer = load_tokenizer(model_spec)
+    tokenizer = load_tokenizer(policy)
     device = inference_device()
-    model = load_causal_lm(model_spec).eval().to(device)
+    model = load_causal_lm(policy).eval().to(device)
     seqs, prompt_lens = _sequences(rollouts, tokenizer, max_length)
 
     def mean_logprobs(ids, mask, chunk):
-        logps = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
-        token_logp = logps.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1): log p(x_t | x_<t)
         spans = [(prompt_lens[i] - 1, len(seqs[i]) - 1) for i in chunk]  # response tokens, shifted by one
-        return [float(token_logp[row, lo:hi].mean()) if hi > lo else float("-inf") for row, (lo, hi) in enumerate(spans)]
+        columns = torch.arange(ids.shape[1] - 1, device=ids.device)
+        wanted = torch.stack([(columns >= lo) & (columns < hi) for lo, hi in spans])  # (B, T-1)
+        with final_hidden(model) as found:
+            states = found.states(model(input_ids=ids, attention_mask=mask))[:, :-1]
+        token_logp, _ = token_logprobs(states[wanted], ids[:, 1:][wanted], found.head, compute_dtype=found.compute_dtype)
+        counts = wanted.sum(1).tolist()  # log p(x_t | x_<t) of each response's tokens, row after row
+        return [float(part.mean()) if len(part) else float("-inf") for part in token_logp.split(counts)]
 
     with torch.inference_mode():
         flat = by_length(seqs, tokenizer.pad_token_id, batch_size, device, mean_logprobs)
     return _regroup(flat, rollouts)
 
 
-def prm_step_scores(rollouts: list[Record], prm_dir: str, batch_size: int = 64, max_length: int | None = None,
+def prm_step_scores(rollouts: list[Record], prm: ModelSource | str, batch_size: int = 64, max_length: int | None = None,
                     counts: Counter | None = None) -> list[list[list[float]]]:
     """PRM step logits of every response, per prompt: ``[prompt][response][step]``.
 
@@ -90,7 +96,7 @@ def prm_step_scores(rollouts: list[Record], prm_dir: str, batch_size: int = 64, 
     Steps past ``max_length`` (default: the PRM's trained length) are not
     scored; such responses are reported and counted.
     """
-    model, tokenizer, manifest = load_reward_model(prm_dir, PRM, device=inference_device())
+    model, tokenizer, manifest = load_reward_model(prm, PRM, device=inference_device())
     sep = manifest.get("results", {}).get("step_sep", "\n")
     limit = max_length or trained_max_length(manifest)
     seqs, positions, cut = [], [], 0
@@ -101,6 +107,6 @@ def prm_step_scores(rollouts: list[Record], prm_dir: str, batch_size: int = 64, 
             cut += len(pos) < len(steps)
             seqs.append(ids)
             positions.append(pos)
-    report_overlong(cut, len(seqs), limit, prm_dir, counts)
+    report_overlong(cut, len(seqs), limit, as_source(prm).spec, counts)
     raw = step_scores(TokenValues(model), seqs, positions, tokenizer.pad_token_id, batch_size)
     return _regroup([list(map(float, s)) for s in raw], rollouts)

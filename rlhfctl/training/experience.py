@@ -16,6 +16,8 @@ from rlhfctl.console import log
 from rlhfctl.data import encode_conversations, render_prompt
 from rlhfctl.generation.base import SamplingParams
 from rlhfctl.grading import grade
+from rlhfctl.logprobs import final_hidden, token_logprobs
+from rlhfctl.models import ModelSource, as_source
 from rlhfctl.packing import Packed, attention_implementation, pack
 from rlhfctl.rl.advantages import gae, whiten
 from rlhfctl.rl.kl import KL_ESTIMATORS
@@ -102,20 +104,18 @@ def response_logprobs(model, input_ids, attention_mask, response_width: int, wit
     does); a temperature of 0 (greedy sampling) is read as 1. With a
     ``layout``, the forward runs on the packed rows and the same (B, T)
     values are read off them (padding positions hold other finite values).
+    Logits are made for the response positions only, a chunk of rows at a
+    time (`rlhfctl.logprobs`).
     """
-    if layout is None:
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-        logits = logits[:, -response_width - 1:-1]  # position t predicts token t+1
-    else:
-        logits = layout.packed.at(layout.forward(model).logits, layout.before)
-    logits = logits.float() / (temperature or 1.0)
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, input_ids[:, -response_width:, None]).squeeze(-1)
-    if not with_entropy:
-        return logp, None
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
+    with final_hidden(model) as found:
+        if layout is None:
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+            states = found.states(output)[:, -response_width - 1:-1]  # position t predicts token t+1
+        else:
+            states = layout.packed.at(found.states(layout.forward(model)), layout.before)
+    return token_logprobs(states, input_ids[:, -response_width:], found.head, temperature=temperature,
+                          with_entropy=with_entropy, compute_dtype=found.compute_dtype)
 
 
 def response_values(critic, input_ids, attention_mask, response_width: int, layout: ResponseLayout | None = None):
@@ -199,9 +199,10 @@ class RewardModelHandle:
     pad_id: int | None  # the config's pad id: the score is read at the last token that is not it
 
 
-def load_rm_handle(folder: str, device: Any = "cpu", max_length: int | None = None, main: bool = True) -> RewardModelHandle:
-    model, tokenizer, manifest = load_reward_model(folder, ORM, device=device)
-    mean, std = rm_statistics(folder, manifest.get("results", {}), main)
+def load_rm_handle(rm: ModelSource | str, device: Any = "cpu", max_length: int | None = None,
+                   main: bool = True) -> RewardModelHandle:
+    model, tokenizer, manifest = load_reward_model(rm, ORM, device=device)
+    mean, std = rm_statistics(as_source(rm).spec, manifest.get("results", {}), main)
     return RewardModelHandle(TokenValues(model).eval(), tokenizer, mean, std, max_length or trained_max_length(manifest),
                              model.config.pad_token_id)
 

@@ -230,6 +230,24 @@ def _logged_a_step(out: Path) -> bool:
     return path.is_file() and any(line.strip() and _step_of(line) >= 1 for line in path.read_text().splitlines())
 
 
+MEMORY_KEYS = ("peak_rss_mb", "cuda_allocated_mb", "cuda_reserved_mb")  # in every metrics row; they vary run to run
+
+
+def peak_memory() -> dict[str, float]:
+    """This process's peak memory so far, in MiB: ``peak_rss_mb``, the resident set (``getrusage``);
+    on CUDA also ``cuda_allocated_mb`` and ``cuda_reserved_mb``, the caching allocator's peaks on this device."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peaks = {"peak_rss_mb": round(rss / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        peaks["cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated() / (1 << 20), 1)
+        peaks["cuda_reserved_mb"] = round(torch.cuda.max_memory_reserved() / (1 << 20), 1)
+    return peaks
+
+
 class MetricsLog:
     """``metrics.jsonl``: one object per step. On resume, steps after the
     checkpoint are cut, because the resumed run logs them again."""
@@ -414,15 +432,25 @@ def fit(run: Training, lengths: list[int], schedule: Schedule, step_fn, name: st
             tic = time.perf_counter()
             values = step_fn(batch)
             last = {"step": step, "epoch": epoch, **values, "lr": run.scheduler.get_last_lr()[0],
-                    "samples_per_s": len(batch) / (time.perf_counter() - tic)}
+                    "samples_per_s": len(batch) / (time.perf_counter() - tic), **peak_memory()}
             metrics.write(last)
-            progress.advance(f"loss {values['loss']:.4f}")
+            progress.advance(progress_info(values))
             if step % schedule.save_every == 0 and step < run.total:
                 save_training_state(run.out, step, run.accelerator, run.model, run.optimizer, schedule.keep_checkpoints, run.scheduler)
     if not last and main:  # resumed from the final checkpoint: its metrics are on disk
         last = (read_metrics(run.out) or [{}])[-1]
     save_training_state(run.out, run.total, run.accelerator, run.model, run.optimizer, schedule.keep_checkpoints, run.scheduler)
     return last
+
+
+PROGRESS_ACCURACIES = ("accuracy", "pair_acc", "binary_acc", "step_acc")  # per-batch accuracies a step may report
+
+
+def progress_info(values: dict[str, Any]) -> str:
+    """What the progress display shows after a step: its loss and any accuracy it measured."""
+    shown = [f"loss {values['loss']:.4f}"]
+    shown += [f"{key} {values[key]:.3f}" for key in PROGRESS_ACCURACIES if isinstance(values.get(key), (int, float))]
+    return "  ".join(shown)
 
 
 def optimizer_step(accelerator, model, optimizer, max_grad_norm: float, scheduler=None) -> float | None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
-from rlhfctl.console import log
-from rlhfctl.models import load_tokenizer, save_model, saved_dtype
+from rlhfctl.console import log, plural
+from rlhfctl.models import ModelSource, load_tokenizer, save_model, saved_dtype
 from rlhfctl.rm.data import StepItem, encode_step_items, read_steps, split_steps_by_prompt
 from rlhfctl.rm.evaluate import evaluate_steps
 from rlhfctl.rm.losses import step_bce_loss
 from rlhfctl.rm.model import PRM, TokenValues, build_reward_model, head_names, right_pad
-from rlhfctl.training.loop import claim_run_dir, fit, optimizer_step, seed_global_rngs, shard, start_training
+from rlhfctl.training.loop import claim_run_dir, fit, optimizer_step, peak_memory, seed_global_rngs, shard, start_training
 from rlhfctl.training.rm import RMConfig, _inputs, load_splits, open_run
 from rlhfctl.training.scale import final_state_dict, model_for_inference, prepare_model
 
@@ -27,18 +27,18 @@ def run(config: RMConfig) -> dict[str, Any]:
     train, held = load_splits(config, read_steps, split_steps_by_prompt)
     accelerator, out, options = open_run(config)
 
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    tokenizer = load_tokenizer(ModelSource(config.model, config.trust_remote_code))
     items = encode_step_items(train, tokenizer, config.max_length, config.step_sep)
     seed_global_rngs(config.schedule.seed)
-    model = build_reward_model(config.model, PRM, config.schedule.seed, config.trust_remote_code)
+    model = build_reward_model(ModelSource(config.model, config.trust_remote_code), PRM, config.schedule.seed)
     adapters = prepare_model(accelerator, model, config.scale, heads=head_names(model))
     values = TokenValues(model)
     total = config.schedule.total_steps(len(items))
     with claim_run_dir(out, "train-rm", options, accelerator.is_main_process):
         accelerator.wait_for_everyone()
         run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
-        log(f"train-rm --prm: {len(items)} solutions, {sum(len(i.labels) for i in items)} steps, {total} optimiser steps; "
-            f"held out: {len(held)} solutions", accelerator.is_main_process)
+        log(f"train-rm --prm: {plural(len(items), 'solution')}, {plural(sum(len(i.labels) for i in items), 'step')}, "
+            f"{plural(total, 'optimiser step')}; held out: {plural(len(held), 'solution')}", accelerator.is_main_process)
 
         def step(batch: list[int]) -> dict[str, Any]:
             return _train_step(run_, [items[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm)
@@ -54,7 +54,7 @@ def run(config: RMConfig) -> dict[str, Any]:
         dtype = saved_dtype(config.model, config.scale.save_dtype)
         publish_model_folder(out, lambda tmp: save_model(model, tokenizer, tmp, weights, dtype), manifest)
     accelerator.wait_for_everyone()
-    return results
+    return {**results, **peak_memory()}  # the summary shows it; the manifest keeps what a rerun reproduces
 
 
 def _train_step(run, batch: list[StepItem], pad_id: int, max_grad_norm: float) -> dict[str, Any]:

@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
-from rlhfctl.console import log
+from rlhfctl.console import log, plural
 from rlhfctl.errors import ConfigError
-from rlhfctl.models import load_tokenizer, save_model, saved_dtype
+from rlhfctl.models import ModelSource, load_tokenizer, save_model, saved_dtype
 from rlhfctl.packing import attention_implementation, pack, use_packing
-from rlhfctl.rm.data import BINARY_ITEM, PAIR, Item, PrefData, encode_items, read_preferences, split_by_prompt
+from rlhfctl.rm.data import BINARY_ITEM, PAIR, Item, encode_items, read_preferences, split_by_prompt
 from rlhfctl.rm.evaluate import evaluate_items
 from rlhfctl.rm.losses import unified_loss
 from rlhfctl.rm.model import ORM, TokenValues, build_reward_model, gather_last, head_names, right_pad
 from rlhfctl.training.loop import (
-    Schedule, check_run_dir, claim_run_dir, fit, manifest_options, optimizer_step, seed_global_rngs, shard, start_training,
+    Schedule, check_run_dir, claim_run_dir, fit, manifest_options, optimizer_step, peak_memory, seed_global_rngs, shard,
+    start_training,
 )
 from rlhfctl.training.scale import RESUME_IDENTITY, ScaleOptions, final_state_dict, make_accelerator, model_for_inference, prepare_model
 
@@ -75,10 +76,10 @@ def run(config: RMConfig) -> dict[str, Any]:
     train, held = load_splits(config, read_preferences, split_by_prompt)
     accelerator, out, options = open_run(config)
 
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    tokenizer = load_tokenizer(ModelSource(config.model, config.trust_remote_code))
     items, overlong = encode_items(train, tokenizer, config.max_length)
     seed_global_rngs(config.schedule.seed)
-    model = build_reward_model(config.model, ORM, config.schedule.seed, config.trust_remote_code)
+    model = build_reward_model(ModelSource(config.model, config.trust_remote_code), ORM, config.schedule.seed)
     adapters = prepare_model(accelerator, model, config.scale, heads=head_names(model))
     values = TokenValues(model)
     packing = not values.pooled and use_packing(config.packing, model, "train-rm", accelerator.is_main_process)
@@ -86,8 +87,8 @@ def run(config: RMConfig) -> dict[str, Any]:
     with claim_run_dir(out, "train-rm", options, accelerator.is_main_process):
         accelerator.wait_for_everyone()
         run_ = start_training(accelerator, values, config.schedule, total, out, config.resume)
-        log(f"train-rm: {len(train.pairs)} pairs, {len(train.binary)} binary items, {total} steps of "
-            f"{config.schedule.batch_size}; held out: {len(held.pairs)} pairs, {len(held.binary)} binary", accelerator.is_main_process)
+        log(f"train-rm: {plural(len(train.pairs), 'pair')}, {plural(len(train.binary), 'binary item')}, {plural(total, 'step')} of "
+            f"{config.schedule.batch_size}; held out: {plural(len(held.pairs), 'pair')}, {len(held.binary)} binary", accelerator.is_main_process)
 
         def step(batch: list[int]) -> dict[str, Any]:
             return _train_step(run_, [items[i] for i in batch], tokenizer.pad_token_id, config.schedule.max_grad_norm, packing)
@@ -104,7 +105,7 @@ def run(config: RMConfig) -> dict[str, Any]:
         dtype = saved_dtype(config.model, config.scale.save_dtype)
         publish_model_folder(out, lambda tmp: save_model(model, tokenizer, tmp, weights, dtype), manifest)
     accelerator.wait_for_everyone()
-    return results
+    return {**results, **peak_memory()}  # the summary shows it; the manifest keeps what a rerun reproduces
 
 
 def _train_step(run, batch: list[Item], pad_id: int, max_grad_norm: float, packing: bool = False) -> dict[str, Any]:

@@ -11,23 +11,30 @@ every record with the prefix's keys and values as its past: the same
 logits, loss and gradients as the full forward (up to float rounding) for
 fewer token passes. The prefix stops before the shortest prompt ends, so no
 loss term reads a prefix logit.
+
+Large vocabularies. The LM head runs on the completion tokens' hidden
+states only, a chunk of rows at a time, and the backward pass recomputes
+each chunk's logits (`rlhfctl.logprobs`): the batch's full-vocabulary
+logits never exist at once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
-from rlhfctl.data import Example, encode_examples
-from rlhfctl.console import log
+from rlhfctl.data import Example, PromptFormat, encode_examples
+from rlhfctl.console import log, plural
 from rlhfctl.generation.hf import cache_keyword
-from rlhfctl.models import check_model_spec, count_parameters, load_causal_lm, load_tokenizer, save_model, saved_dtype
+from rlhfctl.logprobs import final_hidden, token_logprobs
+from rlhfctl.models import ModelSource, check_model_spec, count_parameters, load_causal_lm, load_tokenizer, save_model, saved_dtype
 from rlhfctl.packing import common_prefix
 from rlhfctl.records import SFT, read_records
 from rlhfctl.training.loop import (
-    Schedule, check_run_dir, claim_run_dir, fit, manifest_options, optimizer_step, seed_global_rngs, shard, start_training,
+    Schedule, check_run_dir, claim_run_dir, fit, manifest_options, optimizer_step, peak_memory, seed_global_rngs, shard,
+    start_training,
 )
 from rlhfctl.training.scale import (
     RESUME_IDENTITY, ScaleOptions, check_frozen_outer_weights, final_state_dict, make_accelerator, prepare_model,
@@ -44,14 +51,17 @@ class SFTConfig:
     resume: bool = False
     packing: bool = True  # run the batch's common prefix once (`--no-packing`: every record whole)
     trust_remote_code: bool = False
-    scale: ScaleOptions = ScaleOptions()
+    fields: dict[str, str] = field(default_factory=dict)  # --field renames of the data's columns
+    prompt_format: PromptFormat = PromptFormat()  # --system / --prompt-template
+    scale: ScaleOptions = ScaleOptions()  # last: the manifest lists its options last
 
 
 def run(config: SFTConfig) -> dict[str, Any]:
     """Train, save the final model as a Hugging Face folder, return results."""
     config.schedule.check()
     config.scale.check()
-    records = read_records(config.data, SFT)  # bad data fails before the heavy imports
+    # bad data fails before the heavy imports
+    records = config.prompt_format.apply(read_records(config.data, SFT, fields=config.fields), config.data)
 
     check_model_spec(config.model)
     accelerator = make_accelerator(config.scale.bf16)
@@ -60,17 +70,17 @@ def run(config: SFTConfig) -> dict[str, Any]:
     if accelerator.is_main_process:
         check_run_dir(out, "train-sft", options, config.resume, identity=RESUME_IDENTITY)
 
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    tokenizer = load_tokenizer(ModelSource(config.model, config.trust_remote_code))
     examples = encode_examples(tokenizer, [(r["prompt"], r["completion"]) for r in records], config.max_length)
     seed_global_rngs(config.schedule.seed)
-    model = load_causal_lm(config.model, seed=config.schedule.seed, trust_remote_code=config.trust_remote_code)
+    model = load_causal_lm(ModelSource(config.model, config.trust_remote_code), seed=config.schedule.seed)
     parameters = count_parameters(model)
     adapters = prepare_model(accelerator, model, config.scale)
     total = config.schedule.total_steps(len(examples))
     with claim_run_dir(out, "train-sft", options, accelerator.is_main_process):
         accelerator.wait_for_everyone()
         run_ = start_training(accelerator, model, config.schedule, total, out, config.resume)
-        log(f"train-sft: {len(examples)} records, {parameters:,} parameters, {total} steps of {config.schedule.batch_size}",
+        log(f"train-sft: {plural(len(examples), 'record')}, {parameters:,} parameters, {plural(total, 'step')} of {config.schedule.batch_size}",
             accelerator.is_main_process)
         share_prefix = config.packing and prefix_sharing_applies(accelerator, config.scale, accelerator.is_main_process)
 
@@ -87,26 +97,26 @@ def run(config: SFTConfig) -> dict[str, Any]:
         dtype = saved_dtype(config.model, config.scale.save_dtype)
         publish_model_folder(out, lambda tmp: save_model(unwrapped, tokenizer, tmp, weights, dtype), manifest)
     accelerator.wait_for_everyone()
-    return results
+    return {**results, **peak_memory()}  # the summary shows it; the manifest keeps what a rerun reproduces
 
 
 def _train_step(run, batch: list[Example], pad_id: int, max_grad_norm: float, share_prefix: bool) -> dict[str, Any]:
     """One optimiser step on the global batch: the token-mean loss over its completions."""
-    import torch
-
     acc = run.accelerator
     local, weight = shard(batch, acc.process_index, acc.num_processes)
     global_tokens = sum(len(e.input_ids) - e.prompt_len for e in batch) or 1  # = labels != -100 after the shift
     input_ids, _, labels = collate(local, pad_id)
     shared = shared_prefix_length(local) if share_prefix else 0
-    logits = forward_after_prefix(run.model, acc.unwrap_model(run.model), input_ids.to(acc.device), shared)
-    # logits[:, j] is at position shared + j and predicts the token at shared + j + 1. Sum over this
-    # rank's tokens / the global count, times world: DDP averages the ranks' gradients, so the
-    # result is the token mean of the global batch.
-    loss_sum = weight * torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, shared + 1:].flatten().to(acc.device), ignore_index=-100,
-        reduction="sum",
-    )
+    with final_hidden(run.model) as found:
+        states = forward_after_prefix(run.model, acc.unwrap_model(run.model), input_ids.to(acc.device), shared, found.states)
+    # states[:, j] is at position shared + j and predicts the token at shared + j + 1; only the completion
+    # tokens' rows reach the LM head. Sum over this rank's tokens / the global count, times world: DDP
+    # averages the ranks' gradients, so the result is the token mean of the global batch.
+    targets = labels[:, shared + 1:].to(acc.device)
+    loss_rows = targets != -100
+    logp, _ = token_logprobs(states[:, :-1][loss_rows], targets[loss_rows], found.head, compute_dtype=found.compute_dtype,
+                             grads_ahead=True)
+    loss_sum = -weight * logp.sum()
     acc.backward(loss_sum * acc.num_processes / global_tokens)
     grad_norm = optimizer_step(run.accelerator, run.model, run.optimizer, max_grad_norm, run.scheduler)
     total = acc.reduce(loss_sum.detach(), reduction="sum")
@@ -146,7 +156,7 @@ def shared_prefix_length(examples: list[Example]) -> int:
     return min(common_prefix([e.input_ids for e in examples]), max(limit, 0))
 
 
-def forward_after_prefix(model, module, input_ids, shared: int):
+def forward_after_prefix(model, module, input_ids, shared: int, read=lambda output: output.logits):
     """Logits of ``input_ids`` (B, T) at positions ``shared``.. T-1, running its first ``shared`` columns once.
 
     Those columns must be the same in every row. ``module`` is the bare model
@@ -155,20 +165,22 @@ def forward_after_prefix(model, module, input_ids, shared: int):
     for each row as its past, and each token at its own position). No
     attention mask: the batch is right-padded and attention is causal, so no
     real token can see a pad, and the pads' outputs carry no loss. Without a
-    mask, a plain forward takes SDPA's causal path.
+    mask, a plain forward takes SDPA's causal path. ``read`` takes what to
+    return from the model's output (`rlhfctl.logprobs.FinalHidden.states`:
+    the final hidden states instead of the logits).
     """
     import torch
 
     if shared == 0:
-        return model(input_ids=input_ids).logits
+        return read(model(input_ids=input_ids))
     rows, width = input_ids.shape
     keyword = cache_keyword(module)
     past = getattr(module(input_ids=input_ids[:1, :shared], use_cache=True), keyword, None)
     if not hasattr(past, "batch_repeat_interleave"):  # a model that returns no transformers cache: run it whole
-        return model(input_ids=input_ids).logits[:, shared:]
+        return read(model(input_ids=input_ids))[:, shared:]
     past.batch_repeat_interleave(rows)
     positions = torch.arange(shared, width, device=input_ids.device).expand(rows, -1)
-    return model(input_ids=input_ids[:, shared:], position_ids=positions, **{keyword: past}).logits
+    return read(model(input_ids=input_ids[:, shared:], position_ids=positions, **{keyword: past}))
 
 
 def collate(examples: list[Example], pad_id: int):

@@ -187,7 +187,7 @@ def test_bad_flags(args, pattern, run_main, toy_dir, tmp_path):
     "args,pattern",
     [
         (["rollout", "{test}", "--model", "toy:tiny", "--out", "{tmp}/out.jsonl", "--n", "two"], r"Invalid value for '--n'"),
-        (["rollout", "{test}", "--out", "{tmp}/out.jsonl"], r"Missing option '--model'"),
+        (["rollout", "{test}", "--model", "toy:tiny"], r"Missing option '--out'"),
         (["rollout", "{test}", "--model", "toy:tiny", "--out", "{tmp}/out.jsonl", "--bogus"], r"No such option: --bogus"),
         (["sft"], r"No such command 'sft'"),
     ],
@@ -199,7 +199,7 @@ def test_usage_errors(args, pattern, run_main, toy_dir, tmp_path):
 
     r = run_main(*(a.format(test=toy_dir / "test.jsonl", tmp=tmp_path) for a in args))
     assert r.code == 2 and "Traceback" not in r.err, r.err
-    assert re.search(r"^Error: " + pattern, r.err, re.M), r.err
+    assert re.search(r"^error: " + pattern, r.err, re.M), r.err
     assert r.err.startswith("Usage: ")
     assert list(tmp_path.iterdir()) == []
 

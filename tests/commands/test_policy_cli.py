@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import read_jsonl
+from rlhfctl.training.loop import MEMORY_KEYS
 
 STEP_KEYS = {"step", "epoch", "reward_raw_mean", "reward_shaped_mean", "kl", "entropy", "response_length", "clip_fraction",
              "policy_loss", "grad_norm", "seconds"}
@@ -60,6 +61,7 @@ def test_metrics_have_the_documented_keys(algo, request):
     for m in run.steps:
         want = STEP_KEYS | ({"value_loss"} if algo == "ppo" else set())
         assert want <= m.keys(), want - m.keys()
+        assert m["peak_rss_mb"] > 0 and run.summary["peak_rss_mb"] >= m["peak_rss_mb"]
         if algo == "grpo":
             assert "value_loss" not in m
         for k in want - {"step", "epoch"}:
@@ -104,7 +106,7 @@ def test_manifest_has_the_resolved_options(algo, kl_coef, estimator, kl_in, requ
     res = man["results"]
     assert res["algo"] == algo and res["steps"] == run.max_steps
     assert res["final_reward_raw_mean"] == run.steps[-1]["reward_raw_mean"] and res["final_kl"] == run.steps[-1]["kl"]
-    assert {k: v for k, v in run.summary.items() if k != "out"} == res
+    assert {k: v for k, v in run.summary.items() if k not in {"out", *MEMORY_KEYS}} == res
 
 
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])

@@ -129,6 +129,29 @@ def test_demo_runs_every_stage_and_a_rerun_skips_them_all(cli, tmp_path):
     assert again.stderr.count("done, skipped") + again.stderr.count("found nothing for prefs-test.jsonl") == 17
 
 
+def test_each_stage_prints_its_headline_number_as_it_finishes(tmp_path, monkeypatch):
+    stages = pipeline.plan(tmp_path, pipeline.DEFAULT)
+    contents = {tmp_path / "eval-sft.json": {"pass@1": 0.25},
+                tmp_path / "rm" / "rlhfctl.json": {"results": {"pair_accuracy": 0.875}},
+                tmp_path / "bon.json": {"n": [1, 2, 4], "curves": {"oracle": [0.2, 0.4, 0.6], "rm": [0.2, 0.3, 0.35]}}}
+
+    def fake(argv, **kwargs):
+        stage = next(s for s in stages if s.args == [a for a in argv[3:] if a != "--resume"])
+        stage.output.parent.mkdir(parents=True, exist_ok=True)
+        stage.output.write_text(json.dumps(contents.get(stage.output, {})))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(pipeline.subprocess, "run", fake)
+    lines: list[str] = []
+    pipeline.run(tmp_path, pipeline.DEFAULT, echo=lines.append)
+    text = "\n".join(lines)
+    assert "  pass@1 0.250 (finished in" in text
+    assert "  held-out pair accuracy 0.875 (finished in" in text
+    assert "  Best-of-4: oracle 0.600, rm 0.350 (finished in" in text
+    report = next(s for s in stages if s.name == "report")
+    assert str(tmp_path / "sft") in report.args and str(tmp_path / "rm") in report.args
+
+
 PRM_STAGES = ("toy-data", "train-sft", "rollout (RM data)", "label-prm", "train-rm --prm", "rollout (Best-of-N)")
 
 

@@ -157,7 +157,7 @@ def with_fake(monkeypatch):
     def install(**kw):
         made = []
 
-        def make(backend, spec, seed=0, trust_remote_code=False, engine=None):
+        def make(backend, spec, seed=0, trust_remote_code=False, engine=None, server=None):
             made.append(FakeCompleter(**kw))
             return made[-1]
 

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from conftest import CHECKPOINT_DAMAGE, SFT_ARGS, read_jsonl
+from conftest import CHECKPOINT_DAMAGE, SFT_ARGS, read_jsonl, stderr_lines
 from rlhfctl.artifacts import MANIFEST, checkpoint_damage, checkpoint_dir
 
 
@@ -56,7 +56,7 @@ def test_resume_with_no_intact_checkpoint_is_one_line_and_exit_2(damage, sft_run
     metrics_before = (run / "metrics.jsonl").read_bytes()
     r = run_main("train-sft", toy_dir / "sft.jsonl", "--out", run, *SFT_ARGS, "--resume")
     assert r.code == 2
-    lines = r.err.strip().splitlines()
+    lines = stderr_lines(r.err)
     assert len(lines) == 1 and re.fullmatch(
         rf"error: {re.escape(str(run / 'checkpoints'))}: no intact checkpoint to resume from "
         rf"\(step-6: {reason}; step-4: {reason}\); start again in a new --out", lines[0])

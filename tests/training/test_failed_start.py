@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl
+from conftest import read_jsonl, stderr_lines
 
 
 def _fails(run_main, *args) -> None:
@@ -94,7 +94,7 @@ def test_a_second_run_on_a_folder_being_trained_is_refused(toy_dir, tmp_path, ru
     with locked(out, folder=True):
         result = run_main("train-sft", toy_dir / "sft.jsonl", "--model", "toy:tiny", "--out", out, "--max-steps", "1")
         assert result.code == 2, result.err
-        assert len(result.err.strip().splitlines()) == 1 and f"pid {os.getpid()}" in result.err
+        assert len(stderr_lines(result.err)) == 1 and f"pid {os.getpid()}" in result.err
         assert sorted(p.name for p in out.iterdir()) == [".lock"]
     assert not out.exists()
     again = run_main("train-sft", toy_dir / "sft.jsonl", "--model", "toy:tiny", "--out", out, "--max-steps", "1")

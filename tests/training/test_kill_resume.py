@@ -28,9 +28,10 @@ import pytest
 
 from conftest import read_jsonl
 from rlhfctl.artifacts import list_checkpoints
+from rlhfctl.training.loop import MEMORY_KEYS
 
 KILL_SEED = 6  # change it to try other kill moments
-TIMING_KEYS = {"seconds", "samples_per_s"}  # wall-clock numbers, never equal between two runs
+TIMING_KEYS = {"seconds", "samples_per_s", *MEMORY_KEYS}  # wall-clock numbers and peak memory, never equal between two runs
 RM_STEPS, RM_SAVE_EVERY = 40, 4
 RM_ARGS = ["--model", "toy:tiny", "--max-steps", str(RM_STEPS), "--save-every", str(RM_SAVE_EVERY), "--batch-size", "4",
            "--lr", "5e-3", "--seed", "0"]

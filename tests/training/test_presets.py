@@ -31,7 +31,7 @@ def captured(monkeypatch, tmp_path):
 
 
 def _train_policy(run_main, tmp_path, *extra):
-    return run_main("train-policy", tmp_path / "p.jsonl", "--out", tmp_path / "o", "--verifier", "math", "--algo", "ppo", *extra)
+    return run_main("train-policy", tmp_path / "p.jsonl", "--model", "toy:tiny", "--out", tmp_path / "o", "--verifier", "math", "--algo", "ppo", *extra)
 
 
 def _knobs(options):

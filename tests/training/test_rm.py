@@ -284,6 +284,7 @@ def test_manifest_and_metrics(orm_run, rm_data):
     assert {"reward_mean", "reward_std", "pair_accuracy", "binary_accuracy", "auc"} <= results.keys()
     assert results["train"] == {"pairs": 8 + 6, "binary": 16, "dropped": {"chosen equals rejected": 1}, "overlong": 0}
     assert summary["final_loss"] == results["final_loss"]
+    assert summary["peak_rss_mb"] > 0 and "peak_rss_mb" not in results
     # held-out numbers, recomputed with plain transformers
     held = read_jsonl(rm_data / "held.jsonl")
     pairs = [h for h in held if "chosen" in h]
@@ -302,6 +303,7 @@ def test_manifest_and_metrics(orm_run, rm_data):
     metrics = read_jsonl(folder / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert all(math.isfinite(m["loss"]) and m["pairs"] + m["binary"] <= 8 for m in metrics)
+    assert all(m["peak_rss_mb"] > 0 for m in metrics)
     # 30 records in batches of 8: the four steps are one epoch, every record once
     assert (sum(m["pairs"] for m in metrics), sum(m["binary"] for m in metrics)) == (14, 16)
     assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # a zero score head: every reward starts at 0

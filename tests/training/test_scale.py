@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import SFT_ARGS, read_jsonl
+from conftest import SFT_ARGS, read_jsonl, stderr_lines
 from rlhfctl.records import write_jsonl
 
 LORA = ["--lora-r", "4"]
@@ -37,7 +37,7 @@ def _weights(path):
 
 def _one_line_error(result, pattern):
     assert result.code == 2, result.err
-    lines = result.err.strip().splitlines()
+    lines = stderr_lines(result.err)
     assert len(lines) == 1 and re.search(pattern, lines[0]), result.err
 
 

@@ -53,6 +53,13 @@ def test_metrics_one_line_per_step(sft_run):
     assert sft_run.summary["final_loss"] == m[-1]["loss"] and sft_run.summary["steps"] == 6
 
 
+def test_peak_memory_is_in_every_metrics_row_and_the_summary(sft_run):
+    rows = [x["peak_rss_mb"] for x in sft_run.metrics]
+    assert all(r > 0 for r in rows) and rows == sorted(rows)  # a running peak never falls
+    assert sft_run.summary["peak_rss_mb"] >= rows[-1]
+    assert "peak_rss_mb" not in json.loads((sft_run.path / "rlhfctl.json").read_text())["results"]
+
+
 def test_model_folder_loads_with_plain_transformers(sft_run, toy_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -215,9 +222,9 @@ def _spy_on_shared_prefixes(monkeypatch) -> list[int]:
     seen: list[int] = []
     forward = sft.forward_after_prefix
 
-    def spy(model, module, input_ids, shared):
+    def spy(model, module, input_ids, shared, *read):
         seen.append(shared)
-        return forward(model, module, input_ids, shared)
+        return forward(model, module, input_ids, shared, *read)
 
     monkeypatch.setattr(sft, "forward_after_prefix", spy)
     return seen

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rlhfctl.console import log
+from rlhfctl.data import PromptFormat
 from rlhfctl.errors import ConfigError, DataError
 from rlhfctl.generation.base import BACKENDS, EngineOptions
 from rlhfctl.grading import check_graders, gold_field, known_tasks, task_of
+from rlhfctl.models import ModelSource
 from rlhfctl.rl.aggregation import LOSS_AGGREGATIONS
 from rlhfctl.rl.kl import KL_ESTIMATORS
 from rlhfctl.rl.shaping import NORMS, Shaping
@@ -71,19 +73,28 @@ class PolicyConfig:
     gpu_memory_utilization: float = 0.3  # the colocated engine's share of the GPU; the policy trains in the rest
     vllm_sync_timeout: float = 600.0  # seconds a weight update, sleep or wake-up of the engine may take
     packing: bool = True  # forwards on rows packed by prompt, each prompt once (rlhfctl.packing)
-    scale: ScaleOptions = field(default_factory=ScaleOptions)
+    trust_remote_code: bool = False  # for the policy, the reference, the critic and the ORM
+    fields: dict[str, str] = field(default_factory=dict)  # --field renames of the prompts' (and eval data's) columns
+    prompt_format: PromptFormat = field(default_factory=PromptFormat)  # --system / --prompt-template
+    scale: ScaleOptions = field(default_factory=ScaleOptions)  # last: the manifest lists its options last
+
+    def source_of(self, spec: str) -> ModelSource:
+        return ModelSource(spec, self.trust_remote_code)
 
     def resolved(self) -> "PolicyConfig":
         """Fill the per-algorithm defaults (KL coefficient, estimator, placement)."""
         if self.algo not in ALGOS:
             raise ConfigError(f"unknown --algo {self.algo!r}: choose ppo or grpo")
         d = DEFAULTS[self.algo]
-        return PolicyConfig(**{**asdict(self), "shaping": self.shaping, "scale": self.scale,
-                               **{k: v if getattr(self, k) is None else getattr(self, k) for k, v in d.items()}})
+        return replace(self, **{k: v if getattr(self, k) is None else getattr(self, k) for k, v in d.items()})
 
     def check_generation(self) -> None:
         if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown --backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+            trainable = ", ".join(b for b in BACKENDS if b != "openai")
+            raise ConfigError(f"unknown --backend {self.backend!r}: choose one of {trainable}")
+        if self.backend == "openai":
+            raise ConfigError("train-policy samples from the policy it trains: --backend openai (a server's fixed model) "
+                              "is for rollout, eval, label-prm and best-of-n; use hf, vllm or auto")
         EngineOptions(gpu_memory_utilization=self.gpu_memory_utilization)
         if self.vllm_sync_timeout <= 0:
             raise ConfigError(f"--vllm-sync-timeout must be positive, got {self.vllm_sync_timeout}")

@@ -49,5 +49,5 @@ def policy_generator(config, policy: Any, tokenizer: Any, accelerator) -> Any:
     if backend == "hf":
         return HFGenerator(policy, tokenizer, eos_token_ids(tokenizer, config.model))
 
-    return build_policy_engine(config.model, policy, tokenizer, config.seed, config.gpu_memory_utilization,
+    return build_policy_engine(config.source_of(config.model), policy, tokenizer, config.seed, config.gpu_memory_utilization,
                                config.vllm_sync_timeout)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,6 @@ import torch
 
 from rlhfctl.artifacts import describe_inputs, make_manifest, publish_model_folder
 from rlhfctl.console import Progress
-from rlhfctl.data import render_prompt
 from rlhfctl.errors import ConfigError
 from rlhfctl.generation.base import SamplingParams, derive_seed
 from rlhfctl.grading import grade
@@ -21,8 +20,8 @@ from rlhfctl.records import METRICS, PROMPTS, read_metrics, read_records
 from rlhfctl.rm.model import ORM, PRM, TokenValues, build_reward_model, check_reward_folder, head_names
 from rlhfctl.training.experience import AdvantageSettings, collect, load_rm_handle
 from rlhfctl.training.loop import (
-    MetricsLog, adamw, batch_stream, check_run_dir, claim_run_dir, manifest_options, restore_training_state, save_training_state,
-    seed_global_rngs, shard,
+    MetricsLog, adamw, batch_stream, check_run_dir, claim_run_dir, manifest_options, peak_memory, restore_training_state,
+    save_training_state, seed_global_rngs, shard,
 )
 from rlhfctl.training.lora import BaseModelReference
 from rlhfctl.training.policy.config import PolicyConfig, check_parallelism, check_prompts, print_settings
@@ -37,12 +36,12 @@ def run(config: PolicyConfig) -> dict[str, Any]:
     """Train and save the policy as a Hugging Face folder; return results."""
     config = config.resolved()
     config.check()
-    records = read_records(config.prompts, PROMPTS)
+    records = config.prompt_format.apply(read_records(config.prompts, PROMPTS, fields=config.fields), config.prompts)
     check_prompts(records, config)
-    eval_records = read_records(config.eval_data, PROMPTS)[: config.eval_max_prompts] if config.eval_data else []
+    eval_records = (config.prompt_format.apply(read_records(config.eval_data, PROMPTS, fields=config.fields), config.eval_data)
+                    [: config.eval_max_prompts] if config.eval_data else [])
     if eval_records:
-        check_prompts(eval_records, PolicyConfig(**{**asdict(config), "shaping": config.shaping, "scale": config.scale,
-                                                    "prompts": config.eval_data, "verifier": config.verifier or "auto"}))
+        check_prompts(eval_records, replace(config, prompts=config.eval_data, verifier=config.verifier or "auto"))
     check_model_spec(config.model)  # a bad --model or --rm fails before the run folder is touched
     if config.rm:
         check_reward_folder(config.rm, ORM)
@@ -55,7 +54,6 @@ def run(config: PolicyConfig) -> dict[str, Any]:
     out, main = Path(config.out), accelerator.is_main_process
     if main:
         check_run_dir(out, "train-policy", manifest_options(config), config.resume, identity=("algo", *RESUME_IDENTITY))
-    print_settings(config, main)
     # Models, reward model and engine load inside the claim: a start that fails there or in the
     # first step (a prompt the chat template cannot render) takes the run folder back.
     with claim_run_dir(out, "train-policy", manifest_options(config), main):
@@ -70,9 +68,9 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]
     head too), and the reference is the policy with its adapters switched
     off: the same weights as a separate frozen copy, without the memory.
     """
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.source_of(config.model))
     seed_global_rngs(config.seed)
-    policy = load_causal_lm(config.model, seed=config.seed)
+    policy = load_causal_lm(config.source_of(config.model), seed=config.seed)
     adapters = prepare_model(accelerator, policy, config.scale)
     policy_opt = adamw(trainable_parameters(policy), lr=config.lr)
     if config.algo != "ppo":
@@ -80,12 +78,12 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]
         return Models(policy, policy_opt), reference_model(config, policy, accelerator), tokenizer, adapters
 
     if config.critic_init == "rm":  # the RM's backbone and trained head, read at every token
-        import torch
         from transformers import AutoModelForTokenClassification
 
-        critic_model = AutoModelForTokenClassification.from_pretrained(model_path(config.rm), num_labels=1, dtype=torch.float32)
+        critic_model = AutoModelForTokenClassification.from_pretrained(model_path(config.rm), num_labels=1, dtype=torch.float32,
+                                                                       trust_remote_code=config.trust_remote_code)
     else:  # the SFT backbone with a zero value head
-        critic_model = build_reward_model(config.model, PRM, config.seed)
+        critic_model = build_reward_model(config.source_of(config.model), PRM, config.seed)
     prepare_model(accelerator, critic_model, config.scale, heads=head_names(critic_model))
     critic = TokenValues(critic_model)
     critic_opt = adamw(trainable_parameters(critic), lr=config.critic_lr)
@@ -98,14 +96,15 @@ def reference_model(config, policy, accelerator):
     """The frozen π_ref: the LoRA policy with adapters off, or a second copy of --model."""
     if config.scale.lora:
         return BaseModelReference(policy)
-    return load_causal_lm(config.model, seed=config.seed).eval().requires_grad_(False).to(accelerator.device)
+    return load_causal_lm(config.source_of(config.model), seed=config.seed).eval().requires_grad_(False).to(accelerator.device)
 
 
 def train(config, records, eval_records, accelerator, out: Path, options: dict[str, Any]) -> dict[str, Any]:
     main = accelerator.is_main_process
     models, ref, tokenizer, adapters = build_models(config, accelerator)
+    print_settings(config, main)  # after the line naming the model loaded
     config = replace(config, packing=use_packing(config.packing, models.policy, "train-policy", main))  # decided once
-    rm = load_rm_handle(config.rm, accelerator.device, config.rm_max_length, main) if config.rm and config.rm_weight else None
+    rm = load_rm_handle(config.source_of(config.rm), accelerator.device, config.rm_max_length, main) if config.rm and config.rm_weight else None
     settings = AdvantageSettings(config.algo, config.n, config.shaping, config.kl_coef, config.kl_estimator, config.kl_in,
                                  kl_clip=config.kl_clip, gamma=config.gamma, lam=config.lam,
                                  whiten_advantages=config.whiten_advantages)
@@ -131,7 +130,7 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
             generator.sleep()  # a vLLM engine releases its GPU memory while the policy trains...
             stats.update(update(models, exp, config, accelerator, step, seed, settings))
             generator.update_weights(policy)  # ...and samples from the updated policy from here on
-            row = {"step": step, "epoch": epoch, **stats, "seconds": time.perf_counter() - tic}
+            row = {"step": step, "epoch": epoch, **stats, "seconds": time.perf_counter() - tic, **peak_memory()}
             if eval_records and (step % config.eval_every == 0 or step == config.max_steps):
                 row["eval_pass@1"] = evaluate(generator, models.policy, eval_records, config, accelerator)
             metrics.write(row)
@@ -148,7 +147,7 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
         dtype = saved_dtype(config.model, config.scale.save_dtype)
         publish_model_folder(out, lambda tmp: save_model(unwrapped, tokenizer, tmp, weights, dtype), manifest)
     accelerator.wait_for_everyone()
-    return results
+    return {**results, **peak_memory()}  # the summary shows it; the manifest keeps what a rerun reproduces
 
 
 def evaluate(generator, policy, records, config, accelerator) -> float | None:
@@ -163,8 +162,7 @@ def evaluate(generator, policy, records, config, accelerator) -> float | None:
 
 def _greedy_pass_at_1(generator, records, config) -> float:
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens, batch_size=64, seed=config.seed)
-    texts = [render_prompt(r["prompt"], generator.tokenizer) for r in records]
-    samples = generator.generate(texts, params, keys=[r["id"] for r in records])
+    samples = generator.generate([generator.render(r["prompt"]) for r in records], params, keys=[r["id"] for r in records])
     record = (lambda r: r) if config.verifier in (None, "auto") else (lambda r: {**r, "task": config.verifier})
     return sum(bool(grade(record(r), [g[0].text])[0]) for r, g in zip(records, samples)) / len(records)
 
