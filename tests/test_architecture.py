@@ -290,7 +290,7 @@ def test_a_package_reexporting_its_submodules_is_no_cycle(tmp_path):
 
 # --- configs are built by keyword -------------------------------------------------------------------
 
-CONFIG_SUFFIXES = ("Config", "Options", "Params")
+CONFIG_SUFFIXES = ("Config", "Options", "Params", "Settings")
 CONFIG_NAMES = ("Shaping", "Schedule")
 
 

@@ -150,3 +150,22 @@ def test_the_data_walkthrough_runs_as_written(tmp_path):
     graded = [json.loads(line) for line in (tmp_path / "gsm8k-graded.jsonl").read_text().splitlines()]
     assert graded[0]["prompt"].endswith("put your final answer within \\boxed{}.")
     assert len(graded[0]["extract_rule"]) == 4
+
+
+def test_the_quickstart_commands_parse():
+    """Every command of the README's quickstart names real flags and gives the required ones (parsed, not run)."""
+    import shlex
+
+    import typer
+
+    from rlhfctl.cli import app
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"## Quickstart\n.*?```bash\n(.*?)```", readme, re.S).group(1).replace("\\\n", " ")
+    group = typer.main.get_command(app)
+    commands = [shlex.split(line) for line in block.splitlines() if line.strip().startswith("rlhfctl ")]
+    assert len(commands) >= 8
+    for words in commands:
+        command = group.get_command(None, words[1])
+        assert command is not None, words
+        command.make_context(words[1], words[2:])  # a usage error (unknown flag, missing --model) raises

@@ -46,7 +46,8 @@ def train_policy(
     critic_init: Annotated[str, _F("--critic-init", help="Critic backbone: sft (the policy) or rm (the --rm model, its head too).")] = "sft",
     critic_warmup_steps: Annotated[int, _F("--critic-warmup-steps", help="Steps during which only the critic trains (actor frozen).")] = 0,
     loss_agg: Annotated[Optional[str], _F("--loss-agg", help="token-mean, seq-mean-token-mean or seq-mean-token-sum-norm; default token-mean (--preset paper: seq-mean-token-mean).", show_default=False)] = None,
-    whiten_advantages: Annotated[Optional[bool], _F("--whiten-advantages/--no-whiten-advantages", help="PPO: standardise the GAE advantages over the batch's tokens; default on (--preset paper: off).", show_default=False)] = None,
+    whiten_advantages: Annotated[bool, _F("--whiten-advantages", help="PPO: standardise the GAE advantages over the batch's tokens (the default; --preset paper: off).", show_default=False)] = False,
+    no_whiten_advantages: Annotated[bool, _F("--no-whiten-advantages", help="PPO: leave the GAE advantages as they are.", show_default=False)] = False,
     kl_clip: Annotated[Optional[float], _F("--kl-clip", help="Clamp the per-token KL penalty to [-c, c] (with --kl-in reward); default 10 (--preset paper: 0.5).", show_default=False)] = None,
     preset: Annotated[Optional[str], _F("--preset", help="paper: set --no-whiten-advantages, --loss-agg, --kl-clip, --reward-std-floor and --reward-clip-range to the paper's code values (docs/training.md); flags you give win.", show_default=False)] = None,
     max_new_tokens: MaxNewTokensOpt = 128,
@@ -119,7 +120,10 @@ def train_policy(
         except ValueError:
             raise ConfigError(f"--reward-clip-range takes LO,HI (two numbers), got {reward_clip_range!r}") from None
         clip_range = (lo, hi)
-    knobs = resolve_knobs(preset, {"whiten_advantages": whiten_advantages, "loss_agg": loss_agg, "kl_clip": kl_clip,
+    if whiten_advantages and no_whiten_advantages:
+        raise ConfigError("--whiten-advantages and --no-whiten-advantages: give one")
+    whiten = True if whiten_advantages else False if no_whiten_advantages else None  # None: the preset's, else on
+    knobs = resolve_knobs(preset, {"whiten_advantages": whiten, "loss_agg": loss_agg, "kl_clip": kl_clip,
                                    "reward_std_floor": reward_std_floor, "reward_clip_range": clip_range,
                                    "neg_reward_scale": neg_reward_scale})
     shaping = Shaping(norm=reward_norm, std_floor=knobs["reward_std_floor"], clip=reward_clip or None,

@@ -141,6 +141,27 @@ class AdvantageSettings:
     whiten_advantages: bool = True
 
 
+@dataclass(frozen=True)
+class CollectSettings:
+    """What sampling and scoring a rollout batch read of the run's settings (`of` takes them from a `PolicyConfig`)."""
+
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    packing: bool
+    ppo_epochs: int  # with the two below: whether the update's forward gives π_old (`reuses_update_forward`)
+    mini_batch_size: int | None
+    critic_warmup_steps: int
+    verifier: str | None
+    verifier_weight: float
+    rm_weight: float
+
+    @classmethod
+    def of(cls, config: Any) -> "CollectSettings":
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
 def shape_scores(raw, settings: AdvantageSettings, accelerator) -> torch.Tensor:
     """Steps 2-4 of shaping over the *global* batch (groups stay whole per rank)."""
     all_scores = accelerator.gather(raw)  # (world*B,): rank 0's rows, then rank 1's
@@ -220,7 +241,7 @@ def rm_statistics(folder: str, results: dict[str, Any], main: bool = True) -> tu
     return float(results.get("reward_mean", 0.0)), float(results.get("reward_std", 1.0))
 
 
-def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], config, settings: AdvantageSettings,
+def collect(policy, ref, critic, generator, prompts: list[dict[str, Any]], config: CollectSettings, settings: AdvantageSettings,
             rm: RewardModelHandle | None, accelerator, seed: int) -> tuple[Experience, dict[str, float]]:
     """Sample, score and compute advantages for this rank's prompts."""
     tokenizer = generator.tokenizer
@@ -268,7 +289,7 @@ def rollout_kl(old_logp: torch.Tensor, ref_logp: torch.Tensor, response_mask: to
     return float(((old_logp - ref_logp) * fmask).sum() / fmask.sum())
 
 
-def reuses_update_forward(config, rows: int, world: int) -> bool:
+def reuses_update_forward(config: CollectSettings, rows: int, world: int) -> bool:
     """Whether π_old can be read off the update's own forward pass of the policy.
 
     With one epoch and one mini-batch, the policy is updated once, on the
@@ -305,7 +326,7 @@ def engine_logprob_gap(samples, old_logp: torch.Tensor, response_mask: torch.Ten
     return {"vllm_logprob_abs_diff": float(gap.mean()), "vllm_logprob_max_abs_diff": float(gap.max())}
 
 
-def rewards_for(prompts, samples, config, rm: RewardModelHandle | None) -> tuple[torch.Tensor, dict[str, float]]:
+def rewards_for(prompts, samples, config: CollectSettings, rm: RewardModelHandle | None) -> tuple[torch.Tensor, dict[str, float]]:
     """Raw scores (P*n,): weighted sum of the verifier (1 right / 0 wrong) and the standardised ORM."""
     total = torch.zeros(sum(len(g) for g in samples))
     stats: dict[str, float] = {}

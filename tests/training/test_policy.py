@@ -21,7 +21,7 @@ from rlhfctl.training.experience import (
     AdvantageSettings, Experience, advantages_for, assemble, pack_responses, response_logprobs, response_values, shape_scores,
 )
 from rlhfctl.training.policy.config import PolicyConfig
-from rlhfctl.training.policy.update import Models, _global_count, aggregation, update
+from rlhfctl.training.policy.update import Models, UpdateSettings, _global_count, aggregation, update
 
 PAD = 0
 
@@ -241,7 +241,7 @@ def test_per_algorithm_defaults_and_overrides():
 def _update_config(loss_agg, **kw):
     base = dict(prompts="p.jsonl", model="toy:tiny", out="o", verifier="math", algo="grpo", loss_agg=loss_agg,
                 max_new_tokens=16, max_grad_norm=1e9, lr=1e-3)
-    return PolicyConfig(**{**base, **kw}).resolved()
+    return UpdateSettings.of(PolicyConfig(**{**base, **kw}).resolved())
 
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])

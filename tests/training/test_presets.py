@@ -76,3 +76,12 @@ def test_an_unknown_preset_is_refused(run_main, captured, tmp_path):
     assert r.code != 0
     assert "unknown --preset 'trl'" in r.err
     assert "options" not in captured
+
+
+def test_no_whiten_advantages_without_a_preset_and_both_forms_refused(run_main, captured, tmp_path):
+    r = _train_policy(run_main, tmp_path, "--no-whiten-advantages")
+    assert r.code == 0, r.err
+    assert captured["options"]["whiten_advantages"] is False and captured["options"]["loss_agg"] == "token-mean"
+    captured.clear()
+    r = _train_policy(run_main, tmp_path, "--whiten-advantages", "--no-whiten-advantages")
+    assert r.code != 0 and "give one" in r.err and "options" not in captured

@@ -18,7 +18,7 @@ from rlhfctl.models import check_model_spec, load_causal_lm, load_tokenizer, mod
 from rlhfctl.packing import use_packing
 from rlhfctl.records import METRICS, PROMPTS, read_metrics, read_records
 from rlhfctl.rm.model import ORM, PRM, TokenValues, build_reward_model, check_reward_folder, head_names
-from rlhfctl.training.experience import AdvantageSettings, collect, load_rm_handle
+from rlhfctl.training.experience import AdvantageSettings, CollectSettings, collect, load_rm_handle
 from rlhfctl.training.loop import (
     MetricsLog, adamw, batch_stream, check_run_dir, claim_run_dir, manifest_options, peak_memory, restore_training_state,
     save_training_state, seed_global_rngs, shard,
@@ -26,7 +26,7 @@ from rlhfctl.training.loop import (
 from rlhfctl.training.lora import BaseModelReference
 from rlhfctl.training.policy.config import PolicyConfig, check_parallelism, check_prompts, print_settings
 from rlhfctl.training.policy.engine import policy_backend, policy_generator
-from rlhfctl.training.policy.update import Models, update
+from rlhfctl.training.policy.update import Models, UpdateSettings, update
 from rlhfctl.training.scale import (
     RESUME_IDENTITY, final_state_dict, full_weights, make_accelerator, prepare_model, trainable_parameters,
 )
@@ -105,9 +105,10 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
     print_settings(config, main)  # after the line naming the model loaded
     config = replace(config, packing=use_packing(config.packing, models.policy, "train-policy", main))  # decided once
     rm = load_rm_handle(config.source_of(config.rm), accelerator.device, config.rm_max_length, main) if config.rm and config.rm_weight else None
-    settings = AdvantageSettings(config.algo, config.n, config.shaping, config.kl_coef, config.kl_estimator, config.kl_in,
-                                 kl_clip=config.kl_clip, gamma=config.gamma, lam=config.lam,
-                                 whiten_advantages=config.whiten_advantages)
+    settings = AdvantageSettings(algo=config.algo, n=config.n, shaping=config.shaping, kl_coef=config.kl_coef,
+                                 kl_estimator=config.kl_estimator, kl_in=config.kl_in, kl_clip=config.kl_clip, gamma=config.gamma,
+                                 lam=config.lam, whiten_advantages=config.whiten_advantages)
+    collecting, updating = CollectSettings.of(config), UpdateSettings.of(config)
     start = restore_training_state(out, accelerator, models.policy, models.policy_opt, others=models.others()) if config.resume else 0
     metrics = MetricsLog(out / METRICS, start, enabled=main)
     policy = accelerator.unwrap_model(models.policy)
@@ -125,10 +126,10 @@ def train(config, records, eval_records, accelerator, out: Path, options: dict[s
             mine, _ = shard(batch, accelerator.process_index, accelerator.num_processes)
             seed = derive_seed(config.seed, step, accelerator.process_index)
             with full_weights(accelerator, models.policy, models.critic):
-                exp, stats = collect(models.policy, ref, models.critic, generator, [records[i] for i in mine], config, settings,
+                exp, stats = collect(models.policy, ref, models.critic, generator, [records[i] for i in mine], collecting, settings,
                                      rm, accelerator, seed)
             generator.sleep()  # a vLLM engine releases its GPU memory while the policy trains...
-            stats.update(update(models, exp, config, accelerator, step, seed, settings))
+            stats.update(update(models, exp, updating, accelerator, step, seed, settings))
             generator.update_weights(policy)  # ...and samples from the updated policy from here on
             row = {"step": step, "epoch": epoch, **stats, "seconds": time.perf_counter() - tic, **peak_memory()}
             if eval_records and (step % config.eval_every == 0 or step == config.max_steps):

@@ -8,7 +8,7 @@ because DDP averages gradients: two ranks compute the gradient of one.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -16,7 +16,7 @@ import torch
 from rlhfctl.rl.aggregation import DENOMINATOR_UNIT, LOSS_AGGREGATIONS
 from rlhfctl.rl.kl import KL_ESTIMATORS
 from rlhfctl.rl.losses import clipped_policy_loss, clipped_value_loss
-from rlhfctl.training.experience import Experience, advantages_for, response_logprobs, response_values, rollout_kl
+from rlhfctl.training.experience import AdvantageSettings, Experience, advantages_for, response_logprobs, response_values, rollout_kl
 from rlhfctl.training.loop import optimizer_step
 
 
@@ -32,7 +32,30 @@ class Models:
         return () if self.critic is None else (("critic", self.critic, self.critic_opt),)
 
 
-def update(models: Models, exp: Experience, config, accelerator, step: int, seed: int, settings=None) -> dict[str, float]:
+@dataclass(frozen=True)
+class UpdateSettings:
+    """What the optimisation half of a step reads of the run's settings (`of` takes them from a `PolicyConfig`)."""
+
+    ppo_epochs: int
+    mini_batch_size: int | None  # rows per update, all ranks; None: the whole batch
+    critic_warmup_steps: int
+    loss_agg: str
+    max_new_tokens: int  # Dr. GRPO's sum-norm divides by it
+    temperature: float  # the policy's log-probs are of the tempered distribution it sampled from
+    clip_eps: float
+    value_clip: float
+    kl_estimator: str
+    kl_in: str  # reward | loss
+    kl_coef: float
+    max_grad_norm: float
+
+    @classmethod
+    def of(cls, config: Any) -> "UpdateSettings":
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
+def update(models: Models, exp: Experience, config: UpdateSettings, accelerator, step: int, seed: int,
+           settings: AdvantageSettings | None = None) -> dict[str, float]:
     """``ppo_epochs`` passes over the rollout batch in shuffled mini-batches; or, when `collect` left the
     advantages to it (`experience.reuses_update_forward`), one update from its own forward passes."""
     if exp.advantages is None:
@@ -54,7 +77,7 @@ def update(models: Models, exp: Experience, config, accelerator, step: int, seed
     return {k: sum(v) / len(v) for k, v in sums.items() if v}
 
 
-def _single_update(models: Models, exp: Experience, config, settings, accelerator) -> dict[str, float]:
+def _single_update(models: Models, exp: Experience, config: UpdateSettings, settings, accelerator) -> dict[str, float]:
     """One on-policy update: π_old is this update's forward pass of the policy, detached; the KL penalty
     and the advantages are computed from it, then the policy (and the critic, PPO) take their steps."""
     models.policy.train()
@@ -71,7 +94,7 @@ def _single_update(models: Models, exp: Experience, config, settings, accelerato
     return stats
 
 
-def aggregation(config):
+def aggregation(config: UpdateSettings):
     """The `--loss-agg` function; Dr. GRPO's sum-norm divides by the generation budget, a constant."""
     agg = LOSS_AGGREGATIONS[config.loss_agg]
     if config.loss_agg == "seq-mean-token-sum-norm":
@@ -79,7 +102,7 @@ def aggregation(config):
     return agg
 
 
-def _actor_step(models: Models, mb: Experience, config, denominator, accelerator, forward=None) -> dict[str, float]:
+def _actor_step(models: Models, mb: Experience, config: UpdateSettings, denominator, accelerator, forward=None) -> dict[str, float]:
     """One optimiser step of the policy; ``forward`` = (logp, entropy) when the caller already ran it."""
     agg = aggregation(config)
     mask = mb.response_mask.float()
@@ -98,7 +121,7 @@ def _actor_step(models: Models, mb: Experience, config, denominator, accelerator
             "kl_loss_term": float((kl.detach() * mask).sum() / count)}
 
 
-def _critic_step(models: Models, mb: Experience, config, denominator, accelerator) -> dict[str, float]:
+def _critic_step(models: Models, mb: Experience, config: UpdateSettings, denominator, accelerator) -> dict[str, float]:
     agg = aggregation(config)
     mask = mb.response_mask.float()
     values = response_values(models.critic, mb.input_ids, mb.attention_mask, mask.shape[1], layout=mb.layout())
