@@ -42,8 +42,10 @@ def test_token_columns_count_training_forwards_of_each_step():
 def test_a_ratio_is_columns_times_time_per_column(capsys):
     ours = [{"samples_per_s": 300.0, "step_seconds": [0.2, 0.2]}, {"samples_per_s": 330.0, "step_seconds": [0.2, 0.1]}]
     theirs = [{"samples_per_s": 200.0, "step_seconds": [0.3, 0.4]}, {"samples_per_s": 200.0, "step_seconds": [0.3, 0.3]}]
-    summary = {"rlhfctl": {"token_columns_per_step": 3000.0}, "trl": {"token_columns_per_step": 4200.0}}
+    summary = {"rlhfctl": {"token_columns_per_step": 3000.0, "peak_rss_mb": 600.0},
+               "trl": {"token_columns_per_step": 4200.0, "peak_rss_mb": 1000.0}}
     result = sft_speed.compare(ours, theirs, summary, "trl")
+    assert result["peak_rss_ratio"] == pytest.approx(0.6)
     assert result["round_ratios"] == [1.5, 1.65]
     assert result["ratio"] == pytest.approx(1.575)  # median of the rounds
     assert result["step_ratio_median"] == pytest.approx(1.75)  # median of 1.5, 2.0, 1.5, 3.0
