@@ -53,6 +53,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _lockstep import Gate, Worker, lockstep  # noqa: E402
+from _toy import make_toy_data, train_toy_sft  # noqa: E402
 
 TARGET = 0.8
 SIDES = ("label-prm", "rollout")
@@ -120,13 +121,10 @@ def prepare(args) -> tempfile.TemporaryDirectory:
     cli = [sys.executable, "-m", "rlhfctl"]
     if args.data is None:
         args.data = os.path.join(tmp.name, "data")
-        print(f"making toy data in {args.data}", flush=True)
-        subprocess.run(cli + ["toy-data", args.data, "--sft", "2000", "--train", "200", "--test", "100"], check=True, capture_output=True)
+        make_toy_data(args.data, "--sft", "2000", "--train", "200", "--test", "100")
     if args.model is None:
         args.model = os.path.join(tmp.name, "sft")
-        print("training toy:small for 150 steps (the completer)", flush=True)
-        subprocess.run(cli + ["train-sft", str(Path(args.data) / "sft.jsonl"), "--model", "toy:small", "--out", args.model,
-                              "--max-steps", "150"], check=True, capture_output=True)
+        train_toy_sft(args.data, args.model, 150, "the completer")
     args.inputs = tmp.name
     lines = (Path(args.data) / "test.jsonl").read_text().splitlines()
     (Path(tmp.name) / "prompts.jsonl").write_text("\n".join(lines[:args.rollout_prompts]) + "\n")

@@ -58,7 +58,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -66,6 +65,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _lockstep import Gate, Worker, lockstep  # noqa: E402
 from _shapes import add_model_args, shaped_inputs  # noqa: E402
+from _toy import make_toy_data, train_toy_sft  # noqa: E402
 
 TARGET_TRL = 0.7
 SHAPE_TARGETS = {"peak_rss_ratio": 0.6, "steps_ratio": 1.2}  # with --shape: rlhfctl GRPO against TRL GRPO
@@ -169,18 +169,14 @@ def run_worker(args) -> None:
 
 def prepare(args):
     tmp = tempfile.TemporaryDirectory(prefix="policy_speed_")
-    cli = [sys.executable, "-m", "rlhfctl"]
     if args.data is None:
         args.data = tmp.name
-        print(f"making toy data in {args.data}", flush=True)
-        subprocess.run(cli + ["toy-data", args.data, "--sft", "2000", "--train", "200", "--test", "100"], check=True, capture_output=True)
+        make_toy_data(args.data, "--sft", "2000", "--train", "200", "--test", "100")
     if args.shape:
         shaped_inputs(args, os.path.join(tmp.name, "shape"))
     elif args.model is None:
         args.model = os.path.join(tmp.name, "sft")
-        print("training toy:small for 150 steps (the policy)", flush=True)
-        subprocess.run(cli + ["train-sft", str(Path(args.data) / "sft.jsonl"), "--model", "toy:small", "--out", args.model,
-                              "--max-steps", "150"], check=True, capture_output=True)
+        train_toy_sft(args.data, args.model, 150, "the policy")
     return tmp
 
 

@@ -57,13 +57,13 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _lockstep import Gate, Worker, lockstep  # noqa: E402
+from _toy import make_toy_data, train_toy_sft  # noqa: E402
 
 TARGET = 1.0
 SIDES = ("rlhfctl", "generate")
@@ -196,14 +196,10 @@ def main(argv=None) -> None:
     tmp = tempfile.TemporaryDirectory(prefix="rollout_speed_")
     if args.data is None:
         args.data = os.path.join(tmp.name, "data")
-        print(f"making toy data in {args.data}", flush=True)
-        subprocess.run([sys.executable, "-m", "rlhfctl", "toy-data", args.data], check=True, capture_output=True)
+        make_toy_data(args.data)
     if args.model is None:
         args.model = os.path.join(tmp.name, "sft")
-        print(f"training toy:small for {args.train_steps} steps into {args.model} (pass --model to skip)", flush=True)
-        subprocess.run([sys.executable, "-m", "rlhfctl", "train-sft", os.path.join(args.data, "sft.jsonl"),
-                        "--model", "toy:small", "--out", args.model, "--max-steps", str(args.train_steps)],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        train_toy_sft(args.data, args.model, args.train_steps)
     sides = [args.only] if args.only else list(SIDES)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
     units = len(chunks(args.num_prompts, max(1, args.batch_size // args.n), args.warmup_batches))

@@ -73,6 +73,9 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _toy import make_toy_data, train_toy_sft  # noqa: E402
+
 SIDES = ("server", "hf")
 STARTUP_S = 300
 
@@ -151,14 +154,10 @@ def main(argv=None) -> None:
     tmp = tempfile.TemporaryDirectory(prefix="server_speed_")
     if args.data is None:
         args.data = os.path.join(tmp.name, "data")
-        print(f"making toy data in {args.data}", flush=True)
-        subprocess.run([sys.executable, "-m", "rlhfctl", "toy-data", args.data], check=True, capture_output=True)
+        make_toy_data(args.data)
     if args.model is None:
         args.model = os.path.join(tmp.name, "sft")
-        print(f"training toy:small for {args.train_steps} steps into {args.model} (pass --model to skip)", flush=True)
-        subprocess.run([sys.executable, "-m", "rlhfctl", "train-sft", os.path.join(args.data, "sft.jsonl"),
-                        "--model", "toy:small", "--out", args.model, "--max-steps", str(args.train_steps)],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        train_toy_sft(args.data, args.model, args.train_steps)
 
     import torch
 

@@ -60,18 +60,11 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-app.command("toy-data", cls=Command)(toy_data)
-app.command("train-sft", cls=Command)(train_sft)
-app.command("rollout", cls=Command)(rollout)
-app.command("build-prefs", cls=Command)(build_prefs)
-app.command("label-prm", cls=Command)(label_prm)
-app.command("train-rm", cls=Command)(train_rm)
-app.command("best-of-n", cls=Command)(best_of_n)
-app.command("train-policy", cls=Command)(train_policy)
-app.command("grade", cls=Command)(grade)
-app.command("eval", cls=Command)(evaluate)
-app.command("demo", cls=Command)(demo)
-app.command("report", cls=Command)(report)
+COMMANDS = {"toy-data": toy_data, "train-sft": train_sft, "rollout": rollout, "build-prefs": build_prefs,
+            "label-prm": label_prm, "train-rm": train_rm, "best-of-n": best_of_n, "train-policy": train_policy,
+            "grade": grade, "eval": evaluate, "demo": demo, "report": report}  # in the order --help lists them
+for _name, _function in COMMANDS.items():
+    app.command(_name, cls=Command)(_function)
 
 
 def _version(value: bool) -> None:
