@@ -19,7 +19,7 @@ PACKAGE = Path(rlhfctl.__file__).parent
 
 # lowest first; a name covers its submodules (except `rlhfctl`, the package __init__ alone)
 LAYERS = [
-    ("rlhfctl", "rlhfctl.records", "rlhfctl.sources", "rlhfctl.errors", "rlhfctl.console"),
+    ("rlhfctl", "rlhfctl.records", "rlhfctl.resumable", "rlhfctl.sources", "rlhfctl.errors", "rlhfctl.console"),
     ("rlhfctl.toy", "rlhfctl.grading", "rlhfctl.data", "rlhfctl.models", "rlhfctl.artifacts", "rlhfctl.locks",
      "rlhfctl.packing", "rlhfctl.logprobs"),
     ("rlhfctl.generation",),

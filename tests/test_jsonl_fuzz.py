@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rlhfctl.errors import DataError
-from rlhfctl.records import KINDS, ROLLOUTS, STEPS, ResumableWriter, dumps, read_records, write_jsonl
+from rlhfctl.records import KINDS, ROLLOUTS, STEPS, dumps, read_records, write_jsonl
+from rlhfctl.resumable import ResumableWriter
 from rlhfctl.rm.data import read_preferences, read_steps
 from rlhfctl.rm.prefs import PrefsConfig, import_pairs
 

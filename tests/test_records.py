@@ -6,8 +6,9 @@ import pytest
 
 from rlhfctl.errors import DataError, RlhfctlError
 from rlhfctl.records import (
-    KINDS, METRICS, PROMPTS, ROLLOUTS, ResumableWriter, prompt_id, read_metrics, read_records, write_json, write_jsonl,
+    KINDS, METRICS, PROMPTS, ROLLOUTS, prompt_id, read_metrics, read_records, write_json, write_jsonl,
 )
+from rlhfctl.resumable import ResumableWriter
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Compute 2+3.\n"}]
 

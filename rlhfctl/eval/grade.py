@@ -23,7 +23,8 @@ from rlhfctl.console import Progress
 from rlhfctl.errors import DataError
 from rlhfctl.grading import check_graders, explain, gold_field, task_of
 from rlhfctl.locks import locked
-from rlhfctl.records import RESPONSES, ROLLOUTS, Record, ResumableWriter, read_records
+from rlhfctl.records import RESPONSES, ROLLOUTS, Record, read_records
+from rlhfctl.resumable import ResumableWriter
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from rlhfctl.generation.server import ServerOptions
 from rlhfctl.grading import check_graders, explain
 from rlhfctl.locks import locked
 from rlhfctl.models import ModelSource
-from rlhfctl.records import PROMPTS, ROLLOUTS, Record, ResumableWriter, read_records
+from rlhfctl.records import PROMPTS, ROLLOUTS, Record, read_records
+from rlhfctl.resumable import ResumableWriter
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from rlhfctl.generation.server import ServerOptions
 from rlhfctl.grading import check_graders, grade, task_of
 from rlhfctl.locks import locked
 from rlhfctl.models import ModelSource
-from rlhfctl.records import KEYED, ROLLOUTS, STEPS, Record, ResumableWriter, read_records, write_jsonl
+from rlhfctl.records import KEYED, ROLLOUTS, STEPS, Record, read_records, write_jsonl
+from rlhfctl.resumable import ResumableWriter
 from rlhfctl.toy.task import step_correctness
 
 METHODS = ("hard", "soft")
