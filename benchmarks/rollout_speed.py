@@ -63,7 +63,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _lockstep import Gate, Worker, lockstep  # noqa: E402
-from _toy import make_toy_data, train_toy_sft  # noqa: E402
+from _toy import load_prompts, make_toy_data, train_toy_sft  # noqa: E402
 
 TARGET = 1.0
 SIDES = ("rlhfctl", "generate")
@@ -92,13 +92,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
-
-def load_prompts(data: str, count: int) -> list:
-    """The first ``count`` prompts of ``test.jsonl`` (strings or chat lists)."""
-    records = [json.loads(line) for line in (Path(data) / "test.jsonl").read_text().splitlines() if line.strip()]
-    if len(records) < count:
-        raise SystemExit(f"{data}/test.jsonl has {len(records)} prompts, fewer than --num-prompts {count}")
-    return [r["prompt"] for r in records[:count]]
 
 
 def chunks(num_prompts: int, per_batch: int, warmup: int) -> list[list[int]]:

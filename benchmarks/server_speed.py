@@ -74,7 +74,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _toy import make_toy_data, train_toy_sft  # noqa: E402
+from _toy import load_prompts, make_toy_data, train_toy_sft  # noqa: E402
 
 SIDES = ("server", "hf")
 STARTUP_S = 300
@@ -100,12 +100,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: torch's own)")
     return p.parse_args(argv)
 
-
-def load_prompts(data: str, count: int) -> list:
-    records = [json.loads(line) for line in (Path(data) / "test.jsonl").read_text().splitlines() if line.strip()]
-    if len(records) < count:
-        raise SystemExit(f"{data}/test.jsonl has {len(records)} prompts, fewer than --num-prompts {count}")
-    return [r["prompt"] for r in records[:count]]
 
 
 def free_port() -> int:
