@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import os
+from contextlib import contextmanager
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,30 +53,25 @@ def iter_rows(spec: str | os.PathLike) -> Iterator[tuple[int, Any]]:
 
     A source of `LARGE` rows or more shows a progress bar on stderr.
     """
-    rows = _rows(str(spec))
-    total = next(rows)
+    total, rows = _open(str(spec))
     with Progress(f"reading {Path(str(spec)).name}", total or 0, 0, enabled=(total or 0) >= LARGE) as bar:
         for numbered in rows:
             yield numbered
             bar.advance()
 
 
-def _rows(spec: str) -> Iterator[Any]:
-    """The row count first (None when unknown without reading), then `iter_rows`' rows."""
+def _open(spec: str) -> tuple[int | None, Iterator[tuple[int, Any]]]:
+    """(the row count, None when it is unknown without reading; the numbered rows) of `spec`."""
     saved = _saved_dataset(spec)
     if spec.startswith(HUB_PREFIX) or saved is not None:
         dataset = _hub_dataset(spec) if saved is None else _load_saved(*saved, spec)
-        yield len(dataset)
-        yield from _dataset_rows(dataset)
-        return
+        return len(dataset), _dataset_rows(dataset)
     if not os.path.isfile(spec):
         raise RlhfctlError(f"{spec}: no such file")
     suffix = Path(spec).suffix.lower()
     if suffix in (".csv", ".tsv"):
-        yield None
-        yield from _csv_rows(spec, "\t" if suffix == ".tsv" else ",")
-    else:
-        yield from _arrow_rows(spec, suffix)
+        return None, _csv_rows(spec, "\t" if suffix == ".tsv" else ",")
+    return _arrow_rows(spec, suffix)
 
 
 def map_fields(row: Any, fields: Mapping[str, str], where: str) -> Any:
@@ -115,23 +111,32 @@ def _csv_rows(path: str, delimiter: str) -> Iterator[tuple[int, Any]]:
             raise RlhfctlError(f"{path}:{reader.line_num}: not readable as {'TSV' if delimiter == chr(9) else 'CSV'}: {e}") from None
 
 
-def _arrow_rows(path: str, suffix: str) -> Iterator[Any]:
-    import pyarrow as pa
+def _arrow_rows(path: str, suffix: str) -> tuple[int | None, Iterator[tuple[int, Any]]]:
     import pyarrow.parquet as pq
 
-    try:
+    with _readable(path, suffix):
         if suffix == ".parquet":
             table = pq.ParquetFile(path)
-            yield table.metadata.num_rows
-            batches = table.iter_batches(batch_size=_BATCH_ROWS)
-        else:
-            yield None
-            batches = _arrow_batches(path)
+            return table.metadata.num_rows, _numbered(table.iter_batches(batch_size=_BATCH_ROWS), path, suffix)
+        return None, _numbered(_arrow_batches(path), path, suffix)
+
+
+def _numbered(batches: Iterator[Any], path: str, suffix: str) -> Iterator[tuple[int, Any]]:
+    with _readable(path, suffix):
         row = 0
         for batch in batches:
             for values in batch.to_pylist():
                 row += 1
                 yield row, values
+
+
+@contextmanager
+def _readable(path: str, suffix: str) -> Iterator[None]:
+    """Arrow's and the file system's errors as one line naming the file."""
+    import pyarrow as pa
+
+    try:
+        yield
     except (pa.ArrowException, OSError) as e:
         raise RlhfctlError(f"{path}: not readable as {suffix[1:].capitalize()}: {e}") from None
 
