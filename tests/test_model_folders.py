@@ -451,3 +451,34 @@ def test_the_readme_snippet_scores_as_rlhfctl_does(chain):
     rollouts = [{"prompt": prompt, "responses": [sample.text]}]
     assert scope["score"] == pytest.approx(score_rollouts(rollouts, str(paths["rm"]))[0][0], abs=1e-4)
     assert scope["step_scores"] == pytest.approx(prm_step_scores(rollouts, str(paths["prm"]))[0][0], abs=1e-4)
+
+
+@pytest.mark.parametrize("command", ["train-rm", "train-sft"])
+def test_a_row_sparse_embedding_trains_the_same_weights_as_a_dense_one(command, folders, data, run_main, tmp_path):
+    """Llama 3's input embedding is untied: by default it gets row-sparse gradients and AdamW state;
+    --dense-embedding keeps them whole. The trained weights agree, the embedding's optimiser state does not."""
+    from safetensors.torch import load_file
+
+    from rlhfctl.artifacts import list_checkpoints, load_checkpoint
+
+    kind = "pairs" if command == "train-rm" else "sft"
+    runs = {}
+    for name, extra in (("sparse", ()), ("dense", ("--dense-embedding",))):
+        out = tmp_path / name
+        result = run_main(command, data[f"{kind}-chat"], "--model", folders["llama3"], "--out", out, "--max-steps", "4",
+                          "--batch-size", "3", "--lr", "3e-2", "--weight-decay", "0.1", "--save-dtype", "float32", *extra)
+        assert result.code == 0, result.err
+        assert ("token rows the data uses" in result.err) == (name == "sparse")
+        runs[name] = out
+    sparse, dense = (load_file(runs[n] / "model.safetensors") for n in ("sparse", "dense"))
+    assert sparse.keys() == dense.keys()
+    embedding = next(k for k in sparse if "embed_tokens" in k)
+    start = load_file(folders["llama3"] / "model.safetensors")["model.embed_tokens.weight"].float()
+    assert not torch.allclose(sparse[embedding], start)  # the embedding trained
+    for key in sparse:
+        torch.testing.assert_close(sparse[key], dense[key], rtol=1e-4, atol=1e-5, msg=key)
+    (_, ckpt), = list_checkpoints(runs["sparse"])[-1:]
+    _, state = load_checkpoint(ckpt)
+    rows = [s["rows"] for s in state["optimizer"]["state"].values() if "rows" in s]
+    vocab = sparse[embedding].shape[0]
+    assert len(rows) == 1 and 0 < len(rows[0]) < vocab  # moments for the rows the data used, not the vocabulary

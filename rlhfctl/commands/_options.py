@@ -94,6 +94,8 @@ SaveDtypeOpt = Annotated[str, typer.Option(
 SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Write a checkpoint every this many steps.")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the model (TorchInductor): faster steps after a one-off compilation of tens of seconds; on a CPU it needs a C++ compiler.")]
+DenseEmbeddingOpt = Annotated[bool, typer.Option(
+    "--dense-embedding", help="Keep the input embedding's gradient and AdamW state for every vocabulary row. By default an untied, trainable input embedding (a reward model's; a language model's whose output head is separate) keeps them only for the token rows the data uses: the same AdamW update in less memory (one process, not with --compile).")]
 Bf16Opt = Annotated[bool, typer.Option(
     "--bf16", help="bf16 mixed precision (accelerate autocast; weights and optimizer stay fp32). Works on CPUs too, slower there.")]
 GradCheckpointOpt = Annotated[bool, typer.Option(

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    Bf16Opt, CompileOpt, ConfigOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt,
+    Bf16Opt, CompileOpt, ConfigOpt, DenseEmbeddingOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt,
     LoraTargetsOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, NoPackingOpt, ResumeOpt, SaveDtypeOpt, SaveEveryOpt, SeedOpt,
     TrustOpt, WarmupOpt, WeightDecayOpt, print_summary,
 )
@@ -33,6 +33,7 @@ def train_rm(
     save_every: SaveEveryOpt = 100,
     resume: ResumeOpt = False,
     compile_model: CompileOpt = False,
+    dense_embedding: DenseEmbeddingOpt = False,
     no_packing: NoPackingOpt = False,
     bf16: Bf16Opt = False,
     gradient_checkpointing: GradCheckpointOpt = False,
@@ -81,7 +82,8 @@ def train_rm(
     from rlhfctl.training.scale import ScaleOptions
 
     schedule = Schedule(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
-                        weight_decay=weight_decay, seed=seed, save_every=save_every, compile=compile_model)
+                        weight_decay=weight_decay, seed=seed, save_every=save_every, compile=compile_model,
+                        sparse_embedding=not dense_embedding)
     scale = ScaleOptions(bf16=bf16, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, lora_alpha=lora_alpha,
                          lora_dropout=lora_dropout, lora_target_modules=lora_target_modules, save_dtype=save_dtype)
     config_ = RMConfig(data=tuple(data), model=model, out=out, schedule=schedule, eval_data=tuple(eval_data or ()),

@@ -5,9 +5,9 @@ from typing import Annotated
 import typer
 
 from rlhfctl.commands._options import (
-    Bf16Opt, CompileOpt, ConfigOpt, EpochsOpt, FieldOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt, LoraROpt,
-    LoraTargetsOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, PromptTemplateOpt, ResumeOpt, SaveDtypeOpt, SaveEveryOpt,
-    SeedOpt, SystemOpt, TrustOpt, WarmupOpt, WeightDecayOpt, field_map, print_summary, prompt_format,
+    Bf16Opt, CompileOpt, ConfigOpt, DenseEmbeddingOpt, EpochsOpt, FieldOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt,
+    LoraDropoutOpt, LoraROpt, LoraTargetsOpt, LrOpt, MaxLengthOpt, MaxStepsOpt, ModelOpt, PromptTemplateOpt, ResumeOpt,
+    SaveDtypeOpt, SaveEveryOpt, SeedOpt, SystemOpt, TrustOpt, WarmupOpt, WeightDecayOpt, field_map, print_summary, prompt_format,
 )
 
 
@@ -26,6 +26,7 @@ def train_sft(
     save_every: SaveEveryOpt = 100,
     resume: ResumeOpt = False,
     compile_model: CompileOpt = False,
+    dense_embedding: DenseEmbeddingOpt = False,
     no_packing: Annotated[bool, typer.Option(
         "--no-packing", help="Run every record whole (by default, the tokens that begin every record of a batch, "
                              "such as a system prompt, run once and the rest of each record continues from them).")] = False,
@@ -64,7 +65,8 @@ def train_sft(
     from rlhfctl.training.sft import SFTConfig, run
 
     schedule = Schedule(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
-                        weight_decay=weight_decay, seed=seed, save_every=save_every, compile=compile_model)
+                        weight_decay=weight_decay, seed=seed, save_every=save_every, compile=compile_model,
+                        sparse_embedding=not dense_embedding)
     scale = ScaleOptions(bf16=bf16, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, lora_alpha=lora_alpha,
                          lora_dropout=lora_dropout, lora_target_modules=lora_target_modules, save_dtype=save_dtype)
     results = run(SFTConfig(data=data, model=model, out=out, schedule=schedule, max_length=max_length, resume=resume,

@@ -27,8 +27,10 @@ from rlhfctl.console import Progress, log
 from rlhfctl.errors import ConfigError
 from rlhfctl.locks import locked
 from rlhfctl.records import METRICS, atomic_write_text, nearest_existing, read_metrics, write_json
+from rlhfctl.training.row_sparse import RowSparseAdamW, clip_grad_norm, has_sparse_gradients, sparse_input_embedding
 from rlhfctl.training.scale import (
-    check_resumable, checkpoint_weights, optimizer_state, restore_optimizer, restore_weights, trainable_parameters,
+    check_resumable, checkpoint_weights, is_sharded, optimizer_state, restore_optimizer, restore_weights,
+    trainable_parameters,
 )
 
 RUN_FILE = "run.json"
@@ -49,6 +51,7 @@ class Schedule:
     save_every: int = 100
     keep_checkpoints: int = 2
     compile: bool = False  # torch.compile the model (inductor, dynamic shapes)
+    sparse_embedding: bool = True  # an untied input embedding: row-sparse gradients and AdamW state (row_sparse.py)
 
     def total_steps(self, num_records: int) -> int:
         if self.max_steps is not None:
@@ -373,7 +376,8 @@ def start_training(accelerator, model, schedule: Schedule, total: int, out: Path
     import torch
 
     check_resumable(accelerator, resume)
-    optimizer = adamw(trainable_parameters(model), lr=schedule.lr, weight_decay=schedule.weight_decay)
+    row_sparse = schedule.sparse_embedding and use_row_sparse(accelerator, model, schedule.compile)
+    optimizer = adamw(trainable_parameters(model), lr=schedule.lr, weight_decay=schedule.weight_decay, row_sparse=row_sparse)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(schedule.warmup_ratio * total)))
     if schedule.compile:
         compile_model(model)
@@ -382,16 +386,30 @@ def start_training(accelerator, model, schedule: Schedule, total: int, out: Path
     return Training(out, accelerator, model, optimizer, scheduler, total, start)
 
 
-def adamw(params, lr: float, weight_decay: float = 0.0):
+def adamw(params, lr: float, weight_decay: float = 0.0, row_sparse: bool = False):
     """AdamW with torch's fused kernel (one kernel per step for all parameters) where the
-    device has one; the plain loop otherwise. Same update rule either way."""
+    device has one; the plain loop otherwise. Same update rule either way. ``row_sparse``:
+    `RowSparseAdamW`, which also steps a sparse-gradient embedding by row."""
     import torch
 
+    optimizer = RowSparseAdamW if row_sparse else torch.optim.AdamW
     params = list(params)
     try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+        return optimizer(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return optimizer(params, lr=lr, weight_decay=weight_decay)
+
+
+def use_row_sparse(accelerator, model, compiled: bool) -> bool:
+    """Switch ``model``'s input embedding to row-sparse gradients where it can (`row_sparse.py`): one
+    process (DDP, FSDP and DeepSpeed reduce and shard dense gradients), not compiled; True if it did."""
+    if compiled or accelerator.num_processes > 1 or is_sharded(accelerator):
+        return False
+    if not sparse_input_embedding(model):
+        return False
+    log("train: the input embedding keeps gradients and AdamW state only for the token rows the data uses",
+        accelerator.is_main_process)
+    return True
 
 
 def compile_model(model) -> None:
@@ -468,5 +486,8 @@ def optimizer_step(accelerator, model, optimizer, max_grad_norm: float, schedule
 def clip_gradients(accelerator, model, max_grad_norm: float) -> float | None:
     """Clip to ``max_grad_norm``; the pre-clip norm. DeepSpeed clips inside its own step
     (its config's ``gradient_clipping``) and may report no norm: then None."""
-    norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    params = list(model.parameters())
+    if has_sparse_gradients(params):  # a row-sparse embedding: one process, so nothing to reduce or unscale first
+        return float(clip_grad_norm(params, max_grad_norm))
+    norm = accelerator.clip_grad_norm_(params, max_grad_norm)
     return None if norm is None else float(norm)
