@@ -182,16 +182,25 @@ def gather_last(values, attention_mask):
     return values.gather(1, idx[:, None]).squeeze(1)
 
 
-def by_length(seqs: list[list[int]], pad_id: int, batch_size: int, device, score) -> list[Any]:
+SCORE_TOKENS = 8192  # most padded tokens in one scoring forward: the activations of a long batch stay bounded
+
+
+def by_length(seqs: list[list[int]], pad_id: int, batch_size: int, device, score, max_tokens: int = SCORE_TOKENS) -> list[Any]:
     """``score(ids, mask, indices)`` on right-padded batches of ``seqs`` taken in order of length
-    (little padding); its per-row results, back in the order of ``seqs``."""
+    (little padding); its per-row results, back in the order of ``seqs``. A batch holds at most
+    ``batch_size`` sequences and, past its first, at most ``max_tokens`` padded tokens."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out: list[Any] = [None] * len(seqs)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+    start = 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and end - start < batch_size and (end - start + 1) * len(seqs[order[end]]) <= max_tokens:
+            end += 1
+        chunk = order[start:end]
         ids, mask = right_pad([seqs[i] for i in chunk], pad_id)
         for i, result in zip(chunk, score(ids.to(device), mask.to(device), chunk)):
             out[i] = result
+        start = end
     return out
 
 

@@ -26,3 +26,18 @@ def test_by_length_batches_similar_lengths_and_returns_results_in_input_order():
     out = by_length(seqs, pad_id=0, batch_size=2, device="cpu", score=score)
     assert out == [(i, s[0], len(s)) for i, s in enumerate(seqs)]  # each result at its own sequence's place
     assert widths == [2, 4, 5]  # batches of the 1-2, 3-4 and 5 long sequences: little padding
+
+
+def test_by_length_caps_the_padded_tokens_of_a_batch():
+    seqs = [[1] * n for n in (2, 3, 3, 4, 9, 10, 30)]
+    shapes = []
+
+    def score(ids, mask, indices):
+        shapes.append(tuple(ids.shape))
+        return list(indices)
+
+    out = by_length(seqs, pad_id=0, batch_size=64, device="cpu", score=score, max_tokens=12)
+    assert out == list(range(len(seqs)))
+    # at most 12 padded tokens per batch; a sequence longer than that alone in its batch
+    assert shapes == [(3, 3), (1, 4), (1, 9), (1, 10), (1, 30)]
+    assert all(rows * width <= 12 for rows, width in shapes[:-1])
