@@ -2,9 +2,12 @@
 
     python examples/scaling_study.py runs/study --out runs/study/study
 
-Reads the run folders and result files the shell script made, draws the
-figures with `rlhfctl report` (one report per experiment), and writes
-`scaling_study.md`. A missing experiment is reported as not run, not guessed.
+Reads the run folders and result files the shell script made in every
+`seed-*` folder, draws the figures with `rlhfctl report` (one report per
+experiment, on the first seed's runs), and writes `scaling_study.md`: each
+number is a mean over seeds with a 95% Student-t interval, and each verdict
+rests on a difference between arms computed per seed. A missing experiment
+is reported as not run, not guessed.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 FINDINGS = {
     "A": "More responses per prompt boost policy performance at first, but the gains plateau quickly.",
@@ -60,119 +64,224 @@ def policy_numbers(run: Path) -> dict[str, Any] | None:
 
 
 EVAL_PROMPTS = 200  # scaling_study.sh evaluates greedy pass@1 on the first 200 test prompts
-UNRESOLVED = "unresolved"
+BON_N = 4  # B compares the reward model's pick with a random sample at this N, fixed in advance (not each seed's best N)
+NS = (1, 2, 4, 8, 16)  # A's responses per prompt
+UNRESOLVED, ONE_SEED = "unresolved", "one seed"
+
+# Two-sided 95% quantiles of Student's t for df = 1 .. 30; the normal's 1.96 beyond.
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
-def noise(p: float, count: int) -> float:
-    """Two standard errors of the difference of two accuracies near ``p``, each measured on ``count`` items."""
-    p = min(max(p, 0.05), 0.95)
-    return 2 * (2 * p * (1 - p) / count) ** 0.5
+def t95(df: int) -> float:
+    """The two-sided 95% quantile of Student's t with ``df`` degrees of freedom (1.96 beyond 30)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
+    return T95[df - 1] if df <= len(T95) else 1.96
 
 
-def decide(claim: bool, effect: float, p: float, count: int = EVAL_PROMPTS) -> bool | str:
-    """The verdict on a claim whose deciding difference is ``effect``: unresolved when it is within the noise."""
-    return claim if abs(effect) > noise(p, count) else UNRESOLVED
+@dataclass(frozen=True)
+class Interval:
+    """A mean over ``k`` seeds and the half-width of its 95% t-interval (None with one seed: no interval)."""
+
+    mean: float
+    half: float | None
+    k: int
+
+    def above_zero(self) -> bool:
+        return self.half is not None and self.mean - self.half > 0
+
+    def below_zero(self) -> bool:
+        return self.half is not None and self.mean + self.half < 0
 
 
-def fmt(x: Any) -> str:
-    return f"{x:.3f}" if isinstance(x, float) else str(x)
+def interval(values: Iterable[float]) -> Interval | None:
+    """Mean ± t(0.975, k − 1)·s/√k over ``values`` (one per seed); None when there are none."""
+    values = [float(v) for v in values]
+    k = len(values)
+    if not k:
+        return None
+    mean = sum(values) / k
+    if k == 1:
+        return Interval(mean, None, 1)
+    sd = (sum((v - mean) ** 2 for v in values) / (k - 1)) ** 0.5
+    return Interval(mean, t95(k - 1) * sd / k ** 0.5, k)
+
+
+def paired(combine: Callable[..., float], *columns: dict[int, float]) -> Interval | None:
+    """The interval of ``combine(a, b, ...)`` computed per seed, over the seeds every column has."""
+    common = sorted(set.intersection(*(set(c) for c in columns))) if columns else []
+    return interval(combine(*(c[s] for c in columns)) for s in common)
+
+
+def decide(*differences: Interval | None) -> bool | str | None:
+    """The verdict on a claim that every deciding difference is > 0.
+
+    Not run (None) when a difference has no seed; does not hold (False) when an interval lies below zero;
+    holds (True) when every interval lies above zero; unresolved otherwise; one seed gives no interval.
+    """
+    if not differences or any(d is None for d in differences):
+        return None
+    if any(d.half is None for d in differences):
+        return ONE_SEED
+    if any(d.below_zero() for d in differences):
+        return False
+    if all(d.above_zero() for d in differences):
+        return True
+    return UNRESOLVED
+
+
+def show(iv: Interval | None, signed: bool = False, digits: int = 3) -> str:
+    """``mean ± half-width`` (the mean alone with one seed; – with none)."""
+    if iv is None:
+        return "–"
+    mean = f"{iv.mean:+.{digits}f}" if signed else f"{iv.mean:.{digits}f}"
+    return mean if iv.half is None else f"{mean} ± {iv.half:.{digits}f}"
+
+
+def seeds_of(iv: Interval | None) -> str:
+    return "no seed" if iv is None else "1 seed" if iv.k == 1 else f"{iv.k} seeds"
 
 
 def verdict(holds: bool | str | None) -> str:
     return {True: "**holds**", False: "**does not hold**", None: "**not run**",
-            UNRESOLVED: "**unresolved at this budget** (the deciding difference is within two standard errors)"}[holds]
+            UNRESOLVED: "**unresolved** (a deciding difference's 95% interval includes zero)",
+            ONE_SEED: "**unresolved** (one seed: no interval)"}[holds]
 
 
-def section_a(w: Path) -> tuple[bool | None, list[str]]:
-    runs = {n: policy_numbers(w / "A" / f"ppo-n{n}") for n in (1, 2, 4, 8, 16)}
+def seed_dirs(w: Path) -> list[Path]:
+    """The ``seed-*`` folders in seed order; a study folder without them (made before seeds) is one seed."""
+    def key(d: Path) -> tuple[int, str]:
+        tail = d.name[len("seed-"):]
+        return (int(tail) if tail.isdigit() else 1 << 30, d.name)
+    dirs = sorted((d for d in w.glob("seed-*") if d.is_dir()), key=key)
+    return dirs or [w]
+
+
+def per_seed(seeds: list[Path], read: Callable[[Path], Any]) -> dict[int, Any]:
+    """{seed index: what ``read`` found in that seed's folder}, leaving out the seeds where it found nothing."""
+    found = {i: read(d) for i, d in enumerate(seeds)}
+    return {i: v for i, v in found.items() if v is not None}
+
+
+def column(runs: dict[int, dict[str, Any]], key: str) -> dict[int, float]:
+    return {i: r[key] for i, r in runs.items() if r.get(key) is not None}
+
+
+def stat(runs: dict[int, dict[str, Any]], key: str) -> Interval | None:
+    return interval(column(runs, key).values())
+
+
+def section_a(seeds: list[Path]) -> tuple[bool | str | None, list[str]]:
+    runs = {n: per_seed(seeds, lambda d, n=n: policy_numbers(d / "A" / f"ppo-n{n}")) for n in NS}
     runs = {n: r for n, r in runs.items() if r}
-    if len(runs) < 3:
+    if not runs:
         return None, []
-    lines = ["| n | pass@1 start | pass@1 end | gain | final KL | Σ step time |", "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {n} | {fmt(r['first'])} | {fmt(r['last'])} | {r['gain']:+.3f} | {fmt(r['kl'])} | {r['seconds']:.0f} s |" for n, r in runs.items()]
-    gains = {n: r["gain"] for n, r in runs.items()}
-    small, mid, large = min(gains), sorted(gains)[len(gains) // 2], max(gains)
-    boost = max(gains[n] for n in gains if n > small) > gains[small] + 0.01
-    plateau = gains[large] - gains[mid] <= max(gains[mid] - gains[small], 0.0) / 2 + 0.01
-    p = runs[small]["first"]
-    lines.append(f"\nGain from n = {small} to {mid}: {gains[mid] - gains[small]:+.3f}; from n = {mid} to {large}: "
-                 f"{gains[large] - gains[mid]:+.3f} (boost: {boost}, plateau: {plateau}); two standard errors of a "
-                 f"difference of two pass@1 on {EVAL_PROMPTS} prompts: {noise(p, EVAL_PROMPTS):.3f}.")
-    best_boost = max(gains[n] for n in gains if n > small) - gains[small]
-    return decide(boost and plateau, best_boost, p), lines
+    lines = ["| n | seeds | pass@1 start | pass@1 end | gain | final KL | Σ step time (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {n} | {len(r)} | {show(stat(r, 'first'))} | {show(stat(r, 'last'))} | {show(stat(r, 'gain'), True)} | "
+              f"{show(stat(r, 'kl'))} | {show(stat(r, 'seconds'), digits=0)} |" for n, r in runs.items()]
+    gain = {n: column(runs.get(n, {}), "gain") for n in NS}
+    boost = paired(lambda g1, g4: g4 - g1, gain[1], gain[4])
+    diminishing = paired(lambda g1, g4, g16: (g4 - g1) - (g16 - g4), gain[1], gain[4], gain[16])
+    lines.append(f"\nBoost, gain(n = 4) − gain(n = 1): {show(boost, True)} ({seeds_of(boost)}); diminishing returns, "
+                 f"[gain(4) − gain(1)] − [gain(16) − gain(4)]: {show(diminishing, True)} ({seeds_of(diminishing)}). "
+                 "The finding holds when both lie above zero.")
+    return decide(boost, diminishing), lines
 
 
-def section_b(w: Path) -> tuple[bool | None, list[str]]:
-    bon = read_json(w / "B" / "bon.json")
-    if not bon:
+def section_b(seeds: list[Path]) -> tuple[bool | str | None, list[str]]:
+    bons = per_seed(seeds, lambda d: read_json(d / "B" / "bon.json"))
+    bons = {i: b for i, b in bons.items() if isinstance(b.get("n"), list) and isinstance(b.get("curves"), dict)}
+    if not bons:
         return None, []
-    ns, curves = bon["n"], bon["curves"]
-    keys = [k for k in ("oracle", "rm", "prm-min", "prm-prod", "majority") if k in curves]
-    lines = ["| N | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
-    lines += [f"| {n} | " + " | ".join(fmt(curves[k][i]) for k in keys) + " |" for i, n in enumerate(ns)]
-    base, top = curves["oracle"][0], len(ns) - 1
-    rm_best = max(curves["rm"])
-    below_oracle = all(curves["rm"][i] <= curves["oracle"][i] + 1e-9 for i in range(len(ns)))
-    holds = decide(rm_best > base and below_oracle, rm_best - base, base, bon.get("num_prompts", EVAL_PROMPTS))
-    prm = max((curves[k][top], k) for k in keys if k.startswith("prm")) if any(k.startswith("prm") for k in keys) else None
-    lines.append(f"\nSampled pass@1 {fmt(base)}; ORM best {fmt(rm_best)}, at N = {ns[top]} {fmt(curves['rm'][top])}"
-                 + (f"; PRM ({prm[1]}) at N = {ns[top]} {fmt(prm[0])}" if prm else "") + ".")
-    worst = min(curves["rm"][top], prm[0] if prm else 1.0)
-    if base - worst > noise(base, bon.get("num_prompts", EVAL_PROMPTS)):
-        lines.append(f"At N = {ns[top]} the reward models' picks are significantly *worse* than a random sample "
-                     f"(two standard errors: {noise(base, bon.get('num_prompts', EVAL_PROMPTS)):.3f}): the more samples "
-                     "a weak reward model chooses from, the more often its top score is a wrong answer.")
-    return holds, lines
+    ns = sorted({n for b in bons.values() for n in b["n"]})
+    keys = [k for k in ("oracle", "rm", "prm-min", "prm-prod", "majority") if any(k in b["curves"] for b in bons.values())]
+
+    def at(key: str, n: int) -> dict[int, float]:
+        return {i: b["curves"][key][b["n"].index(n)] for i, b in bons.items() if key in b["curves"] and n in b["n"]}
+
+    lines = ["| N | seeds | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 2)]
+    lines += [f"| {n} | {len(at('oracle', n))} | " + " | ".join(show(interval(at(k, n).values())) for k in keys) + " |" for n in ns]
+    random = at("oracle", 1)  # at N = 1 every selector takes the one sample: a random sample's pass@1
+    rm_gain = paired(lambda rm, r: rm - r, at("rm", BON_N), random)
+    lines.append(f"\nAt N = {BON_N} (fixed in advance, not each seed's best N): the reward model's pick minus a random "
+                 f"sample {show(rm_gain, True)} ({seeds_of(rm_gain)}); the finding holds when this lies above zero "
+                 "(the pick is at most the oracle's by construction).")
+    for k in keys:
+        if k.startswith("prm"):
+            vs = paired(lambda p, o: p - o, at(k, BON_N), at("rm", BON_N))
+            lines.append(f"PRM ({k}) minus ORM at N = {BON_N}: {show(vs, True)} ({seeds_of(vs)}).")
+    top = ns[-1]
+    worse = paired(lambda rm, r: rm - r, at("rm", top), random)
+    if worse is not None and worse.below_zero():
+        lines.append(f"At N = {top} the reward model's pick is significantly *worse* than a random sample "
+                     f"({show(worse, True)}): the more samples a weak reward model chooses from, the more often its top "
+                     "score is a wrong answer.")
+    return decide(rm_gain), lines
 
 
-def section_c(w: Path) -> tuple[bool | None, list[str]]:
-    acc, pairs = {}, EVAL_PROMPTS
+def section_c(seeds: list[Path]) -> tuple[bool | str | None, list[str]]:
+    acc = {}
     for name in ("wide", "deep"):
-        result = read_json(w / "C" / f"eval-rm-{name}.json")
-        if result:
-            acc[name] = result.get("pair_accuracy")
-            pairs = result.get("num_pairs") or pairs
-    if len(acc) < 2:
+        found = per_seed(seeds, lambda d, name=name: read_json(d / "C" / f"eval-rm-{name}.json"))
+        acc[name] = {i: r["pair_accuracy"] for i, r in found.items() if r.get("pair_accuracy") is not None}
+    if not (acc["wide"] or acc["deep"]):
         return None, []
-    lines = ["| RM data (same number of pairs) | held-out pair accuracy |", "| --- | --- |",
-             f"| many prompts, 2 pairs each (wide) | {fmt(acc['wide'])} |", f"| few prompts, 8 pairs each (deep) | {fmt(acc['deep'])} |"]
-    return decide(acc["wide"] > acc["deep"], acc["wide"] - acc["deep"], acc["deep"], pairs), lines
+    lines = ["| RM data (same number of pairs) | seeds | held-out pair accuracy |", "| --- | --- | --- |",
+             f"| many prompts, 2 pairs each (wide) | {len(acc['wide'])} | {show(interval(acc['wide'].values()))} |",
+             f"| few prompts, 8 pairs each (deep) | {len(acc['deep'])} | {show(interval(acc['deep'].values()))} |"]
+    diff = paired(lambda wide, deep: wide - deep, acc["wide"], acc["deep"])
+    lines.append(f"\nWide minus deep pair accuracy: {show(diff, True)} ({seeds_of(diff)}); the finding holds when it lies above zero.")
+    return decide(diff), lines
 
 
-def section_d(w: Path) -> tuple[bool | None, list[str]]:
-    ppo, grpo = policy_numbers(w / "A" / "ppo-n8"), policy_numbers(w / "D" / "grpo-n8")
+def section_d(seeds: list[Path]) -> tuple[bool | str | None, list[str]]:
+    ppo = per_seed(seeds, lambda d: policy_numbers(d / "A" / "ppo-n8"))
+    grpo = per_seed(seeds, lambda d: policy_numbers(d / "D" / "grpo-n8"))
     if not (ppo and grpo):
         return None, []
-    lines = ["| algo | pass@1 start | pass@1 end | final KL | mean response length | Σ step time |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| algo | seeds | pass@1 start | pass@1 end | final KL | mean response length | Σ step time (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in (("PPO", ppo), ("GRPO", grpo)):
-        lines.append(f"| {name} | {fmt(r['first'])} | {fmt(r['last'])} | {fmt(r['kl'])} | {r['length']:.1f} | {r['seconds']:.0f} s |")
+        lines.append(f"| {name} | {len(r)} | {show(stat(r, 'first'))} | {show(stat(r, 'last'))} | {show(stat(r, 'kl'))} | "
+                     f"{show(stat(r, 'length'), digits=1)} | {show(stat(r, 'seconds'), digits=0)} |")
     return None, lines  # a comparison, not a claim with a direction
 
 
-def section_e1(w: Path, sizes: list[str]) -> tuple[bool | None, list[str]]:
-    runs = {s: policy_numbers(w / "E" / f"grpo-{s}") for s in sizes}
+def section_e1(seeds: list[Path], sizes: list[str]) -> tuple[bool | str | None, list[str]]:
+    runs = {s: per_seed(seeds, lambda d, s=s: policy_numbers(d / "E" / f"grpo-{s}")) for s in sizes}
     runs = {s: r for s, r in runs.items() if r}
-    if len(runs) < 2:
+    if not runs:
         return None, []
-    lines = ["| policy | SFT pass@1 | after GRPO | gain |", "| --- | --- | --- | --- |"]
-    lines += [f"| toy:{s} | {fmt(r['first'])} | {fmt(r['last'])} | {r['gain']:+.3f} |" for s, r in runs.items()]
-    ordered = [runs[s]["gain"] for s in sizes if s in runs]
-    p = min(r["first"] for r in runs.values())
-    return decide(all(a >= b for a, b in zip(ordered, ordered[1:])), ordered[0] - ordered[-1], p), lines
+    lines = ["| policy | seeds | SFT pass@1 | after GRPO | gain |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| toy:{s} | {len(r)} | {show(stat(r, 'first'))} | {show(stat(r, 'last'))} | {show(stat(r, 'gain'), True)} |"
+              for s, r in runs.items()]
+    if len(sizes) < 2:
+        return None, lines
+    small, large = sizes[0], sizes[-1]
+    diff = paired(lambda a, b: a - b, column(runs.get(small, {}), "gain"), column(runs.get(large, {}), "gain"))
+    lines.append(f"\ngain(toy:{small}) − gain(toy:{large}): {show(diff, True)} ({seeds_of(diff)}); the finding "
+                 "(the smaller policy gains more) holds when it lies above zero.")
+    return decide(diff), lines
 
 
-def section_e2(w: Path) -> tuple[bool | None, list[str]]:
-    tiny, small = policy_numbers(w / "E" / "grpo-rm-tiny"), policy_numbers(w / "E" / "grpo-rm-small")
-    acc_tiny, acc_small = read_json(w / "E" / "eval-rm-tiny.json"), read_json(w / "C" / "eval-rm-wide.json")
-    if not (tiny and small):
+def section_e2(seeds: list[Path]) -> tuple[bool | str | None, list[str]]:
+    tiny = per_seed(seeds, lambda d: policy_numbers(d / "E" / "grpo-rm-tiny"))
+    small = per_seed(seeds, lambda d: policy_numbers(d / "E" / "grpo-rm-small"))
+    if not (tiny or small):
         return None, []
-    lines = ["| reward model | held-out pair accuracy | policy pass@1 start | end | gain |", "| --- | --- | --- | --- | --- |"]
+    acc_tiny = per_seed(seeds, lambda d: read_json(d / "E" / "eval-rm-tiny.json"))
+    acc_small = per_seed(seeds, lambda d: read_json(d / "C" / "eval-rm-wide.json"))
+    lines = ["| reward model | seeds | held-out pair accuracy | policy pass@1 start | end | gain |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for name, r, acc in (("toy:tiny RM", tiny, acc_tiny), ("toy:small RM", small, acc_small)):
-        lines.append(f"| {name} | {fmt(acc.get('pair_accuracy')) if acc else '–'} | {fmt(r['first'])} | {fmt(r['last'])} | {r['gain']:+.3f} |")
-    diff = small["gain"] - tiny["gain"]
-    lines.append(f"\nThe larger RM's gain minus the smaller's: {diff:+.3f} (two standard errors: {noise(small['first'], EVAL_PROMPTS):.3f}); "
-                 "the verdict is on the direction, the size is for the reader to call modest or not.")
-    return decide(diff > 0.0, diff, small["first"]), lines
+        lines.append(f"| {name} | {len(r)} | {show(stat(acc, 'pair_accuracy'))} | {show(stat(r, 'first'))} | "
+                     f"{show(stat(r, 'last'))} | {show(stat(r, 'gain'), True)} |")
+    diff = paired(lambda s, t: s - t, column(small, "gain"), column(tiny, "gain"))
+    lines.append(f"\ngain with the toy:small RM − gain with the toy:tiny RM: {show(diff, True)} ({seeds_of(diff)}); the "
+                 "verdict is on the direction, the size is for the reader to call modest or not.")
+    return decide(diff), lines
 
 
 def draw_figures(w: Path, out: Path) -> dict[str, str]:
@@ -193,32 +302,49 @@ def draw_figures(w: Path, out: Path) -> dict[str, str]:
     return made
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("workdir")
-    p.add_argument("--out", required=True)
-    p.add_argument("--sizes", default="tiny small", help="policy sizes run in E1 (default: tiny small)")
-    p.add_argument("--runtime", default=None, help="a sentence on how long the runs took, put under the title")
-    args = p.parse_args(argv)
-    w, out = Path(args.workdir), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = draw_figures(w, out)
-    sections = {"A": section_a(w), "B": section_b(w), "C": section_c(w), "D": section_d(w),
-                "E1": section_e1(w, args.sizes.split()), "E2": section_e2(w)}
+def study_doc(seeds: list[Path], sizes: list[str], runtime: str | None = None, figures: dict[str, str] | None = None) -> str:
+    """The text of `scaling_study.md` for the seed folders ``seeds`` (figures: {experiment: report folder})."""
+    figures = figures or {}
+    sections = {"A": section_a(seeds), "B": section_b(seeds), "C": section_c(seeds), "D": section_d(seeds),
+                "E1": section_e1(seeds, sizes), "E2": section_e2(seeds)}
+    names = ", ".join(d.name for d in seeds)
     doc = ["# The paper's findings at toy scale", "",
            "Made by `examples/scaling_study.sh` and `examples/scaling_study.py` on the toy task "
-           "(Hou et al., *Does RLHF Scale?*, arXiv 2412.06000). Greedy pass@1 on 200 held-out prompts. A verdict is "
-           "*unresolved* when the difference that decides it is within two standard errors.", ""]
-    if args.runtime:
-        doc += [args.runtime, ""]
+           f"(Hou et al., *Does RLHF Scale?*, arXiv 2412.06000). Greedy pass@1 on {EVAL_PROMPTS} held-out prompts. "
+           "The data and the SFT policies are shared; every later stage ran once per seed "
+           f"({len(seeds)} {'seed' if len(seeds) == 1 else 'seeds'}: {names}).", "",
+           "Each number is the mean over the seeds that have it (the *seeds* column says how many; a point missing in "
+           "a seed is averaged over the others) ± the half-width of its 95% Student-t interval, t(0.975, seeds − 1) · "
+           "s / √seeds with s the standard deviation over seeds. A finding is decided by one or two *deciding "
+           "differences*, each computed per seed between arms of the same seed (paired) and then averaged with its "
+           "95% t-interval, over the seeds that have every arm it needs: the finding **holds** when every deciding "
+           "interval lies above zero (the claimed direction), **does not hold** when one lies below zero, and is "
+           "**unresolved** when an interval includes zero. With one seed there is no interval: the verdict is "
+           "unresolved (one seed: no interval). D is a comparison, with no verdict.", ""]
+    if runtime:
+        doc += [runtime, ""]
     for key, (holds, lines) in sections.items():
         doc += [f"## {key}. {FINDINGS[key]}", "", f"Verdict: {verdict(holds) if key != 'D' or not lines else '**comparison**'}", ""]
         doc += lines or ["(not run)"]
         fig = figures.get(key[0]) if key[0] in "ABDE" else None
         if fig:
-            doc += ["", f"Figures and run table: [{fig}/report.md]({fig}/report.md)"]
+            doc += ["", f"Figures and run table ({seeds[0].name}'s runs): [{fig}/report.md]({fig}/report.md)"]
         doc.append("")
-    (out / "scaling_study.md").write_text("\n".join(doc))
+    return "\n".join(doc)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("workdir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--sizes", default="tiny small", help="policy sizes run in E1, smallest first (default: tiny small)")
+    p.add_argument("--runtime", default=None, help="a sentence on how long the runs took, put under the title")
+    args = p.parse_args(argv)
+    w, out = Path(args.workdir), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = seed_dirs(w)
+    figures = draw_figures(seeds[0], out)
+    (out / "scaling_study.md").write_text(study_doc(seeds, args.sizes.split(), args.runtime, figures))
     print(out / "scaling_study.md")
 
 
