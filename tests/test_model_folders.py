@@ -228,6 +228,13 @@ def test_policy_training_runs_and_writes_a_loadable_folder(family, chain, data, 
     for run in ("grpo", "ppo"):
         model = AutoModelForCausalLM.from_pretrained(paths["root"] / run)
         assert model.config.tie_word_embeddings == (family != "llama3")
+    # the critic's input embedding is untied in every family, the policy's only in Llama 3's: those keep AdamW state by row
+    from rlhfctl.artifacts import list_checkpoints, load_checkpoint
+
+    (_, ckpt), = list_checkpoints(paths["root"] / "ppo")[-1:]
+    _, state = load_checkpoint(ckpt)
+    by_row = {name: any("rows" in s for s in state[name]["state"].values()) for name in ("optimizer", "critic_optimizer")}
+    assert by_row == {"optimizer": family == "llama3", "critic_optimizer": True}
 
 
 @FAMILIES

@@ -5,9 +5,9 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfctl.commands._options import (
-    BackendOpt, Bf16Opt, ConfigOpt, FieldOpt, GpuMemoryOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt, LoraDropoutOpt,
-    LoraROpt, LoraTargetsOpt, MaxNewTokensOpt, ModelOpt, NoPackingOpt, PromptTemplateOpt, RMMaxLengthOpt, ResumeOpt,
-    SaveDtypeOpt, SaveEveryOpt, SeedOpt, SystemOpt, TemperatureOpt, TopPOpt, TrustOpt, field_map, print_summary,
+    BackendOpt, Bf16Opt, ConfigOpt, DenseEmbeddingOpt, FieldOpt, GpuMemoryOpt, GradCheckpointOpt, JsonOpt, LoraAlphaOpt,
+    LoraDropoutOpt, LoraROpt, LoraTargetsOpt, MaxNewTokensOpt, ModelOpt, NoPackingOpt, PromptTemplateOpt, RMMaxLengthOpt,
+    ResumeOpt, SaveDtypeOpt, SaveEveryOpt, SeedOpt, SystemOpt, TemperatureOpt, TopPOpt, TrustOpt, field_map, print_summary,
     prompt_format,
 )
 from rlhfctl.errors import ConfigError
@@ -64,6 +64,7 @@ def train_policy(
     seed: SeedOpt = 0,
     resume: ResumeOpt = False,
     no_packing: NoPackingOpt = False,
+    dense_embedding: DenseEmbeddingOpt = False,
     bf16: Bf16Opt = False,
     gradient_checkpointing: GradCheckpointOpt = False,
     save_dtype: SaveDtypeOpt = "auto",
@@ -138,7 +139,7 @@ def train_policy(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, max_steps=max_steps, save_every=save_every,
         eval_data=eval_data, eval_every=eval_every, eval_max_prompts=eval_max_prompts, seed=seed, resume=resume,
         backend=backend, gpu_memory_utilization=gpu_memory_utilization, vllm_sync_timeout=vllm_sync_timeout,
-        packing=not no_packing, trust_remote_code=trust_remote_code, fields=field_map(field),
+        packing=not no_packing, sparse_embedding=not dense_embedding, trust_remote_code=trust_remote_code, fields=field_map(field),
         prompt_format=prompt_format(system, prompt_template),
         scale=ScaleOptions(bf16=bf16, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, lora_alpha=lora_alpha,
                            lora_dropout=lora_dropout, lora_target_modules=lora_target_modules, save_dtype=save_dtype),

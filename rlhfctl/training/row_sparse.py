@@ -1,4 +1,4 @@
-"""AdamW whose input-embedding state covers only the rows the data has used (docs/design.md §3d).
+"""AdamW whose input-embedding state covers only the rows the data has used (docs/design.md §5b).
 
 A reward model (or a language model whose output head is not tied to its
 input embedding) reads the input embedding only at the token ids of its

@@ -73,6 +73,7 @@ class PolicyConfig:
     gpu_memory_utilization: float = 0.3  # the colocated engine's share of the GPU; the policy trains in the rest
     vllm_sync_timeout: float = 600.0  # seconds a weight update, sleep or wake-up of the engine may take
     packing: bool = True  # forwards on rows packed by prompt, each prompt once (rlhfctl.packing)
+    sparse_embedding: bool = True  # untied input embeddings (the critic's): row-sparse gradients and AdamW state
     trust_remote_code: bool = False  # for the policy, the reference, the critic and the ORM
     fields: dict[str, str] = field(default_factory=dict)  # --field renames of the prompts' (and eval data's) columns
     prompt_format: PromptFormat = field(default_factory=PromptFormat)  # --system / --prompt-template

@@ -21,7 +21,7 @@ from rlhfctl.rm.model import ORM, PRM, TokenValues, build_reward_model, check_re
 from rlhfctl.training.experience import AdvantageSettings, CollectSettings, collect, load_rm_handle
 from rlhfctl.training.loop import (
     MetricsLog, adamw, batch_stream, check_run_dir, claim_run_dir, manifest_options, peak_memory, restore_training_state,
-    save_training_state, seed_global_rngs, shard,
+    save_training_state, seed_global_rngs, shard, use_row_sparse,
 )
 from rlhfctl.training.lora import BaseModelReference
 from rlhfctl.training.policy.config import PolicyConfig, check_parallelism, check_prompts, print_settings
@@ -72,7 +72,8 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]
     seed_global_rngs(config.seed)
     policy = load_causal_lm(config.source_of(config.model), seed=config.seed)
     adapters = prepare_model(accelerator, policy, config.scale)
-    policy_opt = adamw(trainable_parameters(policy), lr=config.lr)
+    sparse = config.sparse_embedding and use_row_sparse(accelerator, policy, compiled=False)
+    policy_opt = adamw(trainable_parameters(policy), lr=config.lr, row_sparse=sparse)
     if config.algo != "ppo":
         policy, policy_opt = accelerator.prepare(policy, policy_opt)
         return Models(policy, policy_opt), reference_model(config, policy, accelerator), tokenizer, adapters
@@ -86,7 +87,8 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]
         critic_model = build_reward_model(config.source_of(config.model), PRM, config.seed)
     prepare_model(accelerator, critic_model, config.scale, heads=head_names(critic_model))
     critic = TokenValues(critic_model)
-    critic_opt = adamw(trainable_parameters(critic), lr=config.critic_lr)
+    sparse = config.sparse_embedding and use_row_sparse(accelerator, critic, compiled=False)
+    critic_opt = adamw(trainable_parameters(critic), lr=config.critic_lr, row_sparse=sparse)
     policy, policy_opt = accelerator.prepare(policy, policy_opt)
     critic, critic_opt = accelerator.prepare(critic, critic_opt)  # one model per call: FSDP version 2 takes no more
     return Models(policy, policy_opt, critic, critic_opt), reference_model(config, policy, accelerator), tokenizer, adapters
