@@ -405,11 +405,7 @@ def use_row_sparse(accelerator, model, compiled: bool) -> bool:
     process (DDP, FSDP and DeepSpeed reduce and shard dense gradients), not compiled; True if it did."""
     if compiled or accelerator.num_processes > 1 or is_sharded(accelerator):
         return False
-    if not sparse_input_embedding(model):
-        return False
-    log("train: the input embedding keeps gradients and AdamW state only for the token rows the data uses",
-        accelerator.is_main_process)
-    return True
+    return sparse_input_embedding(model)
 
 
 def compile_model(model) -> None:
