@@ -491,3 +491,13 @@ def test_a_row_sparse_embedding_trains_the_same_weights_as_a_dense_one(command, 
     vocab = sparse[embedding].shape[0]
     assert len(rows["sparse"]) == 1 and 0 < len(rows["sparse"][0]) < vocab  # moments for the rows the data used
     assert rows["dense"] == []
+
+
+def test_a_run_written_by_row_resumes_with_a_dense_embedding(folders, data, run_main, tmp_path):
+    out = tmp_path / "rm"
+    common = ["train-rm", data["pairs-chat"], "--model", folders["llama3"], "--out", out, "--batch-size", "3", "--save-every", "1"]
+    first = run_main(*common, "--max-steps", "2")
+    assert first.code == 0, first.err
+    resumed = run_main(*common, "--max-steps", "4", "--resume", "--dense-embedding")
+    assert resumed.code == 0, resumed.err
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]

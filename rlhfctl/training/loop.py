@@ -376,7 +376,7 @@ def start_training(accelerator, model, schedule: Schedule, total: int, out: Path
     import torch
 
     check_resumable(accelerator, resume)
-    row_sparse = schedule.sparse_embedding and use_row_sparse(accelerator, model, schedule.compile)
+    row_sparse = use_row_sparse(accelerator, model, schedule.sparse_embedding, schedule.compile)
     optimizer = adamw(trainable_parameters(model), lr=schedule.lr, weight_decay=schedule.weight_decay, row_sparse=row_sparse)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(schedule.warmup_ratio * total)))
     if schedule.compile:
@@ -400,10 +400,11 @@ def adamw(params, lr: float, weight_decay: float = 0.0, row_sparse: bool = False
         return optimizer(params, lr=lr, weight_decay=weight_decay)
 
 
-def use_row_sparse(accelerator, model, compiled: bool) -> bool:
-    """Switch ``model``'s input embedding to row-sparse gradients where it can (`row_sparse.py`): one
-    process (DDP, FSDP and DeepSpeed reduce and shard dense gradients), not compiled; True if it did."""
-    if compiled or accelerator.num_processes > 1 or is_sharded(accelerator):
+def use_row_sparse(accelerator, model, enabled: bool, compiled: bool = False) -> bool:
+    """Switch ``model``'s input embedding to row-sparse gradients where it can (`row_sparse.py`): when
+    ``enabled`` (not --dense-embedding), in one process (DDP, FSDP and DeepSpeed reduce and shard dense
+    gradients), not compiled; True if it did."""
+    if not enabled or compiled or accelerator.num_processes > 1 or is_sharded(accelerator):
         return False
     return sparse_input_embedding(model)
 

@@ -44,7 +44,7 @@ def input_embedding(model) -> torch.nn.Embedding | None:
             continue
         try:
             embedding = get()
-        except (NotImplementedError, AttributeError):
+        except (RuntimeError, AttributeError):  # transformers raises when a model has no base model to ask
             return None
         return embedding if isinstance(embedding, torch.nn.Embedding) else None
     return None
@@ -146,13 +146,15 @@ def has_sparse_gradients(params) -> bool:
 
 def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     """`torch.nn.utils.clip_grad_norm_` (2-norm) for gradients some of which are sparse; the pre-clip norm."""
-    grads = [p.grad.coalesce() if p.grad.is_sparse else p.grad for p in params if p.grad is not None]
-    norms = [(g.values() if g.is_sparse else g).norm(2.0, dtype=torch.float32) for g in grads]
+    params = [p for p in params if p.grad is not None]
+    for p in params:  # one entry per distinct row: the values' norm is the dense gradient's
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    norms = [(p.grad.values() if p.grad.is_sparse else p.grad).norm(2.0, dtype=torch.float32) for p in params]
     total = torch.stack(norms).norm(2.0) if norms else torch.tensor(0.0)
     scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for p in params:
-        if p.grad is not None:
-            p.grad = p.grad.coalesce() * scale.to(p.grad.dtype) if p.grad.is_sparse else p.grad.mul_(scale.to(p.grad.dtype))
+        p.grad.mul_(scale.to(p.grad.dtype))
     return total
 
 

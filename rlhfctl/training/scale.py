@@ -18,6 +18,7 @@ from rlhfctl.console import log
 from rlhfctl.errors import ConfigError, ModelError
 from rlhfctl.packing import attention_implementation
 from rlhfctl.training.lora import add_adapters, merge_adapters, require_peft, transposed_layers
+from rlhfctl.training.row_sparse import RowSparseAdamW, dense_optimizer_state
 
 # Wrappers that FSDP and activation checkpointing put into parameter names;
 # state dicts from accelerate never carry them.
@@ -338,6 +339,8 @@ def restore_optimizer(accelerator, model, optimizer, saved: dict[str, Any], wher
     elif is_fsdp2(accelerator):
         raise ModelError(f"{where}: this checkpoint was written without FSDP; resume it under the launcher that wrote it")
     else:
+        if not isinstance(getattr(optimizer, "optimizer", optimizer), RowSparseAdamW):
+            saved = dense_optimizer_state(saved, optimizer)  # written by row, resumed dense (--dense-embedding, several ranks)
         optimizer.load_state_dict(saved)
 
 

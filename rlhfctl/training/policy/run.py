@@ -72,8 +72,8 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]
     seed_global_rngs(config.seed)
     policy = load_causal_lm(config.source_of(config.model), seed=config.seed)
     adapters = prepare_model(accelerator, policy, config.scale)
-    sparse = config.sparse_embedding and use_row_sparse(accelerator, policy, compiled=False)
-    policy_opt = adamw(trainable_parameters(policy), lr=config.lr, row_sparse=sparse)
+    policy_opt = adamw(trainable_parameters(policy), lr=config.lr,
+                       row_sparse=use_row_sparse(accelerator, policy, config.sparse_embedding))
     if config.algo != "ppo":
         policy, policy_opt = accelerator.prepare(policy, policy_opt)
         return Models(policy, policy_opt), reference_model(config, policy, accelerator), tokenizer, adapters
@@ -87,8 +87,8 @@ def build_models(config, accelerator) -> tuple[Models, Any, Any, dict[str, Any]]
         critic_model = build_reward_model(config.source_of(config.model), PRM, config.seed)
     prepare_model(accelerator, critic_model, config.scale, heads=head_names(critic_model))
     critic = TokenValues(critic_model)
-    sparse = config.sparse_embedding and use_row_sparse(accelerator, critic, compiled=False)
-    critic_opt = adamw(trainable_parameters(critic), lr=config.critic_lr, row_sparse=sparse)
+    critic_opt = adamw(trainable_parameters(critic), lr=config.critic_lr,
+                       row_sparse=use_row_sparse(accelerator, critic, config.sparse_embedding))
     policy, policy_opt = accelerator.prepare(policy, policy_opt)
     critic, critic_opt = accelerator.prepare(critic, critic_opt)  # one model per call: FSDP version 2 takes no more
     return Models(policy, policy_opt, critic, critic_opt), reference_model(config, policy, accelerator), tokenizer, adapters
